@@ -1,0 +1,183 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries builds bin/ingest, bin/flushd, bin/consumer, bin/fanoutctl and the
+// nats-server once per test process and returns the folder they are in.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "fanout-bin-")
+		if buildErr != nil {
+			return
+		}
+		root := moduleRoot()
+		targets := map[string]string{
+			"ingest":      "./ingest/cmd/ingest",
+			"flushd":      "./flushd/cmd/flushd",
+			"consumer":    "./consumers/cmd/consumer",
+			"fanoutctl":   "./fanout/cmd/fanoutctl",
+			"nats-server": "github.com/nats-io/nats-server/v2",
+		}
+		for name, pkg := range targets {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Process is a project binary running as a child process.
+type Process struct {
+	Name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// StartProcess runs bin (a name from Binaries) with args and extra env
+// (KEY=VALUE). It is killed when the test ends; its output is logged if
+// the test failed.
+func StartProcess(t testing.TB, name, bin string, args []string, env ...string) *Process {
+	t.Helper()
+	p := &Process{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(filepath.Join(Binaries(t), bin), args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Signal(syscall.SIGCONT)
+		p.Kill()
+		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
+			t.Logf("---- %s output ----\n%s", name, p.Output())
+		}
+	})
+	return p
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig syscall.Signal) {
+	if p.cmd.Process != nil {
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *Process) Kill() {
+	p.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop sends SIGTERM and waits up to timeout for a clean exit.
+func (p *Process) Stop(timeout time.Duration) error {
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.Kill()
+		return fmt.Errorf("%s did not exit within %s of SIGTERM", p.Name, timeout)
+	}
+}
+
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Wait waits for the process to end by itself.
+func (p *Process) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("%s still running after %s", p.Name, timeout)
+	}
+}
+
+// Output is everything the process printed so far.
+func (p *Process) Output() string { return p.out.String() }
+
+// Run runs a project binary to completion and returns its stdout and stderr.
+func Run(t testing.TB, bin string, args []string, env ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(Binaries(t), bin), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// Eventually polls cond until it returns true or the deadline passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
