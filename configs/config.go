@@ -35,14 +35,28 @@ func Default(service string) ([]byte, error) {
 // Load fills out (a pointer to a struct with mapstructure tags) for service
 // from defaults, the --config file, the environment and args.
 func Load(service string, args []string, out any) error {
+	rest, err := LoadCommand(service, args, out, nil)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected argument %q (flags are --key value; see --help)", rest[0])
+	}
+	return nil
+}
+
+// LoadCommand is Load for a command line tool: extra holds the command's own
+// flags (parsed together with the config keys), and the positional arguments
+// are returned.
+func LoadCommand(service string, args []string, out any, extra *pflag.FlagSet) ([]string, error) {
 	def, err := Default(service)
 	if err != nil {
-		return fmt.Errorf("no default config for service %q", service)
+		return nil, fmt.Errorf("no default config for service %q", service)
 	}
 	v := viper.New()
 	v.SetConfigType("yaml")
 	if err := v.ReadConfig(bytes.NewReader(def)); err != nil {
-		return fmt.Errorf("embedded %s.yaml: %w", service, err)
+		return nil, fmt.Errorf("embedded %s.yaml: %w", service, err)
 	}
 	known := map[string]bool{}
 	for _, k := range v.AllKeys() {
@@ -57,30 +71,30 @@ func Load(service string, args []string, out any) error {
 		fs.String(k, "", fmt.Sprintf("overrides %s (env FANOUT_%s, default %v)", k, envName(k), v.Get(k)))
 	}
 	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args); err != nil {
-		return err
+	if extra != nil {
+		fs.AddFlagSet(extra)
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (flags are --key value; see --help)", fs.Arg(0))
+	if err := fs.Parse(args); err != nil {
+		return nil, err
 	}
 
 	if *configFile != "" {
 		data, err := os.ReadFile(*configFile)
 		if err != nil {
-			return fmt.Errorf("config file: %w", err)
+			return nil, fmt.Errorf("config file: %w", err)
 		}
 		fv := viper.New()
 		fv.SetConfigType("yaml")
 		if err := fv.ReadConfig(bytes.NewReader(data)); err != nil {
-			return fmt.Errorf("config file %s is not valid YAML: %w", *configFile, err)
+			return nil, fmt.Errorf("config file %s is not valid YAML: %w", *configFile, err)
 		}
 		for _, k := range fv.AllKeys() {
 			if !known[k] {
-				return fmt.Errorf("config file %s: unknown key %q (known keys are in configs/%s.yaml)", *configFile, k, service)
+				return nil, fmt.Errorf("config file %s: unknown key %q (known keys are in configs/%s.yaml)", *configFile, k, service)
 			}
 		}
 		if err := v.MergeConfigMap(fv.AllSettings()); err != nil {
-			return fmt.Errorf("config file %s: %w", *configFile, err)
+			return nil, fmt.Errorf("config file %s: %w", *configFile, err)
 		}
 	}
 
@@ -96,7 +110,7 @@ func Load(service string, args []string, out any) error {
 	// Decode key by key so an error names the key.
 	for _, k := range keys {
 		if err := checkType(v, k); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
@@ -109,21 +123,21 @@ func Load(service string, args []string, out any) error {
 		),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	settings := map[string]any{}
 	for _, k := range keys {
 		setNested(settings, k, v.Get(k))
 	}
 	if err := dec.Decode(settings); err != nil {
-		return fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if val, ok := out.(interface{ Validate() error }); ok {
 		if err := val.Validate(); err != nil {
-			return fmt.Errorf("config: %w", err)
+			return nil, fmt.Errorf("config: %w", err)
 		}
 	}
-	return nil
+	return fs.Args(), nil
 }
 
 // checkType makes sure the value of k can become the type of its default.

@@ -1,0 +1,40 @@
+# The commands of the README. Everything runs on one machine with Go and the
+# PostgreSQL 15 server binaries (initdb, pg_ctl, postgres) on PATH.
+GO      ?= go
+BINS    := ingest flushd consumer fanoutctl
+# Packages with concurrent code run under the race detector.
+RACE_PKGS := ./fanout/... ./configs/... ./ingest/... ./consumers/... ./flushd/...
+
+.PHONY: build test test-unit test-e2e vet bench run chaos clean
+
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/ingest ./ingest/cmd/ingest
+	$(GO) build -o bin/flushd ./flushd/cmd/flushd
+	$(GO) build -o bin/consumer ./consumers/cmd/consumer
+	$(GO) build -o bin/fanoutctl ./fanout/cmd/fanoutctl
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# Every test: unit, integration and end to end, against real Postgres and NATS.
+test: vet build test-unit test-e2e
+
+test-unit:
+	$(GO) test -race -timeout 15m $(RACE_PKGS)
+
+# End-to-end tests run the built binaries as processes (SIGKILL and all);
+# the race detector adds nothing there.
+test-e2e:
+	$(GO) test -timeout 15m ./deploy/...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./deploy/bench/
+
+run: build
+	$(GO) run ./deploy/devstack
+
+clean:
+	rm -rf bin

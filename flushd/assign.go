@@ -1,0 +1,84 @@
+package flushd
+
+import (
+	"sort"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// Assign returns the bindings to write so that every partition 0..n-1 is
+// owned by a live consumer and the load is even (owners differ by at most
+// one partition). A partition keeps its owner while that owner is live and
+// not above its share, so bindings move only when they must. Every changed
+// binding gets its partition's epoch + 1; moved (if set) forces a partition
+// off its current owner, for stalls.
+func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]bool) []fanout.Binding {
+	if len(live) == 0 {
+		return nil // nobody to give partitions to; keep the bindings for when one returns
+	}
+	isLive := map[string]bool{}
+	for _, c := range live {
+		isLive[c] = true
+	}
+	owned := map[string][]int{}
+	var orphans []int
+	for p := 0; p < n; p++ {
+		b, ok := current[p]
+		if ok && isLive[b.Consumer] && !(moved[p] && len(live) > 1) {
+			owned[b.Consumer] = append(owned[b.Consumer], p)
+		} else {
+			orphans = append(orphans, p)
+		}
+	}
+	// Shares: n/len(live) each, the first n%len(live) consumers one more.
+	// Consumers that already own more come first, so fewer partitions move.
+	order := append([]string(nil), live...)
+	sort.SliceStable(order, func(i, j int) bool { return len(owned[order[i]]) > len(owned[order[j]]) })
+	share := map[string]int{}
+	for i, c := range order {
+		share[c] = n / len(live)
+		if i < n%len(live) {
+			share[c]++
+		}
+	}
+	for _, c := range order {
+		ps := owned[c]
+		if len(ps) > share[c] {
+			sort.Ints(ps)
+			orphans = append(orphans, ps[share[c]:]...)
+			owned[c] = ps[:share[c]]
+		}
+	}
+	sort.Ints(orphans)
+	var changes []fanout.Binding
+	for _, p := range orphans {
+		// The consumer furthest below its share takes the partition.
+		best := ""
+		for _, c := range order {
+			if len(owned[c]) >= share[c] {
+				continue
+			}
+			if moved[p] && current[p].Consumer == c && len(live) > 1 {
+				continue
+			}
+			if best == "" || share[c]-len(owned[c]) > share[best]-len(owned[best]) {
+				best = c
+			}
+		}
+		if best == "" {
+			// Only a forced move finds every other consumer at its share:
+			// it goes over by one rather than stay on a stalled owner.
+			for _, c := range order {
+				if c != current[p].Consumer && (best == "" || len(owned[c]) < len(owned[best])) {
+					best = c
+				}
+			}
+		}
+		owned[best] = append(owned[best], p)
+		if old, ok := current[p]; ok && old.Consumer == best && !moved[p] {
+			continue
+		}
+		changes = append(changes, fanout.Binding{Partition: p, Consumer: best, Epoch: current[p].Epoch + 1})
+	}
+	return changes
+}

@@ -1,0 +1,29 @@
+package flushd
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	safeLSN      prometheus.Gauge
+	publishedLSN prometheus.Gauge
+	pending      prometheus.Gauge
+	blockedFor   prometheus.Gauge
+	live         prometheus.Gauge
+	rebinds      prometheus.Counter
+	stalls       prometheus.Counter
+	slotLag      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		safeLSN:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_safe_lsn", Help: "Safe LSN published for ingest to confirm (as a number)."}),
+		publishedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_ingest_published_lsn", Help: "Ingest's published LSN as last read (as a number)."}),
+		pending:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_pending_fragments", Help: "Fragments in the FANOUT stream not yet persisted by a consumer."}),
+		blockedFor:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_oldest_pending_seconds", Help: "How long the oldest pending fragment has been the oldest."}),
+		live:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_consumers_live", Help: "Consumers with a recent heartbeat that are not draining."}),
+		rebinds:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_rebinds_total", Help: "Partition bindings written (new owner or new epoch)."}),
+		stalls:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_stalls_total", Help: "Partitions moved because their live owner made no progress within flushd.stall_grace."}),
+		slotLag:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_slot_lag_bytes", Help: "pg_current_wal_lsn() - confirmed_flush_lsn of the slot."}),
+	}
+	reg.MustRegister(m.safeLSN, m.publishedLSN, m.pending, m.blockedFor, m.live, m.rebinds, m.stalls, m.slotLag)
+	return m
+}

@@ -1,0 +1,327 @@
+package flushd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/observe"
+)
+
+// forgetAfter is how long a dead consumer's heartbeat key is kept for status
+// before flushd deletes it.
+const forgetAfter = time.Minute
+
+// Service is flushd: one loop that owns all of its state.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	bus     *fanout.Bus
+	m       *metrics
+	ready   *observe.Readiness
+	live    *Liveness
+	binding map[int]fanout.Binding
+
+	lastSafe      *fanout.SafeLSN
+	lastSafePut   time.Time
+	oldest        *Oldest
+	oldestSince   time.Time
+	stallReported uint64 // stream seq of the last stall acted on
+}
+
+// New prepares flushd on an existing bus.
+func New(cfg Config, bus *fanout.Bus, log *slog.Logger, reg prometheus.Registerer, ready *observe.Readiness) *Service {
+	return &Service{
+		cfg: cfg, log: log, bus: bus, m: newMetrics(reg), ready: ready,
+		live:    NewLiveness(cfg.Flushd.HeartbeatTimeout),
+		binding: map[int]fanout.Binding{},
+	}
+}
+
+// Run works until ctx ends. It returns an error only when NATS stays
+// unusable; the caller exits non-zero and a restart resumes (flushd keeps
+// no state of its own: bindings and heartbeats are in KV, pending work is the
+// stream).
+func (s *Service) Run(ctx context.Context) error {
+	beats, err := s.bus.Consumers.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", fanout.ConsumersBucket, err)
+	}
+	defer beats.Stop()
+	binds, err := s.bus.Bindings.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", fanout.BindingsBucket, err)
+	}
+	defer binds.Stop()
+
+	// Bindings are only reassigned once both watches delivered what KV
+	// already holds, so a restart does not move partitions needlessly.
+	beatsLoaded, bindsLoaded := false, false
+	tick := time.NewTicker(s.cfg.Flushd.PollInterval)
+	defer tick.Stop()
+	slotTick := time.NewTicker(5 * time.Second)
+	defer slotTick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-beats.Updates():
+			if !ok {
+				return errors.New("heartbeat watch closed by NATS")
+			}
+			if e == nil {
+				beatsLoaded = true
+				continue
+			}
+			s.onHeartbeat(e)
+		case e, ok := <-binds.Updates():
+			if !ok {
+				return errors.New("binding watch closed by NATS")
+			}
+			if e == nil {
+				bindsLoaded = true
+				continue
+			}
+			s.onBinding(e)
+		case <-slotTick.C:
+			s.readSlotLag(ctx)
+		case <-tick.C:
+			if err := s.tick(ctx, beatsLoaded && bindsLoaded); err != nil {
+				failures++
+				s.ready.Set(false, err.Error())
+				if failures%50 == 1 {
+					s.log.Warn("cannot compute the safe LSN; keeping the last one", "err", err, "failures", failures)
+				}
+				// NATS reconnects on its own; a minute of failures at the
+				// default poll interval means the bus is gone for good.
+				if time.Duration(failures)*s.cfg.Flushd.PollInterval > 2*time.Minute {
+					return fmt.Errorf("NATS unusable for 2m: %w", err)
+				}
+				continue
+			}
+			failures = 0
+			s.ready.Set(true, "")
+		}
+	}
+}
+
+func (s *Service) onHeartbeat(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		s.live.Forget(e.Key())
+		return
+	}
+	h, err := fanout.DecodeHeartbeat(e.Value())
+	if err != nil {
+		s.log.Warn("ignoring invalid heartbeat", "key", e.Key(), "err", err)
+		return
+	}
+	s.live.Observe(*h, time.Now())
+}
+
+func (s *Service) onBinding(e jetstream.KeyValueEntry) {
+	p, err := fanout.ParseBindingKey(e.Key())
+	if err != nil {
+		s.log.Warn("ignoring foreign key in bindings bucket", "key", e.Key())
+		return
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		// Keep the last epoch: epochs must only grow, even if a key is deleted by hand.
+		return
+	}
+	b, err := fanout.DecodeBinding(e.Value())
+	if err != nil {
+		s.log.Warn("ignoring invalid binding", "key", e.Key(), "err", err)
+		return
+	}
+	if old, ok := s.binding[p]; ok && old.Epoch > b.Epoch {
+		return
+	}
+	s.binding[p] = *b
+}
+
+func (s *Service) tick(ctx context.Context, loaded bool) error {
+	now := time.Now()
+	if err := s.publishSafeLSN(ctx, now); err != nil {
+		return err
+	}
+	live := s.live.Live(now)
+	s.m.live.Set(float64(len(live)))
+	if !loaded {
+		return nil
+	}
+	s.forgetDead(ctx, now)
+	moved := s.detectStall(now, live)
+	for _, b := range Assign(s.binding, live, s.cfg.Bus.Partitions, moved) {
+		old, had := s.binding[b.Partition]
+		if _, err := s.bus.Bindings.Put(ctx, fanout.BindingKey(b.Partition), fanout.EncodeJSON(b)); err != nil {
+			return fmt.Errorf("write binding of partition %d: %w", b.Partition, err)
+		}
+		s.binding[b.Partition] = b
+		s.m.rebinds.Inc()
+		if had {
+			s.log.Info("partition rebound", "partition", b.Partition, "consumer", b.Consumer, "epoch", b.Epoch, "from", old.Consumer)
+		} else {
+			s.log.Info("partition bound", "partition", b.Partition, "consumer", b.Consumer, "epoch", b.Epoch)
+		}
+	}
+	return nil
+}
+
+// publishSafeLSN reads ingest's published LSN, then the oldest pending
+// fragment (in that order: see SafeLSN), and writes the result.
+func (s *Service) publishSafeLSN(ctx context.Context, now time.Time) error {
+	var published pglogrepl.LSN
+	e, err := s.bus.State.Get(ctx, fanout.KeyIngestPublished)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// ingest has published nothing yet: confirm nothing.
+	case err != nil:
+		return fmt.Errorf("read %s: %w", fanout.KeyIngestPublished, err)
+	default:
+		p, err := fanout.DecodeIngestProgress(e.Value())
+		if err != nil {
+			return err
+		}
+		published = p.PublishedLSN
+	}
+	oldest, err := OldestPending(ctx, s.bus.Stream)
+	if err != nil {
+		return err
+	}
+	if oldest == nil || s.oldest == nil || oldest.StreamSeq != s.oldest.StreamSeq {
+		s.oldestSince = now
+	}
+	s.oldest = oldest
+
+	safe := &fanout.SafeLSN{LSN: SafeLSN(published, oldest), Computed: now}
+	if oldest != nil {
+		b := s.binding[oldest.Partition]
+		safe.Blocking = &fanout.Blocker{
+			Shape: oldest.Shape, Partition: oldest.Partition, Consumer: b.Consumer, Epoch: b.Epoch,
+			CommitLSN: oldest.CommitLSN.String(), Pending: oldest.Pending,
+		}
+		s.m.pending.Set(float64(oldest.Pending))
+		s.m.blockedFor.Set(now.Sub(s.oldestSince).Seconds())
+	} else {
+		s.m.pending.Set(0)
+		s.m.blockedFor.Set(0)
+	}
+	s.m.publishedLSN.Set(float64(published))
+	s.m.safeLSN.Set(float64(safe.LSN))
+
+	// Write on change, and every second so status shows flushd is alive.
+	if s.lastSafe != nil && s.lastSafe.LSN == safe.LSN && sameBlocker(s.lastSafe.Blocking, safe.Blocking) && now.Sub(s.lastSafePut) < time.Second {
+		return nil
+	}
+	if _, err := s.bus.State.Put(ctx, fanout.KeySafeLSN, fanout.EncodeJSON(safe)); err != nil {
+		return fmt.Errorf("write %s: %w", fanout.KeySafeLSN, err)
+	}
+	if s.lastSafe == nil || s.lastSafe.LSN != safe.LSN {
+		s.log.Debug("safe LSN", "lsn", safe.LSN, "published", published, "blocking", safe.Blocking)
+	}
+	s.lastSafe, s.lastSafePut = safe, now
+	return nil
+}
+
+func sameBlocker(a, b *fanout.Blocker) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Shape == b.Shape && a.CommitLSN == b.CommitLSN && a.Consumer == b.Consumer
+}
+
+// detectStall moves the partition of the oldest pending fragment when that
+// fragment has been the oldest for longer than stall_grace while its owner
+// is live: the owner is stuck, and WAL must not wait for it.
+func (s *Service) detectStall(now time.Time, live []string) map[int]bool {
+	o := s.oldest
+	if o == nil || now.Sub(s.oldestSince) < s.cfg.Flushd.StallGrace || s.stallReported == o.StreamSeq {
+		return nil
+	}
+	b, ok := s.binding[o.Partition]
+	if !ok || len(live) < 2 {
+		return nil
+	}
+	s.stallReported = o.StreamSeq
+	s.m.stalls.Inc()
+	s.log.Warn("consumer stalled: its oldest pending fragment has not moved; moving the partition",
+		"consumer", b.Consumer, "partition", o.Partition, "shape", o.Shape, "commit_lsn", o.CommitLSN,
+		"stalled_for", now.Sub(s.oldestSince).Round(time.Second))
+	s.oldestSince = now
+	return map[int]bool{o.Partition: true}
+}
+
+// forgetDead deletes heartbeat keys of consumers dead for a while, so status
+// does not list them for ever.
+func (s *Service) forgetDead(ctx context.Context, now time.Time) {
+	for _, id := range s.live.Known() {
+		if t, _ := s.live.LastSeen(id); now.Sub(t) > forgetAfter+s.cfg.Flushd.HeartbeatTimeout {
+			if err := s.bus.Consumers.Delete(ctx, id); err != nil {
+				s.log.Warn("cannot delete heartbeat of dead consumer", "consumer", id, "err", err)
+				continue
+			}
+			s.live.Forget(id)
+			s.log.Info("forgot dead consumer", "consumer", id, "last_heartbeat", t)
+		}
+	}
+}
+
+// readSlotLag feeds the slot lag metric; it is optional (postgres.url empty
+// disables it) and never stops flushd.
+func (s *Service) readSlotLag(ctx context.Context) {
+	if s.cfg.Postgres.URL == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	lag, err := SlotLag(ctx, s.cfg.Postgres.URL, s.cfg.Postgres.Slot)
+	if err != nil {
+		s.log.Debug("cannot read slot lag", "err", err)
+		return
+	}
+	s.m.slotLag.Set(float64(lag.LagBytes))
+}
+
+// Slot is what pg_replication_slots says of the slot.
+type Slot struct {
+	Name              string `json:"slot"`
+	ConfirmedFlushLSN string `json:"confirmed_flush_lsn"`
+	CurrentWALLSN     string `json:"current_wal_lsn"`
+	LagBytes          int64  `json:"lag_bytes"`
+	WALStatus         string `json:"wal_status"`
+	Active            bool   `json:"active"`
+}
+
+// SlotLag reads the slot's confirmed position and retained WAL.
+func SlotLag(ctx context.Context, url, slot string) (*Slot, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to Postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var out Slot
+	var walStatus *string
+	err = conn.QueryRow(ctx, `SELECT slot_name, coalesce(confirmed_flush_lsn::text, ''), pg_current_wal_lsn()::text,
+		coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0), wal_status, active
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&out.Name, &out.ConfirmedFlushLSN, &out.CurrentWALLSN, &out.LagBytes, &walStatus, &out.Active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("replication slot %q does not exist (ingest creates it on start)", slot)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pg_replication_slots: %w", err)
+	}
+	if walStatus != nil {
+		out.WALStatus = *walStatus
+	}
+	return &out, nil
+}
