@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -18,27 +19,58 @@ type NATS struct {
 	URL      string
 	Server   *server.Server
 	StoreDir string
+	host     string
 	port     int
 }
 
 // StartNATS starts an embedded JetStream server, shut down when the test ends.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "fanout-nats-")
+	n, err := NewNATS("127.0.0.1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &NATS{StoreDir: dir, port: FreePort(t)}
-	t.Cleanup(func() { n.Shutdown(); os.RemoveAll(dir) })
-	n.Start(t)
+	t.Cleanup(n.Close)
 	return n
 }
 
-// Start starts (or restarts after Shutdown) the server on the same port and store.
+// NewNATS starts an embedded JetStream server with a new store folder on
+// host:port (port 0: a free one). Close stops it and removes the store.
+func NewNATS(host string, port int) (*NATS, error) {
+	dir, err := os.MkdirTemp("", "fanout-nats-")
+	if err != nil {
+		return nil, err
+	}
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	n := &NATS{StoreDir: dir, host: host, port: port}
+	if err := n.start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return n, nil
+}
+
+// Close stops the server and removes its store.
+func (n *NATS) Close() {
+	n.Shutdown()
+	os.RemoveAll(n.StoreDir)
+}
+
+// Start starts the server again after Shutdown, on the same port and store.
 func (n *NATS) Start(t testing.TB) {
 	t.Helper()
+	if err := n.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *NATS) start() error {
 	opts := &server.Options{
-		Host:      "127.0.0.1",
+		Host:      n.host,
 		Port:      n.port,
 		JetStream: true,
 		StoreDir:  n.StoreDir,
@@ -47,14 +79,16 @@ func (n *NATS) Start(t testing.TB) {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
-		t.Fatalf("nats server: %v", err)
+		return fmt.Errorf("nats server: %w", err)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(30 * time.Second) {
-		t.Fatal("embedded nats server did not become ready in 30s")
+		s.Shutdown()
+		return fmt.Errorf("embedded nats server did not become ready in 30s")
 	}
 	n.Server = s
 	n.URL = s.ClientURL()
+	return nil
 }
 
 // Shutdown stops the server.

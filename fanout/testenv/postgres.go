@@ -25,6 +25,7 @@ type Postgres struct {
 	URL     string
 	Port    int
 	DataDir string
+	root    string
 	logFile string
 	owner   *user.User // nil when the test does not run as root
 }
@@ -37,41 +38,51 @@ func WithSetting(name, value string) PostgresOption {
 	return func(s map[string]string) { s[name] = value }
 }
 
-// StartPostgres initdbs and starts a cluster on a free port. It skips the
-// test when the PostgreSQL server binaries are not installed.
+// StartPostgres initdbs and starts a cluster on a free port, stopped and
+// removed when the test ends.
 func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 	t.Helper()
-	initdb, err := exec.LookPath("initdb")
-	if err != nil {
-		t.Fatalf("initdb not found on PATH: install the PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15, then add /usr/lib/postgresql/15/bin to PATH)")
-	}
-	root, err := os.MkdirTemp("", "fanout-pg-")
+	p, err := NewPostgres(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Postgres{DataDir: filepath.Join(root, "data"), logFile: filepath.Join(root, "postgres.log")}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// NewPostgres initdbs and starts a cluster on a free port in a new scratch
+// folder. Close stops it and removes the folder.
+func NewPostgres(opts ...PostgresOption) (*Postgres, error) {
+	initdb, err := exec.LookPath("initdb")
+	if err != nil {
+		return nil, fmt.Errorf("initdb not found on PATH: install the PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15, then add /usr/lib/postgresql/15/bin to PATH)")
+	}
+	root, err := os.MkdirTemp("", "fanout-pg-")
+	if err != nil {
+		return nil, err
+	}
+	p := &Postgres{root: root, DataDir: filepath.Join(root, "data"), logFile: filepath.Join(root, "postgres.log")}
 	if os.Geteuid() == 0 {
 		// The server refuses to run as root: run it as the postgres user,
 		// in a folder that user owns.
 		if p.owner, err = user.Lookup("postgres"); err != nil {
-			t.Fatalf("running as root but there is no postgres system user to run the server as: %v", err)
+			os.RemoveAll(root)
+			return nil, fmt.Errorf("running as root but there is no postgres system user to run the server as: %v", err)
 		}
 		if err := os.Chmod(root, 0o755); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
-		uid, _ := strconv.Atoi(p.owner.Uid)
-		gid, _ := strconv.Atoi(p.owner.Gid)
-		if err := os.Chown(root, uid, gid); err != nil {
-			t.Fatal(err)
-		}
+		p.chown(root)
 	}
-	t.Cleanup(func() { p.stop(t); os.RemoveAll(root) })
-
 	if out, err := p.command(initdb, "-D", p.DataDir, "-U", "postgres", "--auth=trust",
 		"--encoding=UTF8", "--locale=C", "--no-sync").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+		p.Close()
+		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	p.Port = FreePort(t)
+	if p.Port, err = freePort(); err != nil {
+		p.Close()
+		return nil, err
+	}
 	settings := map[string]string{
 		"wal_level":               "logical",
 		"max_wal_senders":         "10",
@@ -91,45 +102,65 @@ func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 	for k, v := range settings {
 		fmt.Fprintf(&conf, "%s = '%s'\n", k, v)
 	}
-	if err := os.WriteFile(filepath.Join(p.DataDir, "postgresql.auto.conf"), []byte(conf.String()), 0o600); err != nil {
-		t.Fatal(err)
+	confFile := filepath.Join(p.DataDir, "postgresql.auto.conf")
+	if err := os.WriteFile(confFile, []byte(conf.String()), 0o600); err != nil {
+		p.Close()
+		return nil, err
 	}
-	p.chown(filepath.Join(p.DataDir, "postgresql.auto.conf"))
-	p.Start(t)
+	p.chown(confFile)
+	if err := p.start(); err != nil {
+		p.Close()
+		return nil, err
+	}
 	p.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.Port)
-	return p
+	return p, nil
 }
 
-// Start starts (or restarts after Stop) the server and waits until it accepts connections.
+// Close stops the server and removes its folder.
+func (p *Postgres) Close() {
+	p.stop()
+	os.RemoveAll(p.root)
+}
+
+// Start starts the server again after Stop.
 func (p *Postgres) Start(t testing.TB) {
 	t.Helper()
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *Postgres) start() error {
 	pgctl, err := exec.LookPath("pg_ctl")
 	if err != nil {
-		t.Fatal("pg_ctl not found on PATH")
+		return fmt.Errorf("pg_ctl not found on PATH")
 	}
 	if out, err := p.command(pgctl, "-D", p.DataDir, "-l", p.logFile, "-w", "-t", "60", "start").CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(p.logFile)
-		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+		return fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, p.Log())
 	}
+	return nil
 }
 
 // Stop stops the server at once (immediate mode, like a crash).
 func (p *Postgres) Stop(t testing.TB) {
 	t.Helper()
-	p.stop(t)
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
 }
 
-func (p *Postgres) stop(t testing.TB) {
+func (p *Postgres) stop() error {
 	pgctl, err := exec.LookPath("pg_ctl")
 	if err != nil {
-		return
+		return nil
 	}
 	if _, err := os.Stat(filepath.Join(p.DataDir, "postmaster.pid")); err != nil {
-		return
+		return nil
 	}
 	if out, err := p.command(pgctl, "-D", p.DataDir, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
-		t.Logf("pg_ctl stop: %v\n%s", err, out)
+		return fmt.Errorf("pg_ctl stop: %v\n%s", err, out)
 	}
+	return nil
 }
 
 // Log returns the server log so far.
@@ -180,12 +211,20 @@ func (p *Postgres) Exec(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
 // FreePort returns a TCP port that was free a moment ago on 127.0.0.1.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return port
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func truncate(s string, n int) string {
