@@ -33,6 +33,10 @@ test-e2e:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./deploy/bench/
 
+# The long chaos run: kills, zombies, NATS and Postgres restarts for 5 minutes.
+chaos: build
+	FANOUT_CHAOS_DURATION=5m FANOUT_CHAOS_SERVERS=1 $(GO) test -run TestChaos -v -count 1 -timeout 60m ./deploy/e2e/
+
 run: build
 	$(GO) run ./deploy/devstack
 

@@ -1,0 +1,255 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+const itemsTable = `CREATE TABLE items (id int PRIMARY KEY, owner int, title text, body text)`
+
+// itemShapes are the shapes most tests use: equality, IN + LIKE, everything,
+// and a projection.
+func itemShapes(s *stack) []shapeDef {
+	return []shapeDef{
+		s.addShape("public.items", "owner = 1"),
+		s.addShape("public.items", "owner = 2"),
+		s.addShape("public.items", "owner IN (3, 4) AND title LIKE 'a%'"),
+		s.addShape("public.items", ""),
+		s.addShape("public.items", "owner = 1", "id", "title"),
+	}
+}
+
+// drain waits until everything committed so far is confirmed to Postgres.
+func (s *stack) drain() {
+	s.t.Helper()
+	s.waitConfirmed(s.currentWAL(), 90*time.Second)
+}
+
+func TestShapeLogsEqualTheirQueries(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	defs := itemShapes(s)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startConsumer("c2")
+	s.startIngest()
+	s.waitSlot()
+
+	s.exec(`INSERT INTO items SELECT g, g % 5, CASE WHEN g % 2 = 0 THEN 'a' || g ELSE 'b' || g END, NULL FROM generate_series(1, 300) g`)
+	s.exec(`UPDATE items SET owner = 2 WHERE id % 7 = 0`)           // moves out of owner = 1, into owner = 2
+	s.exec(`UPDATE items SET title = 'a-moved' WHERE id % 11 = 0`)  // moves into the LIKE shape
+	s.exec(`DELETE FROM items WHERE id % 13 = 0`)                   // deletes
+	s.exec(`UPDATE items SET id = id + 1000 WHERE id IN (1, 2, 3)`) // primary key changes
+	// A TOASTed value, then updates that leave it unchanged, one of which
+	// moves the row into a shape: the shape must get the whole value.
+	s.exec(`UPDATE items SET body = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 5000) g) WHERE id IN (50, 51)`)
+	s.exec(`UPDATE items SET owner = 1 WHERE id = 50`)
+	s.exec(`UPDATE items SET title = 'a50' WHERE id = 51`)
+	s.exec(`BEGIN; INSERT INTO items VALUES (5000, 1, 'a', NULL); UPDATE items SET owner = 2 WHERE id = 5000; UPDATE items SET owner = 1 WHERE id = 5000; DELETE FROM items WHERE id = 4; COMMIT`)
+	s.exec(`UPDATE items SET owner = NULL WHERE id = 6`)
+
+	s.drain()
+	s.checkShapes(defs)
+
+	s.exec(`TRUNCATE items`)
+	s.exec(`INSERT INTO items VALUES (1, 1, 'after truncate', NULL)`)
+	s.drain()
+	s.checkShapes(defs)
+	if r := s.retainedWAL(); r > walSegment {
+		t.Fatalf("slot retains %d bytes of WAL after load stopped, want under one segment (%d)", r, walSegment)
+	}
+}
+
+// load runs small transactions, with moves between shapes, until stop is closed.
+func (s *stack) load(stop <-chan struct{}, firstID int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conn, err := pgx.Connect(context.Background(), s.pg.URL)
+		if err != nil {
+			s.t.Errorf("load: %v", err)
+			return
+		}
+		defer conn.Close(context.Background())
+		for id := firstID; ; id += 3 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, err := conn.Exec(context.Background(), `INSERT INTO items VALUES ($1, $1 % 3, 'a' || $1, NULL), ($1 + 1, 1, 'b', NULL), ($1 + 2, 2, 'c', NULL);
+				UPDATE items SET owner = (owner + 1) % 3 WHERE id = $1 - 3`, id)
+			if err != nil {
+				s.t.Errorf("load: %v", err)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return &wg
+}
+
+// status is `fanoutctl status --json`, parsed.
+func (s *stack) status() map[string]any {
+	s.t.Helper()
+	var st map[string]any
+	if err := json.Unmarshal([]byte(s.ctl("status", "--json")), &st); err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+// boundTo counts the partitions bound to consumer id.
+func (s *stack) boundTo(id string) int {
+	n := 0
+	bindings, _ := s.status()["bindings"].([]any)
+	for _, b := range bindings {
+		if m, ok := b.(map[string]any); ok && m["consumer"] == id {
+			n++
+		}
+	}
+	return n
+}
+
+func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	defs := itemShapes(s)
+	s.startFlushd()
+	c1 := s.startConsumer("c1")
+	s.startConsumer("c2")
+	s.startIngest()
+	s.waitSlot()
+	testenv.Eventually(t, 30*time.Second, "both consumers to own partitions", func() bool {
+		return s.boundTo("c1") > 0 && s.boundTo("c2") > 0
+	})
+
+	stop := make(chan struct{})
+	wg := s.load(stop, 1)
+	testenv.Eventually(t, 30*time.Second, "load to be confirmed", func() bool { return s.confirmedFlush() > 0 })
+	time.Sleep(time.Second) // let the load run: the kill must land mid-stream
+
+	c1.Kill()
+	killedAt := time.Now()
+	atKill := s.currentWAL()
+	s.waitConfirmed(atKill, 60*time.Second)
+	recovery := time.Since(killedAt)
+	t.Logf("confirmed_flush_lsn passed the WAL position of the kill %s after SIGKILL (heartbeat timeout %s)", recovery, heartbeatTimeout)
+	if recovery > heartbeatTimeout+8*time.Second {
+		t.Errorf("confirmed_flush_lsn took %s to move past the kill, want under timeout %s + a few seconds", recovery, heartbeatTimeout)
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+
+	s.drain()
+	s.checkShapes(defs)
+	testenv.Eventually(t, 30*time.Second, "retained WAL under one segment", func() bool { return s.retainedWAL() < walSegment })
+}
+
+func TestZombieConsumerCannotCorruptLogs(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	defs := itemShapes(s)
+	s.startFlushd()
+	zombie := s.startConsumer("c1")
+	s.startConsumer("c2")
+	s.startIngest()
+	s.waitSlot()
+	testenv.Eventually(t, 30*time.Second, "both consumers to own partitions", func() bool {
+		return s.boundTo("c1") > 0 && s.boundTo("c2") > 0
+	})
+
+	stop := make(chan struct{})
+	wg := s.load(stop, 1)
+	time.Sleep(time.Second)
+	zombie.Signal(syscall.SIGSTOP)
+	testenv.Eventually(t, 30*time.Second, "the stopped consumer's partitions to move", func() bool { return s.boundTo("c1") == 0 })
+	time.Sleep(time.Second)
+	zombie.Signal(syscall.SIGCONT) // it wakes up believing it still owns its partitions
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	s.drain()
+	s.checkShapes(defs)
+}
+
+func TestKilledIngestResumesWithoutLossOrDuplicates(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	defs := itemShapes(s)
+	s.startFlushd()
+	s.startConsumer("c1")
+	ingest := s.startIngest()
+	s.waitSlot()
+
+	stop := make(chan struct{})
+	wg := s.load(stop, 1)
+	time.Sleep(1500 * time.Millisecond)
+	ingest.Kill()
+	time.Sleep(500 * time.Millisecond)
+	s.startIngest()
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	s.drain()
+	s.checkShapes(defs)
+}
+
+func TestRemovedShapeNeverPinsWAL(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	busy := s.addShape("public.items", "owner = 1")
+	s.startFlushd()
+	s.startIngest()
+	s.waitSlot()
+	// No consumer runs: the shape's fragments stay pending and pin the safe LSN.
+	s.exec(`INSERT INTO items SELECT g, 1, 'x', NULL FROM generate_series(1, 100) g`)
+	pinned := s.currentWAL()
+	time.Sleep(2 * time.Second)
+	if c := s.confirmedFlush(); c >= pinned {
+		t.Fatalf("confirmed_flush_lsn %s passed unpersisted changes at %s", c, pinned)
+	}
+	st := s.status()
+	safe, _ := st["safe"].(map[string]any)
+	blocking, _ := safe["blocking"].(map[string]any)
+	if blocking == nil || blocking["shape"] != busy.handle {
+		t.Fatalf("status does not name the blocking shape %s: %v", busy.handle, safe)
+	}
+	s.ctl("shape", "rm", busy.handle)
+	s.waitConfirmed(pinned, 30*time.Second)
+}
+
+func TestIdleAndUnshapedTrafficReleasesWAL(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	s.exec(`CREATE TABLE other (id serial PRIMARY KEY, payload text)`)
+	s.addShape("public.items", "owner = 1")
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startIngest()
+	s.waitSlot()
+	// 40 MB of WAL in transactions that touch no shape.
+	for i := 0; i < 4; i++ {
+		s.exec(`INSERT INTO other (payload) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 10000) g`)
+	}
+	start := s.currentWAL()
+	s.waitConfirmed(start, 60*time.Second)
+	// Idle: nothing else happens; the slot must still not fall behind.
+	time.Sleep(3 * time.Second)
+	testenv.Eventually(t, 30*time.Second, "idle slot lag under one segment", func() bool { return s.retainedWAL() < walSegment })
+	if r := s.retainedWAL(); r > walSegment {
+		t.Fatalf("idle slot retains %d bytes", r)
+	}
+}
