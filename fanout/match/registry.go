@@ -1,9 +1,15 @@
 // Package match routes row changes to the shapes whose where clause they
-// match. PLACEHOLDER: routes by table only; being replaced by the real
-// matcher (pg_query_go parser, Postgres semantics, equality index).
+// match. Where clauses are parsed by the Postgres parser (pg_query_go),
+// type-checked against the table's schema, and evaluated with Postgres's
+// semantics (three-valued logic, its implicit casts, byte-order text as
+// under the C collation). An equality index keeps routing cost independent
+// of the number of shapes that filter on `col = constant`.
 package match
 
 import (
+	"fmt"
+	"log/slog"
+
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -16,53 +22,120 @@ type RowChange struct {
 	// Old is the old row: nil for insert; for update and delete the full old
 	// row under REPLICA IDENTITY FULL, else only its key columns or nil.
 	Old fanout.Row
-	// New is the new row: nil for delete.
+	// New is the new row: nil for delete. A column missing from the map
+	// (as opposed to present with a nil value, SQL NULL) is unknown.
 	New fanout.Row
 }
 
-// Registry holds the live shapes and their compiled predicates. It is not
-// safe for concurrent use: one goroutine (ingest's router) owns it.
+// Registry holds the live shapes, their compiled predicates and the
+// equality index. It is not safe for concurrent use: one goroutine (ingest's
+// router) owns it.
 type Registry struct {
-	shapes map[string]*fanout.Shape
+	shapes map[string]*entry
+	tables map[string]*tableIndex
+	onErr  func(s *fanout.Shape, err error)
+
+	visit uint64   // generation of the current Route call, for entry.mark
+	cand  []*entry // reused candidate list
+	evals int      // predicate evaluations so far (tests check the index with it)
+}
+
+// Option configures a Registry.
+type Option func(*Registry)
+
+// WithEvalErrors sets what happens when a row value cannot be read as its
+// column's type (the table's schema changed under a shape, or a decoder
+// bug). The value counts as NULL for that evaluation. By default the error
+// is logged with slog.Default at warn level.
+func WithEvalErrors(f func(s *fanout.Shape, err error)) Option {
+	return func(r *Registry) { r.onErr = f }
 }
 
 // NewRegistry returns an empty registry.
-func NewRegistry() *Registry { return &Registry{shapes: map[string]*fanout.Shape{}} }
+func NewRegistry(opts ...Option) *Registry {
+	r := &Registry{shapes: map[string]*entry{}, tables: map[string]*tableIndex{}}
+	r.onErr = func(s *fanout.Shape, err error) {
+		slog.Default().Warn("shape where clause could not read a row value; it counted as NULL",
+			"shape", s.Handle, "table", s.Table, "err", err)
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
 
-// Add compiles s's where clause against s.Schema and adds (or replaces) it.
+// Add compiles s's where clause against s.Schema and adds s, replacing a
+// shape of the same handle. On error the registry is unchanged.
 func (r *Registry) Add(s *fanout.Shape) error {
-	r.shapes[s.Handle] = s
+	pred, err := Compile(s.Where, s.Schema)
+	if err != nil {
+		return fmt.Errorf("shape %s on %s: %w", s.Handle, s.Table, err)
+	}
+	if s.Table == "" {
+		return fmt.Errorf("shape %s has no table", s.Handle)
+	}
+	r.Remove(s.Handle)
+	e := &entry{shape: s, pred: pred}
+	if len(s.Columns) > 0 {
+		e.proj = append(e.proj, s.PrimaryKey...)
+		for _, c := range s.Columns {
+			if !contains(e.proj, c) {
+				e.proj = append(e.proj, c)
+			}
+		}
+	}
+	t := r.tables[s.Table]
+	if t == nil {
+		t = &tableIndex{}
+		r.tables[s.Table] = t
+	}
+	t.insert(e)
+	r.shapes[s.Handle] = e
 	return nil
 }
 
 // Remove drops a shape; unknown handles are ignored.
-func (r *Registry) Remove(handle string) { delete(r.shapes, handle) }
+func (r *Registry) Remove(handle string) {
+	e, ok := r.shapes[handle]
+	if !ok {
+		return
+	}
+	delete(r.shapes, handle)
+	t := r.tables[e.shape.Table]
+	t.remove(e)
+	if len(t.all) == 0 {
+		delete(r.tables, e.shape.Table)
+	}
+}
 
 // Len is the number of shapes.
 func (r *Registry) Len() int { return len(r.shapes) }
 
 // Get returns a shape by handle.
 func (r *Registry) Get(handle string) (*fanout.Shape, bool) {
-	s, ok := r.shapes[handle]
-	return s, ok
-}
-
-// Route calls emit once for every shape c touches, with the change as that
-// shape sees it: projected to its columns, an update that moves the row in
-// is an insert, one that moves it out is a delete.
-func (r *Registry) Route(c RowChange, emit func(s *fanout.Shape, ch fanout.Change)) {
-	for _, s := range r.shapes {
-		if s.Table == c.Table {
-			emit(s, fanout.Change{Op: c.Op, Row: c.New, Old: c.Old})
-		}
+	e, ok := r.shapes[handle]
+	if !ok {
+		return nil, false
 	}
+	return e.shape, true
 }
 
 // ShapesOf calls emit for every shape on table (a truncate touches them all).
 func (r *Registry) ShapesOf(table string, emit func(s *fanout.Shape)) {
-	for _, s := range r.shapes {
-		if s.Table == table {
-			emit(s)
+	t := r.tables[table]
+	if t == nil {
+		return
+	}
+	for _, e := range t.all {
+		emit(e.shape)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
 		}
 	}
+	return false
 }

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/flushd"
+)
+
+// Status is what `fanoutctl status --json` prints.
+type Status struct {
+	SafeLSN         *fanout.SafeLSN        `json:"safe"`
+	IngestPublished *fanout.IngestProgress `json:"ingest"`
+	Slot            *flushd.Slot           `json:"slot,omitempty"`
+	SlotError       string                 `json:"slot_error,omitempty"`
+	PendingMsgs     uint64                 `json:"pending_fragments"`
+	PendingBytes    uint64                 `json:"pending_bytes"`
+	DeadLettered    uint64                 `json:"dead_lettered"`
+	Consumers       []ConsumerStatus       `json:"consumers"`
+	Bindings        []fanout.Binding       `json:"bindings"`
+	Failed          []fanout.ShapeFailure  `json:"failed_shapes"`
+}
+
+// ConsumerStatus is one consumer as its last heartbeat shows it.
+type ConsumerStatus struct {
+	fanout.Heartbeat
+	HeartbeatAge string `json:"heartbeat_age"`
+	Partitions   int    `json:"bound_partitions"`
+}
+
+func status(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error {
+	st := Status{Consumers: []ConsumerStatus{}, Bindings: []fanout.Binding{}, Failed: []fanout.ShapeFailure{}}
+	if e, err := bus.State.Get(ctx, fanout.KeySafeLSN); err == nil {
+		st.SafeLSN, _ = fanout.DecodeSafeLSN(e.Value())
+	}
+	if e, err := bus.State.Get(ctx, fanout.KeyIngestPublished); err == nil {
+		st.IngestPublished, _ = fanout.DecodeIngestProgress(e.Value())
+	}
+	if cfg.Postgres.URL != "" {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		slot, err := flushd.SlotLag(pctx, cfg.Postgres.URL, cfg.Postgres.Slot)
+		cancel()
+		if err != nil {
+			st.SlotError = err.Error()
+		}
+		st.Slot = slot
+	}
+	if info, err := bus.Stream.Info(ctx); err == nil {
+		st.PendingMsgs, st.PendingBytes = info.State.Msgs, info.State.Bytes
+	}
+	if info, err := bus.DeadLetter.Info(ctx); err == nil {
+		st.DeadLettered = info.State.Msgs
+	}
+	owned := map[string]int{}
+	if err := eachValue(ctx, bus.Bindings, func(_ string, v []byte) {
+		if b, err := fanout.DecodeBinding(v); err == nil {
+			st.Bindings = append(st.Bindings, *b)
+			owned[b.Consumer]++
+		}
+	}); err != nil {
+		return err
+	}
+	sort.Slice(st.Bindings, func(i, j int) bool { return st.Bindings[i].Partition < st.Bindings[j].Partition })
+	if err := eachValue(ctx, bus.Consumers, func(_ string, v []byte) {
+		if h, err := fanout.DecodeHeartbeat(v); err == nil {
+			st.Consumers = append(st.Consumers, ConsumerStatus{Heartbeat: *h,
+				HeartbeatAge: time.Since(h.Sent).Round(100 * time.Millisecond).String(), Partitions: owned[h.Consumer]})
+		}
+	}); err != nil {
+		return err
+	}
+	if err := eachValue(ctx, bus.Failed, func(_ string, v []byte) {
+		var f fanout.ShapeFailure
+		if jsonUnmarshal(v, &f) == nil {
+			st.Failed = append(st.Failed, f)
+		}
+	}); err != nil {
+		return err
+	}
+	if cmd.json {
+		return printJSON(st)
+	}
+	printStatus(st)
+	return nil
+}
+
+func printStatus(st Status) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+	if st.SafeLSN != nil {
+		fmt.Fprintf(w, "safe LSN\t%s\t(computed %s ago by flushd)\n", st.SafeLSN.LSN, time.Since(st.SafeLSN.Computed).Round(100*time.Millisecond))
+	} else {
+		fmt.Fprintf(w, "safe LSN\tnone yet\t(is flushd running?)\n")
+	}
+	if st.IngestPublished != nil {
+		fmt.Fprintf(w, "ingest published\t%s\t(updated %s ago)\n", st.IngestPublished.PublishedLSN, time.Since(st.IngestPublished.Updated).Round(100*time.Millisecond))
+	} else {
+		fmt.Fprintf(w, "ingest published\tnone yet\t(is ingest running?)\n")
+	}
+	if st.Slot != nil {
+		fmt.Fprintf(w, "slot %s\tconfirmed %s\tlag %d bytes, wal_status %s, active %v\n", st.Slot.Name, st.Slot.ConfirmedFlushLSN, st.Slot.LagBytes, st.Slot.WALStatus, st.Slot.Active)
+	} else if st.SlotError != "" {
+		fmt.Fprintf(w, "slot\tunknown\t%s\n", st.SlotError)
+	}
+	fmt.Fprintf(w, "stream %s\t%d pending fragments\t%d bytes\n", fanout.StreamName, st.PendingMsgs, st.PendingBytes)
+	fmt.Fprintf(w, "stream %s\t%d dead-lettered\t\n", fanout.DeadLetterStream, st.DeadLettered)
+	if st.SafeLSN != nil && st.SafeLSN.Blocking != nil {
+		b := st.SafeLSN.Blocking
+		fmt.Fprintf(w, "blocked by\tshape %s\tpartition %d, consumer %q epoch %d, commit %s\n", b.Shape, b.Partition, b.Consumer, b.Epoch, b.CommitLSN)
+	} else {
+		fmt.Fprintf(w, "blocked by\tnothing\t\n")
+	}
+	for _, c := range st.Consumers {
+		state := "live"
+		if c.Draining {
+			state = "draining"
+		}
+		fmt.Fprintf(w, "consumer %s\t%s\theartbeat %s ago, %d partitions bound\n", c.Consumer, state, c.HeartbeatAge, c.Partitions)
+	}
+	var parts []string
+	for _, b := range st.Bindings {
+		parts = append(parts, fmt.Sprintf("%d:%s@%d", b.Partition, b.Consumer, b.Epoch))
+	}
+	fmt.Fprintf(w, "bindings\t%d\t%s\n", len(st.Bindings), strings.Join(parts, " "))
+	for _, f := range st.Failed {
+		fmt.Fprintf(w, "failed shape %s\tpartition %d\t%s (commit %s)\n", f.Shape, f.Partition, f.Reason, f.CommitLSN)
+	}
+}
+
+// eachValue calls f for every key of a bucket.
+func eachValue(ctx context.Context, kv jetstream.KeyValue, f func(key string, value []byte)) error {
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		f(k, e.Value())
+	}
+	return nil
+}

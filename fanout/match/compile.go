@@ -1,0 +1,368 @@
+package match
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// wherePrefix turns the clause into a statement the Postgres parser accepts.
+const wherePrefix = "SELECT 1 WHERE "
+
+// Compile parses where with the Postgres parser and type-checks it against
+// schema. Text comparisons use byte order, which is Postgres's order under
+// the C collation only: other collations are not honoured. A timestamptz
+// literal without an offset is read as UTC.
+func Compile(where string, schema []fanout.Column) (*Predicate, error) {
+	p := &Predicate{where: where}
+	if strings.TrimSpace(where) == "" {
+		return p, nil
+	}
+	tree, err := pg.Parse(wherePrefix + where)
+	if err != nil {
+		var pe *parser.Error
+		if errors.As(err, &pe) && pe.Cursorpos > len(wherePrefix) {
+			return nil, fmt.Errorf("where clause does not parse: %s (at character %d of the clause)", pe.Message, pe.Cursorpos-len(wherePrefix))
+		}
+		return nil, fmt.Errorf("where clause does not parse: %v", err)
+	}
+	if err := noCommentsOrSemicolons(where); err != nil {
+		return nil, err
+	}
+	if len(tree.Stmts) != 1 {
+		return nil, fmt.Errorf("where clause must be one boolean expression; it contains %d statements (remove the ';')", len(tree.Stmts))
+	}
+	sel := tree.Stmts[0].GetStmt().GetSelectStmt()
+	if sel == nil || sel.WhereClause == nil || sel.Op != pg.SetOperation_SETOP_NONE ||
+		len(sel.TargetList) != 1 || len(sel.FromClause) > 0 || len(sel.GroupClause) > 0 || sel.HavingClause != nil ||
+		len(sel.WindowClause) > 0 || len(sel.SortClause) > 0 || sel.LimitCount != nil || sel.LimitOffset != nil ||
+		len(sel.LockingClause) > 0 || sel.WithClause != nil || len(sel.DistinctClause) > 0 || sel.IntoClause != nil {
+		return nil, fmt.Errorf("where clause must be one boolean expression, without GROUP BY, ORDER BY, LIMIT, UNION or similar clauses: %q", where)
+	}
+	c := &compiler{cols: map[string]fanout.Column{}, used: map[string]bool{}}
+	for _, col := range schema {
+		c.cols[col.Name] = col
+		c.names = append(c.names, col.Name)
+	}
+	if p.root, err = c.boolean(sel.WhereClause); err != nil {
+		return nil, err
+	}
+	for name := range c.used {
+		p.cols = append(p.cols, name)
+	}
+	sort.Strings(p.cols)
+	p.eqs = equalityConjuncts(p.root)
+	return p, nil
+}
+
+// noCommentsOrSemicolons rejects what would change the meaning of SQL that
+// embeds the clause (a snapshot query appends to it): a trailing comment or ';'.
+func noCommentsOrSemicolons(where string) error {
+	scan, err := pg.Scan(where)
+	if err != nil {
+		return fmt.Errorf("where clause does not parse: %v", err)
+	}
+	for _, t := range scan.Tokens {
+		switch t.Token {
+		case pg.Token_SQL_COMMENT, pg.Token_C_COMMENT:
+			return fmt.Errorf("where clause: comments are not allowed (at character %d)", t.Start+1)
+		case pg.Token_ASCII_59:
+			return fmt.Errorf("where clause must be one boolean expression; remove the ';' (at character %d)", t.Start+1)
+		}
+	}
+	return nil
+}
+
+// compiler turns parse-tree nodes into evaluable nodes.
+type compiler struct {
+	cols  map[string]fanout.Column
+	names []string
+	used  map[string]bool
+}
+
+// boolean compiles an expression that must yield a boolean.
+func (c *compiler) boolean(n *pg.Node) (node, error) {
+	switch {
+	case n.GetBoolExpr() != nil:
+		b := n.GetBoolExpr()
+		args := make([]node, 0, len(b.Args))
+		for _, a := range b.Args {
+			x, err := c.boolean(a)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, x)
+		}
+		switch b.Boolop {
+		case pg.BoolExprType_AND_EXPR:
+			return &andNode{args}, nil
+		case pg.BoolExprType_OR_EXPR:
+			return &orNode{args}, nil
+		case pg.BoolExprType_NOT_EXPR:
+			return &notNode{args[0]}, nil
+		}
+	case n.GetAExpr() != nil:
+		return c.aexpr(n.GetAExpr())
+	case n.GetNullTest() != nil:
+		t := n.GetNullTest()
+		if isBooleanExpr(t.Arg) {
+			// (a = 1 OR b) IS NULL is IS UNKNOWN.
+			arg, err := c.boolean(t.Arg)
+			if err != nil {
+				return nil, err
+			}
+			return &boolTestNode{arg: arg, want: tNull, not: t.Nulltesttype == pg.NullTestType_IS_NOT_NULL}, nil
+		}
+		x, err := c.operand(t.Arg)
+		if err != nil {
+			return nil, fmt.Errorf("IS NULL: %w", err)
+		}
+		k := x.kind
+		if k == kUnknown {
+			k = kText
+		}
+		o, err := c.bind(x, k, domainOf(k))
+		if err != nil {
+			return nil, fmt.Errorf("where clause: constant %s: %v", x.desc, err)
+		}
+		return &nullTestNode{x: o, not: t.Nulltesttype == pg.NullTestType_IS_NOT_NULL}, nil
+	case n.GetBooleanTest() != nil:
+		t := n.GetBooleanTest()
+		arg, err := c.boolean(t.Arg)
+		if err != nil {
+			return nil, err
+		}
+		switch t.Booltesttype {
+		case pg.BoolTestType_IS_TRUE:
+			return &boolTestNode{arg: arg, want: tTrue}, nil
+		case pg.BoolTestType_IS_NOT_TRUE:
+			return &boolTestNode{arg: arg, want: tTrue, not: true}, nil
+		case pg.BoolTestType_IS_FALSE:
+			return &boolTestNode{arg: arg, want: tFalse}, nil
+		case pg.BoolTestType_IS_NOT_FALSE:
+			return &boolTestNode{arg: arg, want: tFalse, not: true}, nil
+		case pg.BoolTestType_IS_UNKNOWN:
+			return &boolTestNode{arg: arg, want: tNull}, nil
+		case pg.BoolTestType_IS_NOT_UNKNOWN:
+			return &boolTestNode{arg: arg, want: tNull, not: true}, nil
+		}
+	case n.GetColumnRef() != nil, n.GetAConst() != nil, n.GetTypeCast() != nil:
+		x, err := c.operand(n)
+		if err != nil {
+			return nil, err
+		}
+		if x.kind != kBool && x.kind != kUnknown {
+			return nil, fmt.Errorf("where clause: %s is %s, not boolean; compare it with something (e.g. %s = ...)", x.desc, x.kind, x.desc)
+		}
+		o, err := c.bind(x, kBool, dBool)
+		if err != nil {
+			return nil, fmt.Errorf("where clause: constant %s: %v", x.desc, err)
+		}
+		return &boolOperandNode{o}, nil
+	}
+	return nil, unsupported(n)
+}
+
+// aexpr compiles operator expressions: comparisons, IN, LIKE, BETWEEN, IS DISTINCT FROM.
+func (c *compiler) aexpr(e *pg.A_Expr) (node, error) {
+	name := opName(e)
+	switch e.Kind {
+	case pg.A_Expr_Kind_AEXPR_OP:
+		if op, ok := cmpOps[name]; ok {
+			if e.Lexpr == nil {
+				return nil, fmt.Errorf("where clause: operator %q needs two operands", name)
+			}
+			return c.comparison(op, e.Lexpr, e.Rexpr)
+		}
+		switch name {
+		case "~~", "!~~":
+			return c.like(e.Lexpr, e.Rexpr, false, name == "!~~")
+		case "~~*", "!~~*":
+			return c.like(e.Lexpr, e.Rexpr, true, name == "!~~*")
+		}
+		return nil, fmt.Errorf("where clause: operator %q is not supported in where clauses (supported: = <> < <= > >=, AND, OR, NOT, IN, LIKE, ILIKE, BETWEEN, IS [NOT] NULL, IS [NOT] DISTINCT FROM)", name)
+	case pg.A_Expr_Kind_AEXPR_LIKE:
+		return c.like(e.Lexpr, e.Rexpr, false, name == "!~~")
+	case pg.A_Expr_Kind_AEXPR_ILIKE:
+		return c.like(e.Lexpr, e.Rexpr, true, name == "!~~*")
+	case pg.A_Expr_Kind_AEXPR_IN:
+		items := e.Rexpr.GetList().GetItems()
+		if len(items) == 0 {
+			return nil, fmt.Errorf("where clause: IN needs a list of constants")
+		}
+		not := name == "<>"
+		op := opEq
+		if not {
+			op = opNe
+		}
+		x, err := c.operand(e.Lexpr)
+		if err != nil {
+			return nil, err
+		}
+		list := make([]rawOperand, len(items))
+		for i, it := range items {
+			if list[i], err = c.operand(it); err != nil {
+				return nil, err
+			}
+		}
+		if err := inListTypes(&x, list); err != nil {
+			return nil, err
+		}
+		args := make([]node, 0, len(items))
+		for _, it := range list {
+			l, r, err := c.bindPair(x, it)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, &cmpNode{op: op, l: l, r: r})
+		}
+		if not {
+			return &andNode{args}, nil
+		}
+		return &orNode{args}, nil
+	case pg.A_Expr_Kind_AEXPR_BETWEEN, pg.A_Expr_Kind_AEXPR_NOT_BETWEEN,
+		pg.A_Expr_Kind_AEXPR_BETWEEN_SYM, pg.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM:
+		bounds := e.Rexpr.GetList().GetItems()
+		if len(bounds) != 2 {
+			return nil, fmt.Errorf("where clause: BETWEEN needs two bounds")
+		}
+		between := func(lo, hi *pg.Node) (node, error) {
+			ge, err := c.comparison(opGe, e.Lexpr, lo)
+			if err != nil {
+				return nil, err
+			}
+			le, err := c.comparison(opLe, e.Lexpr, hi)
+			if err != nil {
+				return nil, err
+			}
+			return &andNode{[]node{ge, le}}, nil
+		}
+		x, err := between(bounds[0], bounds[1])
+		if err != nil {
+			return nil, err
+		}
+		if e.Kind == pg.A_Expr_Kind_AEXPR_BETWEEN_SYM || e.Kind == pg.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM {
+			y, err := between(bounds[1], bounds[0])
+			if err != nil {
+				return nil, err
+			}
+			x = &orNode{[]node{x, y}}
+		}
+		if e.Kind == pg.A_Expr_Kind_AEXPR_NOT_BETWEEN || e.Kind == pg.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM {
+			return &notNode{x}, nil
+		}
+		return x, nil
+	case pg.A_Expr_Kind_AEXPR_DISTINCT, pg.A_Expr_Kind_AEXPR_NOT_DISTINCT:
+		l, r, err := c.pair(e.Lexpr, e.Rexpr)
+		if err != nil {
+			return nil, err
+		}
+		return &distinctNode{l: l, r: r, not: e.Kind == pg.A_Expr_Kind_AEXPR_NOT_DISTINCT}, nil
+	case pg.A_Expr_Kind_AEXPR_OP_ANY, pg.A_Expr_Kind_AEXPR_OP_ALL:
+		return nil, fmt.Errorf("where clause: %s ANY/ALL (...) is not supported in where clauses; use IN (...)", name)
+	case pg.A_Expr_Kind_AEXPR_SIMILAR:
+		return nil, fmt.Errorf("where clause: SIMILAR TO is not supported in where clauses; use LIKE")
+	case pg.A_Expr_Kind_AEXPR_NULLIF:
+		return nil, fmt.Errorf("where clause: NULLIF is not supported in where clauses")
+	}
+	return nil, fmt.Errorf("where clause: operator expression %q is not supported in where clauses", name)
+}
+
+// isBooleanExpr reports whether n is an expression rather than a column or constant.
+func isBooleanExpr(n *pg.Node) bool {
+	if e := n.GetAExpr(); e != nil {
+		return !(e.Kind == pg.A_Expr_Kind_AEXPR_OP && e.Lexpr == nil)
+	}
+	return n.GetBoolExpr() != nil || n.GetNullTest() != nil || n.GetBooleanTest() != nil
+}
+
+func opName(e *pg.A_Expr) string {
+	if len(e.Name) == 0 {
+		return ""
+	}
+	return e.Name[len(e.Name)-1].GetString_().GetSval()
+}
+
+func (c *compiler) comparison(op cmpOp, l, r *pg.Node) (node, error) {
+	lo, ro, err := c.pair(l, r)
+	if err != nil {
+		return nil, err
+	}
+	return &cmpNode{op: op, l: lo, r: ro}, nil
+}
+
+// like compiles [NOT] LIKE / ILIKE with a constant pattern.
+func (c *compiler) like(l, r *pg.Node, fold, not bool) (node, error) {
+	op := "LIKE"
+	if fold {
+		op = "ILIKE"
+	}
+	if r.GetFuncCall() != nil {
+		return nil, fmt.Errorf("where clause: %s ... ESCAPE is not supported; the escape character is always backslash", op)
+	}
+	x, err := c.operand(l)
+	if err != nil {
+		return nil, err
+	}
+	k := x.kind
+	if k == kUnknown {
+		k = kText
+	}
+	if !isString(k) {
+		return nil, fmt.Errorf("where clause: %s needs a text column, but %s is %s", op, x.desc, k)
+	}
+	if k == kBpchar {
+		// Postgres matches a character(n) value with its padding: read it as text.
+		k = kText
+		x.kind = kText
+	}
+	p, err := c.operand(r)
+	if err != nil {
+		return nil, err
+	}
+	if p.col != "" || (p.kind != kUnknown && !isString(p.kind)) || p.null {
+		return nil, fmt.Errorf("where clause: the %s pattern must be a quoted text constant, not %s", op, p.desc)
+	}
+	pat, err := compileLike(p.lit, fold)
+	if err != nil {
+		return nil, fmt.Errorf("where clause: %s %s: %v", op, p.desc, err)
+	}
+	o, err := c.bind(x, k, dText)
+	if err != nil {
+		return nil, fmt.Errorf("where clause: constant %s: %v", x.desc, err)
+	}
+	return &likeNode{x: o, pat: pat, not: not}, nil
+}
+
+// unsupported names a construct the matcher does not evaluate.
+func unsupported(n *pg.Node) error {
+	switch {
+	case n.GetSubLink() != nil:
+		return fmt.Errorf("where clause: subqueries are not supported")
+	case n.GetFuncCall() != nil:
+		var parts []string
+		for _, f := range n.GetFuncCall().Funcname {
+			parts = append(parts, f.GetString_().GetSval())
+		}
+		return fmt.Errorf("where clause: function %s() is not supported (no function calls or aggregates)", strings.Join(parts, "."))
+	case n.GetParamRef() != nil:
+		return fmt.Errorf("where clause: parameters ($%d) are not supported; write the value", n.GetParamRef().Number)
+	case n.GetCaseExpr() != nil:
+		return fmt.Errorf("where clause: CASE is not supported")
+	case n.GetCoalesceExpr() != nil:
+		return fmt.Errorf("where clause: COALESCE is not supported")
+	case n.GetSqlvalueFunction() != nil:
+		return fmt.Errorf("where clause: CURRENT_DATE, now() and similar are not supported: a shape's filter must not depend on the time it is evaluated")
+	case n.GetCollateClause() != nil:
+		return fmt.Errorf("where clause: COLLATE is not supported (text compares in byte order)")
+	}
+	name := fmt.Sprintf("%T", n.GetNode())
+	name = strings.TrimPrefix(name, "*pg_query.Node_")
+	return fmt.Errorf("where clause: expression of kind %s is not supported", name)
+}

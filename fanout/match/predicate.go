@@ -1,0 +1,60 @@
+package match
+
+import (
+	"github.com/fanout/pipeline/fanout"
+)
+
+// Predicate is a compiled where clause. Eval is safe for concurrent use.
+type Predicate struct {
+	where string
+	root  node     // nil: the empty where clause, every row matches
+	cols  []string // the columns the clause reads, sorted
+	eqs   []eqConjunct
+}
+
+// eqConjunct is a top-level `col = constant` or `col IN (constants)`: a row
+// can only match when its col has one of keys (in domain dom).
+type eqConjunct struct {
+	col  string
+	kind kind
+	dom  domain
+	keys []string
+}
+
+// Eval reports whether row satisfies the clause: true only when the clause
+// is TRUE (NULL is not true). A column missing from row counts as NULL; a
+// value that is not valid text of its column's type counts as NULL too
+// (EvalErr reports it).
+func (p *Predicate) Eval(row fanout.Row) bool {
+	ok, _ := p.EvalErr(row)
+	return ok
+}
+
+// EvalErr is Eval that also returns the first row value it could not read.
+func (p *Predicate) EvalErr(row fanout.Row) (bool, error) {
+	if p.root == nil {
+		return true, nil
+	}
+	c := evalCtx{row: row}
+	return p.root.eval(&c) == tTrue, c.err
+}
+
+// Columns lists the columns the clause reads.
+func (p *Predicate) Columns() []string { return p.cols }
+
+// String is the clause as written.
+func (p *Predicate) String() string { return p.where }
+
+// covers reports whether row holds every column the clause reads (a NULL is
+// a value; a missing key is not), so Eval's answer is the real one.
+func (p *Predicate) covers(row fanout.Row) bool {
+	if row == nil {
+		return false
+	}
+	for _, c := range p.cols {
+		if _, ok := row[c]; !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,336 @@
+package match
+
+import (
+	"fmt"
+	"math/rand"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+func shape(handle, where string, cols ...string) *fanout.Shape {
+	return &fanout.Shape{Handle: handle, Table: "public.items", Where: where, Columns: cols,
+		PrimaryKey: []string{"id"}, Schema: itemsSchema}
+}
+
+// item is a full items row; "-" stands for NULL.
+func item(id, owner int, title string) fanout.Row {
+	r := fanout.Row{"id": str(fmt.Sprint(id)), "owner": str(fmt.Sprint(owner)), "title": str(title),
+		"flag": str("t"), "price": str("1.50"), "created": str("2024-01-02 03:04:05+00"), "doc": str("{}")}
+	if title == "-" {
+		r["title"] = nil
+	}
+	return r
+}
+
+func keyRow(id int) fanout.Row { return fanout.Row{"id": str(fmt.Sprint(id))} }
+
+// route runs Route and renders what each shape got, sorted, e.g.
+// "a insert row{id=1 title=abc}".
+func route(t *testing.T, r *Registry, c RowChange) []string {
+	t.Helper()
+	var out []string
+	r.Route(c, func(s *fanout.Shape, ch fanout.Change) {
+		line := s.Handle + " " + string(ch.Op)
+		if ch.Row != nil {
+			line += " row" + render(ch.Row)
+		}
+		if ch.Old != nil {
+			line += " old" + render(ch.Old)
+		}
+		out = append(out, line)
+	})
+	sort.Strings(out)
+	return out
+}
+
+func render(r fanout.Row) string {
+	var parts []string
+	for k, v := range r {
+		s := "NULL"
+		if v != nil {
+			s = *v
+		}
+		parts = append(parts, k+"="+s)
+	}
+	sort.Strings(parts)
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+func full(id, owner int, title string) string {
+	return render(item(id, owner, title))
+}
+
+func newItemsRegistry(t *testing.T) *Registry {
+	t.Helper()
+	r := NewRegistry(WithEvalErrors(func(s *fanout.Shape, err error) { t.Errorf("shape %s: %v", s.Handle, err) }))
+	for _, s := range []*fanout.Shape{
+		shape("a", "owner = 7", "title"), // projected: id and title
+		shape("b", "title LIKE 'a%'"),
+		shape("c", "owner = 8"),
+	} {
+		if err := r.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func TestRoute(t *testing.T) {
+	cases := []struct {
+		name string
+		c    RowChange
+		want []string
+	}{
+		{"insert matches two shapes, projected for a",
+			RowChange{Op: fanout.OpInsert, New: item(1, 7, "abc")},
+			[]string{"a insert row{id=1 title=abc}", "b insert row" + full(1, 7, "abc")}},
+		{"insert matches none",
+			RowChange{Op: fanout.OpInsert, New: item(1, 9, "xyz")}, nil},
+		{"insert with NULL title matches no LIKE",
+			RowChange{Op: fanout.OpInsert, New: item(1, 8, "-")},
+			[]string{"c insert row" + full(1, 8, "-")}},
+		{"update moves the row from a to c, stays in b",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), New: item(1, 8, "abc")},
+			[]string{"a delete old{id=1}", "b update row" + full(1, 8, "abc"), "c insert row" + full(1, 8, "abc")}},
+		{"update that changes the key",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), New: item(2, 7, "abc")},
+			[]string{"a update row{id=2 title=abc} old{id=1}", "b update row" + full(2, 7, "abc") + " old{id=1}"}},
+		{"update out of every shape",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), New: item(1, 9, "xyz")},
+			[]string{"a delete old{id=1}", "b delete old{id=1}"}},
+		{"update touching no shape",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 9, "xyz"), New: item(1, 10, "xyz")}, nil},
+		{"update without old row: new decides, upsert or delete by key",
+			RowChange{Op: fanout.OpUpdate, New: item(1, 7, "xyz")},
+			[]string{"a update row{id=1 title=xyz}", "b delete old{id=1}", "c delete old{id=1}"}},
+		{"update with key-only old row and a new key",
+			RowChange{Op: fanout.OpUpdate, Old: keyRow(1), New: item(2, 8, "abc")},
+			[]string{"a delete old{id=1}", "b update row" + full(2, 8, "abc") + " old{id=1}", "c update row" + full(2, 8, "abc") + " old{id=1}"}},
+		{"update with an unchanged TOASTed title taken from the old row",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 8, "abc"), New: without(item(1, 7, "abc"), "title")},
+			[]string{"a insert row{id=1 title=abc}", "b update row" + full(1, 7, "abc"), "c delete old{id=1}"}},
+		{"delete with the full old row",
+			RowChange{Op: fanout.OpDelete, Old: item(1, 7, "xyz")},
+			[]string{"a delete old{id=1}"}},
+		{"delete with a key-only old row goes to every shape",
+			RowChange{Op: fanout.OpDelete, Old: keyRow(1)},
+			[]string{"a delete old{id=1}", "b delete old{id=1}", "c delete old{id=1}"}},
+		{"other table",
+			RowChange{Table: "public.other", Op: fanout.OpInsert, New: item(1, 7, "abc")}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newItemsRegistry(t)
+			if c.c.Table == "" {
+				c.c.Table = "public.items"
+			}
+			if got := route(t, r, c.c); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
+			}
+		})
+	}
+}
+
+func TestUnreadableRowValueIsReported(t *testing.T) {
+	var reported []string
+	r := NewRegistry(WithEvalErrors(func(s *fanout.Shape, err error) { reported = append(reported, s.Handle+": "+err.Error()) }))
+	if err := r.Add(shape("a", "owner = 7")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Add(shape("b", "owner IS NULL")); err != nil {
+		t.Fatal(err)
+	}
+	row := item(1, 7, "x")
+	row["owner"] = str("seven")
+	got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: row})
+	// The value counts as NULL: a does not match, b does.
+	if want := []string{"b insert row" + render(row)}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	sort.Strings(reported)
+	want := []string{`a: column "owner": row value "seven" is not a valid integer`, `b: column "owner": row value "seven" is not a valid integer`}
+	if !reflect.DeepEqual(reported, want) {
+		t.Fatalf("reported %q, want %q", reported, want)
+	}
+}
+
+func without(r fanout.Row, col string) fanout.Row {
+	delete(r, col)
+	return r
+}
+
+func TestRegistryAddReplaceRemove(t *testing.T) {
+	r := newItemsRegistry(t)
+	if err := r.Add(shape("a", "owner = 9")); err != nil { // replace a
+		t.Fatal(err)
+	}
+	if err := r.Add(shape("d", "ownr = 9")); err == nil || !strings.Contains(err.Error(), `shape d on public.items: where clause: column "ownr" does not exist`) {
+		t.Fatalf("bad shape: %v", err)
+	}
+	if r.Len() != 3 {
+		t.Fatalf("Len = %d, want 3", r.Len())
+	}
+	if s, ok := r.Get("a"); !ok || s.Where != "owner = 9" {
+		t.Fatalf("Get(a) = %v %v", s, ok)
+	}
+	got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 9, "x")})
+	if want := []string{"a insert row" + full(1, 9, "x")}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("replaced shape: got %v want %v", got, want)
+	}
+	var all []string
+	r.ShapesOf("public.items", func(s *fanout.Shape) { all = append(all, s.Handle) })
+	sort.Strings(all)
+	if strings.Join(all, ",") != "a,b,c" {
+		t.Fatalf("ShapesOf = %v", all)
+	}
+	r.Remove("a")
+	r.Remove("nope")
+	if _, ok := r.Get("a"); ok || r.Len() != 2 {
+		t.Fatal("a still registered")
+	}
+	if got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 9, "x")}); got != nil {
+		t.Fatalf("removed shape still routed: %v", got)
+	}
+	r.Remove("b")
+	r.Remove("c")
+	if len(r.tables) != 0 {
+		t.Fatalf("empty registry keeps table indexes: %v", r.tables)
+	}
+}
+
+// TestIndexAgreesWithFullScan adds and removes random shapes and checks that
+// the index routes exactly like evaluating every shape.
+func TestIndexAgreesWithFullScan(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	r := NewRegistry()
+	live := map[string]*Predicate{}
+	wheres := func(i int) string {
+		switch i % 6 {
+		case 0:
+			return fmt.Sprintf("owner = %d", rng.Intn(20))
+		case 1:
+			return fmt.Sprintf("owner IN (%d, %d, '%03d')", rng.Intn(20), rng.Intn(20), rng.Intn(20))
+		case 2:
+			return fmt.Sprintf("owner = %d AND title > 'm'", rng.Intn(20))
+		case 3:
+			return fmt.Sprintf("owner > %d", rng.Intn(20))
+		case 4:
+			return fmt.Sprintf("title = '%c' AND owner < 10", 'a'+rng.Intn(5))
+		}
+		return "flag"
+	}
+	for round := 0; round < 20; round++ {
+		for i := 0; i < 200; i++ {
+			h := fmt.Sprintf("s%d", rng.Intn(600))
+			if rng.Intn(3) == 0 {
+				r.Remove(h)
+				delete(live, h)
+				continue
+			}
+			s := shape(h, wheres(i))
+			if err := r.Add(s); err != nil {
+				t.Fatal(err)
+			}
+			p, err := Compile(s.Where, s.Schema)
+			if err != nil {
+				t.Fatal(err)
+			}
+			live[h] = p
+		}
+		if r.Len() != len(live) {
+			t.Fatalf("Len %d, want %d", r.Len(), len(live))
+		}
+		for i := 0; i < 50; i++ {
+			row := item(1, rng.Intn(22), string(rune('a'+rng.Intn(26))))
+			got := map[string]bool{}
+			r.Route(RowChange{Table: "public.items", Op: fanout.OpInsert, New: row}, func(s *fanout.Shape, _ fanout.Change) {
+				if got[s.Handle] {
+					t.Fatalf("shape %s emitted twice", s.Handle)
+				}
+				got[s.Handle] = true
+			})
+			for h, p := range live {
+				if p.Eval(row) != got[h] {
+					t.Fatalf("round %d: shape %s (%s) on row %s: index says %v", round, h, p, render(row), got[h])
+				}
+			}
+		}
+	}
+}
+
+// TestIndexTouchesOnlyMatchingShapes: with 100K equality shapes a change
+// evaluates only the shapes of its own values.
+func TestIndexTouchesOnlyMatchingShapes(t *testing.T) {
+	const n = 100_000
+	r := NewRegistry()
+	for i := 0; i < n; i++ {
+		if err := r.Add(shape(fmt.Sprintf("s%d", i), fmt.Sprintf("owner = %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Add(shape("scan", "title LIKE 'a%'")); err != nil {
+		t.Fatal(err)
+	}
+	before := r.evals
+	got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 4242, "abc")})
+	if want := []string{"s4242 insert row" + full(1, 4242, "abc"), "scan insert row" + full(1, 4242, "abc")}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	if evals := r.evals - before; evals != 2 {
+		t.Fatalf("insert evaluated %d predicates, want 2 (its bucket and the scan list)", evals)
+	}
+	before = r.evals
+	got = route(t, r, RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: item(1, 10, "x"), New: item(1, 20, "x")})
+	if want := []string{"s10 delete old{id=1}", "s20 insert row" + full(1, 20, "x")}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	if evals := r.evals - before; evals != 6 { // 3 candidates, old and new row each
+		t.Fatalf("update evaluated %d predicates, want 6", evals)
+	}
+	for i := 0; i < n; i += 2 {
+		r.Remove(fmt.Sprintf("s%d", i))
+	}
+	if got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 4242, "x")}); got != nil {
+		t.Fatalf("removed shape routed: %v", got)
+	}
+	if got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 4243, "x")}); len(got) != 1 {
+		t.Fatalf("remaining shape not routed: %v", got)
+	}
+}
+
+var benchRegistries = map[int]*Registry{}
+
+func benchRoute(b *testing.B, n int) {
+	r := benchRegistries[n]
+	if r == nil {
+		r = NewRegistry()
+		for i := 0; i < n; i++ {
+			if err := r.Add(shape(fmt.Sprintf("s%d", i), fmt.Sprintf("owner = %d", i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		benchRegistries[n] = r
+	}
+	rows := make([]fanout.Row, 1024)
+	for i := range rows {
+		rows[i] = item(i, rand.Intn(n), "abc")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	emitted := 0
+	for i := 0; i < b.N; i++ {
+		r.Route(RowChange{Table: "public.items", Op: fanout.OpInsert, New: rows[i%len(rows)]},
+			func(*fanout.Shape, fanout.Change) { emitted++ })
+	}
+	if emitted != b.N {
+		b.Fatalf("emitted %d for %d inserts", emitted, b.N)
+	}
+}
+
+// BenchmarkRoute1K and BenchmarkRoute300K should cost the same per change.
+func BenchmarkRoute1K(b *testing.B)   { benchRoute(b, 1_000) }
+func BenchmarkRoute300K(b *testing.B) { benchRoute(b, 300_000) }

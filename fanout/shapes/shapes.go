@@ -1,0 +1,172 @@
+// Package shapes registers shape definitions: it checks them against the
+// live table schema and stores them in the shapes KV bucket, which every
+// service watches.
+package shapes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
+)
+
+// ErrUnknownShape is wrapped by the errors of Get and Remove for a handle
+// that is not registered.
+var ErrUnknownShape = errors.New("unknown shape")
+
+// Add validates a new shape against the live schema of table (it exists, has
+// a primary key, the columns exist and include the key, the where clause
+// parses and type-checks) and stores it under a fresh handle. Nothing is
+// written when anything fails.
+func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where string, columns []string) (*fanout.Shape, error) {
+	table = fanout.QualifiedTable(table)
+	schema, pk, err := LoadSchema(ctx, conn, table)
+	if err != nil {
+		return nil, err
+	}
+	var cols []string
+	for _, c := range columns {
+		c = strings.TrimSpace(c)
+		if c == "" || contains(cols, c) {
+			continue
+		}
+		if !hasColumn(schema, c) {
+			return nil, fmt.Errorf("table %s has no column %q; its columns are: %s", table, c, columnNames(schema))
+		}
+		cols = append(cols, c)
+	}
+	s := &fanout.Shape{
+		Handle:     fanout.NewHandle(),
+		Table:      table,
+		Where:      strings.TrimSpace(where),
+		Columns:    cols,
+		PrimaryKey: pk,
+		Schema:     schema,
+		CreatedAt:  time.Now().UTC(),
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := match.Compile(s.Where, schema); err != nil {
+		return nil, fmt.Errorf("table %s: %w", table, err)
+	}
+	if _, err := bus.Shapes.Create(ctx, s.Handle, s.Encode()); err != nil {
+		return nil, fmt.Errorf("store shape %s in KV bucket %s: %w", s.Handle, fanout.ShapesBucket, err)
+	}
+	return s, nil
+}
+
+// Remove deletes a shape and purges its fragments from the stream, so that
+// a removed shape never holds the safe LSN back. Fragments ingest publishes
+// before it sees the removal are dropped by the consumers, which ack
+// fragments of unknown shapes.
+func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
+	if _, err := Get(ctx, bus, handle); err != nil {
+		return err
+	}
+	if err := bus.Shapes.Delete(ctx, handle); err != nil {
+		return fmt.Errorf("delete shape %s from KV bucket %s: %w", handle, fanout.ShapesBucket, err)
+	}
+	if err := bus.Stream.Purge(ctx, jetstream.WithPurgeSubject(fanout.ShapeFilter(handle))); err != nil {
+		return fmt.Errorf("shape %s is removed, but purging its fragments from stream %s failed: %w (run: nats stream purge %s --subject '%s')",
+			handle, fanout.StreamName, err, fanout.StreamName, fanout.ShapeFilter(handle))
+	}
+	return nil
+}
+
+// Get reads one shape.
+func Get(ctx context.Context, bus *fanout.Bus, handle string) (*fanout.Shape, error) {
+	if err := fanout.ValidateHandle(handle); err != nil {
+		return nil, err
+	}
+	e, err := bus.Shapes.Get(ctx, handle)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, fmt.Errorf("shape %s: %w (fanoutctl shape ls lists the shapes)", handle, ErrUnknownShape)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read shape %s from KV bucket %s: %w", handle, fanout.ShapesBucket, err)
+	}
+	s, err := decode(e)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// List reads every shape, sorted by table, then handle. An invalid stored
+// definition is an error naming its key.
+func List(ctx context.Context, bus *fanout.Bus) ([]*fanout.Shape, error) {
+	w, err := bus.Shapes.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, err)
+	}
+	defer w.Stop()
+	var out []*fanout.Shape
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, ctx.Err())
+		case e := <-w.Updates():
+			if e == nil { // every current value has been delivered
+				sort.Slice(out, func(i, j int) bool {
+					if out[i].Table != out[j].Table {
+						return out[i].Table < out[j].Table
+					}
+					return out[i].Handle < out[j].Handle
+				})
+				return out, nil
+			}
+			s, err := decode(e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+		}
+	}
+}
+
+// decode reads a bucket entry; the key must be the shape's handle.
+func decode(e jetstream.KeyValueEntry) (*fanout.Shape, error) {
+	s, err := fanout.DecodeShape(e.Value())
+	if err != nil {
+		return nil, fmt.Errorf("KV bucket %s key %s: %w (remove it with: nats kv del %s %s)", fanout.ShapesBucket, e.Key(), err, fanout.ShapesBucket, e.Key())
+	}
+	if s.Handle != e.Key() {
+		return nil, fmt.Errorf("KV bucket %s key %s holds shape %s: a shape must be stored under its own handle", fanout.ShapesBucket, e.Key(), s.Handle)
+	}
+	return s, nil
+}
+
+func hasColumn(schema []fanout.Column, name string) bool {
+	for _, c := range schema {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func columnNames(schema []fanout.Column) string {
+	names := make([]string, len(schema))
+	for i, c := range schema {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
