@@ -26,7 +26,9 @@ func Connect(o ConnectOptions, log *slog.Logger) (*nats.Conn, error) {
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("disconnected from NATS; reconnecting", "err", err)
+			if err != nil { // nil: a deliberate Close
+				log.Warn("disconnected from NATS; reconnecting", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", "url", nc.ConnectedUrl())

@@ -1,0 +1,119 @@
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/fanout"
+)
+
+// handle processes one batch in stream order: dead-letters what cannot be
+// processed, drops fragments of removed shapes, persists the rest durably,
+// then acks every message. Nothing is acked before it is durable.
+func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
+	var frags []*fanout.Fragment
+	for _, m := range msgs {
+		f, shape, reason := w.classify(m)
+		if reason != "" {
+			if err := w.deadLetter(m, shape, f, reason); err != nil {
+				return err
+			}
+			continue
+		}
+		if !w.s.shapes.exists(w.stopCtx, shape) {
+			w.s.m.removedDrop.Inc()
+			w.log.Debug("dropping a fragment of a removed shape", "shape", shape, "commit_lsn", f.CommitLSN.String(), "seq", f.Seq)
+			continue
+		}
+		frags = append(frags, f)
+	}
+	if len(frags) > 0 {
+		if err := w.persist(writer, frags); err != nil {
+			return err
+		}
+	}
+	if w.stopCtx.Err() != nil {
+		return nil // the partition moved while persisting: the next owner acks
+	}
+	w.ack(msgs)
+	return nil
+}
+
+// classify decodes a message; a non-empty reason means it must be dead-lettered.
+func (w *worker) classify(m jetstream.Msg) (f *fanout.Fragment, shape, reason string) {
+	p, shape, err := fanout.ParseSubject(m.Subject())
+	if err != nil {
+		parts := strings.Split(m.Subject(), ".")
+		return nil, parts[len(parts)-1], err.Error()
+	}
+	if p != w.partition {
+		return nil, shape, fmt.Sprintf("subject %s is of partition %d, delivered to the consumer of partition %d", m.Subject(), p, w.partition)
+	}
+	if f, err = fanout.DecodeFragment(m.Data()); err != nil {
+		return nil, shape, err.Error()
+	}
+	if f.Shape != shape {
+		return f, shape, fmt.Sprintf("fragment of shape %s was published on subject %s", f.Shape, m.Subject())
+	}
+	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > uint64(w.s.cfg.Consumer.MaxDeliver) {
+		return f, shape, fmt.Sprintf("delivered %d times without being persisted (consumer.max_deliver is %d)", meta.NumDelivered, w.s.cfg.Consumer.MaxDeliver)
+	}
+	return f, shape, ""
+}
+
+// persist appends frags durably, retrying a storage failure max_deliver
+// times with backoff; after that the storage is broken and the error is fatal.
+func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		st, err := writer.Append(w.stopCtx, frags)
+		if w.stopCtx.Err() != nil {
+			return w.stopCtx.Err() // moved away: whatever happened, the next owner redoes it
+		}
+		if err == nil {
+			w.s.m.fsync.Observe(time.Since(start).Seconds())
+			w.s.m.fragments.Add(float64(st.Appended))
+			w.s.m.changes.Add(float64(st.Changes))
+			w.s.m.duplicates.Add(float64(st.Skipped))
+			w.s.m.orphans.Add(float64(st.Orphans))
+			return nil
+		}
+		if errors.Is(err, shapelog.ErrFenced) {
+			return err
+		}
+		if attempt >= w.s.cfg.Consumer.MaxDeliver {
+			return fmt.Errorf("storage failed %d times in a row (consumer.max_deliver): %w; check storage.dir %s (disk full, permissions, volume unmounted)",
+				attempt, err, w.s.cfg.Storage.Dir)
+		}
+		w.log.Warn("storage write failed; retrying the batch", "attempt", attempt, "err", err, "retry_in", backoff)
+		if !sleep(w.stopCtx, backoff) {
+			return w.stopCtx.Err()
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// ack acks every message of a persisted batch; the last ack waits for the
+// server, and acks are sent in order, so the batch is acked when it returns.
+func (w *worker) ack(msgs []jetstream.Msg) {
+	for i, m := range msgs {
+		var err error
+		if i == len(msgs)-1 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = m.DoubleAck(ctx)
+			cancel()
+		} else {
+			err = m.Ack()
+		}
+		if err != nil {
+			w.log.Warn("ack failed; the fragment stays in the stream and will be redelivered and skipped as a duplicate", "subject", m.Subject(), "err", err)
+		}
+	}
+}

@@ -1,0 +1,39 @@
+package consumers
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics is what a consumer exports on /metrics.
+type metrics struct {
+	fragments   prometheus.Counter
+	changes     prometheus.Counter
+	duplicates  prometheus.Counter
+	orphans     prometheus.Counter
+	deadLetters prometheus.Counter
+	removedDrop prometheus.Counter
+	owned       prometheus.Gauge
+	fsync       prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		fragments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_fragments_persisted_total",
+			Help: "Fragments durably appended to shape logs."}),
+		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_changes_persisted_total",
+			Help: "Row changes in the persisted fragments."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_duplicates_skipped_total",
+			Help: "Redelivered or duplicate fragments already in their log, acked without writing."}),
+		orphans: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_orphan_fragments_total",
+			Help: "Fragments appended without the earlier part of their transaction in the log."}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_dead_lettered_total",
+			Help: "Messages moved to the dead-letter stream."}),
+		removedDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_removed_shape_drops_total",
+			Help: "Fragments of removed shapes, acked and dropped."}),
+		owned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_consumer_owned_partitions",
+			Help: "Partitions this consumer pulls now."}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fanout_consumer_batch_persist_seconds",
+			Help:    "Time to append and fsync one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+	}
+	reg.MustRegister(m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync)
+	return m
+}

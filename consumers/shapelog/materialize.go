@@ -1,0 +1,186 @@
+package shapelog
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"sort"
+	"strconv"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// Materialize replays the log of handle under dir and returns the shape's
+// current rows sorted by primary key pk. It reads what is durable and stops
+// at a torn tail without changing the file. A shape without a log has no rows.
+//
+// Replay follows fanout.Change: insert puts Row; update removes the row keyed
+// by Old when Old is set, then puts Row over what the row held (so a column
+// missing from Row keeps its value); delete removes the row keyed by Old;
+// truncate removes every row.
+func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
+	if err := fanout.ValidateHandle(handle); err != nil {
+		return nil, err
+	}
+	if len(pk) == 0 {
+		return nil, fmt.Errorf("materialize shape %s: no primary key columns given", handle)
+	}
+	f, err := os.Open(logPath(dir, handle))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
+	}
+	defer f.Close()
+
+	t := table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
+	var acc acceptor
+	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
+		epoch, fr, err := decodeRecord(payload)
+		if err != nil {
+			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
+		}
+		if !acc.accept(epoch, fr.Position()) {
+			return nil
+		}
+		for i, c := range fr.Changes {
+			if err := t.apply(c); err != nil {
+				return fmt.Errorf("log of shape %s: fragment %s change %d: %w", handle, fr.Position(), i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t.sorted(), nil
+}
+
+// table is a shape's rows keyed by primary key.
+type table struct {
+	pk   []string
+	rows map[string]fanout.Row
+	keys map[string][]string // map key -> key values, for sorting
+}
+
+func (t *table) key(r fanout.Row) (string, []string, error) {
+	vals := make([]string, len(t.pk))
+	for i, c := range t.pk {
+		v, ok := r[c]
+		if !ok || v == nil {
+			return "", nil, fmt.Errorf("row has no value for primary key column %q", c)
+		}
+		vals[i] = *v
+	}
+	k, _ := json.Marshal(vals) // unambiguous join of the key values
+	return string(k), vals, nil
+}
+
+func (t *table) apply(c fanout.Change) error {
+	switch c.Op {
+	case fanout.OpInsert:
+		k, vals, err := t.key(c.Row)
+		if err != nil {
+			return err
+		}
+		t.rows[k], t.keys[k] = copyRow(c.Row), vals
+	case fanout.OpUpdate:
+		var prev fanout.Row
+		if c.Old != nil {
+			ok, _, err := t.key(c.Old)
+			if err != nil {
+				return fmt.Errorf("old key: %w", err)
+			}
+			prev = t.rows[ok]
+			delete(t.rows, ok)
+			delete(t.keys, ok)
+		}
+		k, vals, err := t.key(c.Row)
+		if err != nil {
+			return err
+		}
+		if prev == nil {
+			prev = t.rows[k]
+		}
+		row := copyRow(prev)
+		for col, v := range c.Row {
+			row[col] = v
+		}
+		t.rows[k], t.keys[k] = row, vals
+	case fanout.OpDelete:
+		k, _, err := t.key(c.Old)
+		if err != nil {
+			return fmt.Errorf("old key: %w", err)
+		}
+		delete(t.rows, k)
+		delete(t.keys, k)
+	case fanout.OpTruncate:
+		t.rows = map[string]fanout.Row{}
+		t.keys = map[string][]string{}
+	default:
+		return fmt.Errorf("unknown op %q", c.Op)
+	}
+	return nil
+}
+
+func (t *table) sorted() []fanout.Row {
+	ks := make([]string, 0, len(t.rows))
+	for k := range t.rows {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool { return compareKeys(t.keys[ks[i]], t.keys[ks[j]]) < 0 })
+	out := make([]fanout.Row, len(ks))
+	for i, k := range ks {
+		out[i] = t.rows[k]
+	}
+	return out
+}
+
+func copyRow(r fanout.Row) fanout.Row {
+	c := make(fanout.Row, len(r))
+	for k, v := range r {
+		c[k] = v
+	}
+	return c
+}
+
+// compareKeys orders keys column by column: numerically when both values are
+// integers, else by bytes.
+func compareKeys(a, b []string) int {
+	for i := range a {
+		if c := compareValues(a[i], b[i]); c != 0 {
+			return c
+		}
+	}
+	return len(a) - len(b)
+}
+
+func compareValues(a, b string) int {
+	if x, err := strconv.ParseInt(a, 10, 64); err == nil {
+		if y, err := strconv.ParseInt(b, 10, 64); err == nil {
+			switch {
+			case x < y:
+				return -1
+			case x > y:
+				return 1
+			}
+			return 0
+		}
+	}
+	var x, y big.Int
+	if _, ok := x.SetString(a, 10); ok {
+		if _, ok := y.SetString(b, 10); ok {
+			return x.Cmp(&y)
+		}
+	}
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,265 @@
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/fanout"
+)
+
+// ackWait is how long JetStream waits for an ack before redelivering.
+const ackWait = 30 * time.Second
+
+// fetchWait bounds one pull, so a worker notices a stop or drain quickly.
+const fetchWait = time.Second
+
+// errLost means the partition's durable consumer was deleted and the binding
+// no longer names this worker: a newer owner took over.
+var errLost = errors.New("partition taken over by another owner")
+
+// worker owns one partition at one epoch: it pulls the partition's fragments
+// in stream order, persists them and acks them.
+type worker struct {
+	s         *Service
+	partition int
+	epoch     uint64
+	name      string // the durable JetStream consumer
+	log       *slog.Logger
+
+	stopCtx context.Context // ends when the partition moves away: no more writes or acks
+	stop    context.CancelFunc
+	done    chan struct{}
+
+	mu       sync.Mutex
+	removals []string // shapes deleted from KV whose logs go between two batches
+}
+
+func newWorker(s *Service, partition int, epoch uint64, parent context.Context) *worker {
+	ctx, cancel := context.WithCancel(parent)
+	return &worker{
+		s: s, partition: partition, epoch: epoch, name: fanout.ConsumerGroupName(partition, epoch),
+		log:     s.log.With("partition", partition, "epoch", epoch),
+		stopCtx: ctx, stop: cancel, done: make(chan struct{}),
+	}
+}
+
+func (w *worker) finished() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *worker) queueRemoval(handle string) {
+	w.mu.Lock()
+	w.removals = append(w.removals, handle)
+	w.mu.Unlock()
+}
+
+// run works until the partition moves away (stop), the service drains
+// (drain: the batch in flight is finished and acked), or a fatal error,
+// which it reports to the service.
+func (w *worker) run(drain context.Context) {
+	defer close(w.done)
+	defer w.stop()
+	w.log.Info("taking partition")
+	err := w.loop(drain)
+	switch {
+	case err == nil:
+		w.log.Info("partition released")
+	case errors.Is(err, shapelog.ErrFenced), errors.Is(err, errLost):
+		w.log.Warn("partition is owned by a newer epoch; this worker stopped writing and acking", "err", err)
+	case w.stopCtx.Err() != nil:
+		w.log.Info("partition released", "err", err)
+	default:
+		w.s.fail(fmt.Errorf("partition %d (epoch %d): %w", w.partition, w.epoch, err))
+	}
+}
+
+func (w *worker) loop(drain context.Context) error {
+	writer, err := w.s.store.Take(w.stopCtx, w.partition, w.epoch)
+	if err != nil {
+		return fmt.Errorf("take partition in storage: %w", err)
+	}
+	defer writer.Close()
+	w.removeGoneShapes(writer)
+	// Waiting on NATS ends on a drain as well as on a stop; a batch in
+	// flight (handle) ends only on a stop.
+	idle, cancel := context.WithCancel(w.stopCtx)
+	defer cancel()
+	defer context.AfterFunc(drain, cancel)()
+	cons, err := w.takeConsumer(idle)
+	if err != nil {
+		if idle.Err() != nil && !errors.Is(err, shapelog.ErrFenced) {
+			return nil // drained or stopped before the partition was taken
+		}
+		return err
+	}
+	var failingSince time.Time
+	for drain.Err() == nil && w.stopCtx.Err() == nil {
+		w.applyRemovals(writer)
+		msgs, ferr := w.fetch(cons, drain)
+		if len(msgs) > 0 {
+			if err := w.handle(writer, msgs); err != nil {
+				return err
+			}
+		}
+		if ferr == nil {
+			failingSince = time.Time{}
+			continue
+		}
+		if w.stopCtx.Err() != nil || drain.Err() != nil {
+			break
+		}
+		if cons, err = w.recoverFetch(idle, ferr, &failingSince); err != nil {
+			if idle.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// takeConsumer deletes every older consumer of the partition (a zombie must
+// not keep pulling, and a work-queue stream allows one consumer per subject)
+// and creates this epoch's durable consumer. Deleting a consumer returns its
+// unacked messages to the stream, so the new one gets them at once.
+func (w *worker) takeConsumer(idle context.Context) (jetstream.Consumer, error) {
+	var cons jetstream.Consumer
+	err := w.s.retryBus(idle, "take partition "+strconv.Itoa(w.partition), func(ctx context.Context) error {
+		prefix := fanout.ConsumerGroupPrefix(w.partition)
+		names := w.s.bus.Stream.ConsumerNames(ctx)
+		var old []string
+		for n := range names.Name() {
+			rest, ok := strings.CutPrefix(n, prefix)
+			if !ok {
+				continue
+			}
+			if e, err := strconv.ParseUint(rest, 10, 64); err == nil && e > w.epoch {
+				return &shapelog.FencedError{Partition: w.partition, Mine: w.epoch, Current: e}
+			}
+			old = append(old, n)
+		}
+		if err := names.Err(); err != nil {
+			return fmt.Errorf("list consumers of stream %s: %w", fanout.StreamName, err)
+		}
+		for _, n := range old {
+			if err := w.s.bus.Stream.DeleteConsumer(ctx, n); err != nil && !isNotFound(err) {
+				return fmt.Errorf("delete older consumer %s: %w", n, err)
+			}
+			w.log.Info("deleted an older consumer of the partition", "consumer", n)
+		}
+		var err error
+		cons, err = w.s.bus.Stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       w.name,
+			Description:   "partition " + strconv.Itoa(w.partition) + " owned by " + w.s.id,
+			FilterSubject: fanout.PartitionFilter(w.partition),
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       ackWait,
+			MaxAckPending: w.s.cfg.Consumer.Batch * 4,
+			MaxDeliver:    -1, // the bound is ours (max_deliver): JetStream's would leave a message stuck in the work queue
+		})
+		if err != nil {
+			return fmt.Errorf("create consumer %s: %w", w.name, err)
+		}
+		return nil
+	})
+	return cons, err
+}
+
+// fetch pulls up to one batch, waiting at most fetchWait.
+func (w *worker) fetch(cons jetstream.Consumer, drain context.Context) ([]jetstream.Msg, error) {
+	ctx, cancel := context.WithTimeout(w.stopCtx, fetchWait)
+	defer cancel()
+	defer context.AfterFunc(drain, cancel)()
+	batch, err := cons.Fetch(w.s.cfg.Consumer.Batch, jetstream.FetchContext(ctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return msgs, err
+	}
+	return msgs, nil
+}
+
+// recoverFetch handles a failed pull: a deleted consumer means another owner
+// took the partition (or an operator deleted it: then it is recreated while
+// the binding still names this worker); anything else is retried for up to
+// bus_retry_timeout.
+func (w *worker) recoverFetch(idle context.Context, ferr error, failingSince *time.Time) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(idle, 5*time.Second)
+	defer cancel()
+	if _, err := w.s.bus.Stream.Consumer(ctx, w.name); isNotFound(err) || errors.Is(ferr, jetstream.ErrConsumerDeleted) {
+		e, err := w.s.bus.Bindings.Get(ctx, fanout.BindingKey(w.partition))
+		if err != nil {
+			return nil, fmt.Errorf("%w: consumer %s was deleted and the binding cannot be read: %v", errLost, w.name, err)
+		}
+		b, err := fanout.DecodeBinding(e.Value())
+		if err != nil || b.Consumer != w.s.id || b.Epoch != w.epoch {
+			return nil, fmt.Errorf("%w: consumer %s was deleted", errLost, w.name)
+		}
+		w.log.Warn("the partition's durable consumer was deleted but the binding is still ours; recreating it", "consumer", w.name)
+		return w.takeConsumer(idle)
+	}
+	if failingSince.IsZero() {
+		*failingSince = time.Now()
+	}
+	if time.Since(*failingSince) > w.s.cfg.Consumer.BusRetryTimeout {
+		return nil, fmt.Errorf("fetch from consumer %s failing for over %s (consumer.bus_retry_timeout): %w; check that NATS is reachable",
+			w.name, w.s.cfg.Consumer.BusRetryTimeout, ferr)
+	}
+	w.log.Warn("fetch failed; retrying", "err", ferr)
+	sleep(idle, time.Second)
+	return w.s.bus.Stream.Consumer(ctx, w.name)
+}
+
+// applyRemovals deletes the logs of shapes removed from KV.
+func (w *worker) applyRemovals(writer shapelog.Writer) {
+	w.mu.Lock()
+	hs := w.removals
+	w.removals = nil
+	w.mu.Unlock()
+	for _, h := range hs {
+		if err := writer.Remove(w.stopCtx, h); err != nil {
+			w.log.Error("could not remove the log of a removed shape; remove it by hand", "shape", h, "err", err)
+			continue
+		}
+		w.log.Info("removed the log of a removed shape", "shape", h)
+	}
+}
+
+// removeGoneShapes deletes logs of this partition's shapes that were removed
+// while nobody owned the partition.
+func (w *worker) removeGoneShapes(writer shapelog.Writer) {
+	hs, err := w.s.store.Handles(w.stopCtx)
+	if err != nil {
+		w.log.Warn("cannot list shape logs to clean up removed shapes", "err", err)
+		return
+	}
+	for _, h := range hs {
+		if fanout.Partition(h, w.s.cfg.Bus.Partitions) == w.partition && !w.s.shapes.exists(w.stopCtx, h) {
+			w.queueRemoval(h)
+		}
+	}
+	w.applyRemovals(writer)
+}
