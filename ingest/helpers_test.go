@@ -1,0 +1,258 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/configs"
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+// testArgs are the flags every test run of ingest gets: fast status and
+// heartbeat so tests see the slot move within seconds.
+func testArgs(pg *testenv.Postgres, ns *testenv.NATS, extra ...string) []string {
+	return append([]string{
+		"--postgres.url", pg.URL,
+		"--nats.url", ns.URL,
+		"--http.addr", "127.0.0.1:0",
+		"--postgres.status_interval", "200ms",
+		"--postgres.idle_heartbeat", "300ms",
+		"--ingest.progress_interval", "50ms",
+	}, extra...)
+}
+
+// runIngest runs the service in this process until the returned stop is
+// called (or the test ends); stop returns Run's error.
+func runIngest(t *testing.T, pg *testenv.Postgres, ns *testenv.NATS, extra ...string) (stop func() error) {
+	t.Helper()
+	var cfg Config
+	if err := configs.Load("ingest", testArgs(pg, ns, extra...), &cfg); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	cfg.HTTP.Addr = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, quietLog(), nil) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(time.Minute):
+				err = errors.New("ingest did not stop within 1m of its context ending")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// ingestBinary builds bin/ingest alone (testenv.Binaries builds every
+// service; this package's tests should not depend on the others building).
+func ingestBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fanout-ingest-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "ingest")
+		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/fanout/pipeline/ingest/cmd/ingest")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ingest: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// proc is ingest running as an OS process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+	err  error
+}
+
+func startIngestProcess(t *testing.T, args []string) *proc {
+	t.Helper()
+	p := &proc{out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(ingestBinary(t), args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("---- ingest output ----\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// peakRSS is the process's high-water resident set size in bytes.
+func (p *proc) peakRSS(t *testing.T) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb * 1024
+		}
+	}
+	t.Fatal("no VmHWM in /proc status")
+	return 0
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// addShape stores a shape on table with an empty where (every row).
+func addShape(t *testing.T, bus *fanout.Bus, handle, table string) {
+	t.Helper()
+	s := fanout.Shape{Handle: handle, Table: table, PrimaryKey: []string{"id"},
+		Schema:    []fanout.Column{{Name: "id", Type: "integer", OID: 23}, {Name: "v", Type: "text", OID: 25}},
+		CreatedAt: time.Now()}
+	if _, err := bus.Shapes.Put(context.Background(), handle, s.Encode()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// published reads ingest's published LSN from the state bucket (0 if none).
+func published(t *testing.T, bus *fanout.Bus) pglogrepl.LSN {
+	t.Helper()
+	e, err := bus.State.Get(context.Background(), fanout.KeyIngestPublished)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := fanout.DecodeIngestProgress(e.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.PublishedLSN
+}
+
+// setSafe acts as flushd.
+func setSafe(t *testing.T, bus *fanout.Bus, lsn pglogrepl.LSN) {
+	t.Helper()
+	if _, err := bus.State.Put(context.Background(), fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: lsn, Computed: time.Now()})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lsnQuery runs a query returning one pg_lsn.
+func lsnQuery(t *testing.T, conn *pgx.Conn, sql string, args ...any) pglogrepl.LSN {
+	t.Helper()
+	var s *string
+	if err := conn.QueryRow(context.Background(), sql, args...).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	if s == nil {
+		return 0
+	}
+	lsn, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+func slotConfirmed(t *testing.T, conn *pgx.Conn) pglogrepl.LSN {
+	return lsnQuery(t, conn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'fanout'")
+}
+
+func currentLSN(t *testing.T, conn *pgx.Conn) pglogrepl.LSN {
+	// The insert position: with synchronous_commit off the write position
+	// (pg_current_wal_lsn) can lag behind commits already made.
+	return lsnQuery(t, conn, "SELECT pg_current_wal_insert_lsn()::text")
+}
+
+// streamFragments reads every message in FANOUT in stream order.
+func streamFragments(t *testing.T, bus *fanout.Bus) []*fanout.Fragment {
+	t.Helper()
+	ctx := context.Background()
+	info, err := bus.Stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*fanout.Fragment
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := bus.Stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := fanout.DecodeFragment(m.Data)
+		if err != nil {
+			t.Fatalf("message %d: %v", seq, err)
+		}
+		if got := m.Header.Get(fanout.HeaderMsgID); got != fanout.MsgID(f.Shape, f) {
+			t.Fatalf("message %d has Nats-Msg-Id %q, want %q", seq, got, fanout.MsgID(f.Shape, f))
+		}
+		if got := m.Header.Get(fanout.HeaderCommitLSN); got != f.CommitLSN.String() {
+			t.Fatalf("message %d has commit LSN header %q, body %s", seq, got, f.CommitLSN)
+		}
+		out = append(out, f)
+	}
+	return out
+}

@@ -1,0 +1,302 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// PublisherOptions bound what is in flight and how long failures are retried.
+type PublisherOptions struct {
+	MaxInflight      int
+	MaxInflightBytes int
+	MaxRetries       int
+	MaxBackoff       time.Duration
+	// Stream, when set, is watched so that publishes wait for room
+	// instead of being refused by a full stream.
+	Stream jetstream.Stream
+}
+
+// Publisher sends fragments to the FANOUT stream asynchronously. At most
+// MaxInflight publishes (and MaxInflightBytes) await their ack at once;
+// Publish waits when full. Each ack is counted on its transaction's Txn.
+// A failed publish is sent again, same Nats-Msg-Id, with bounded backoff;
+// when the retries are exhausted the publisher fails (Err) for good.
+type Publisher struct {
+	js      jetstream.JetStream
+	opts    PublisherOptions
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu        sync.Mutex
+	inflight  int
+	bytes     int
+	space     chan struct{} // signalled when an in-flight publish resolves
+	failed    chan struct{} // closed on the first unrecoverable failure
+	failErr   error
+	room      *streamRoom // nil: no room check
+	retrying  bool        // a failed publish is being sent again: hold new ones
+	pending   chan pendingPub
+	ackerDone chan struct{}
+	abandon   chan struct{} // closed by Close: stop retrying
+	closeOnce sync.Once
+}
+
+type pendingPub struct {
+	future jetstream.PubAckFuture
+	msg    *nats.Msg
+	txn    *Txn
+	size   int
+}
+
+// NewPublisher starts the goroutine that awaits acks; Close stops it.
+func NewPublisher(js jetstream.JetStream, opts PublisherOptions, log *slog.Logger, m *Metrics) *Publisher {
+	p := &Publisher{
+		js: js, opts: opts, log: log, metrics: m,
+		space:     make(chan struct{}, 1),
+		failed:    make(chan struct{}),
+		pending:   make(chan pendingPub, opts.MaxInflight),
+		ackerDone: make(chan struct{}),
+		abandon:   make(chan struct{}),
+	}
+	if opts.Stream != nil {
+		p.room = &streamRoom{stream: opts.Stream, log: log}
+	}
+	go p.awaitAcks()
+	return p
+}
+
+// Err is the unrecoverable failure, once there is one.
+func (p *Publisher) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failErr
+}
+
+// Failed is closed when the publisher failed for good.
+func (p *Publisher) Failed() <-chan struct{} { return p.failed }
+
+// Inflight is the number of publishes awaiting an ack.
+func (p *Publisher) Inflight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inflight
+}
+
+// Publish sends f on its shape's subject in partition, counted on txn.
+func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fanout.Fragment) error {
+	body, err := f.Encode()
+	if err != nil {
+		return fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
+	}
+	msg := nats.NewMsg(fanout.Subject(partition, f.Shape))
+	msg.Data = body
+	msg.Header.Set(fanout.HeaderMsgID, fanout.MsgID(f.Shape, f))
+	msg.Header.Set(fanout.HeaderCommitLSN, f.CommitLSN.String())
+	msg.Header.Set(fanout.HeaderXid, strconv.FormatUint(uint64(f.Xid), 10))
+	size := len(body) + 256
+
+	if p.room != nil {
+		if err := p.room.wait(ctx, size); err != nil {
+			return err
+		}
+	}
+	if err := p.reserve(ctx, size); err != nil {
+		return err
+	}
+	txn.Add()
+	fut, err := p.js.PublishMsgAsync(msg)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// Retrying cannot help: one fragment is one change at this size.
+		err = fmt.Errorf("fragment %s is %d bytes, over the NATS server's max_payload: a single row change this large cannot be published; "+
+			"raise max_payload in the NATS server config (and ingest.max_fragment_bytes stays below it)", fanout.MsgID(f.Shape, f), len(body))
+		p.release(size)
+		p.fail(err)
+		return err
+	}
+	if err != nil {
+		// Not even sent (for example the reconnect buffer is full): send it
+		// synchronously, so it still lands before anything published later.
+		if err := p.retry(ctx, msg, err); err != nil {
+			p.release(size)
+			p.fail(err)
+			return err
+		}
+		p.metrics.Fragments.Inc()
+		txn.Done()
+		p.release(size)
+		return nil
+	}
+	select {
+	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size}:
+		return nil
+	case <-p.failed:
+		return p.Err()
+	}
+}
+
+// reserve waits until one more publish of size bytes fits in flight.
+func (p *Publisher) reserve(ctx context.Context, size int) error {
+	for {
+		p.mu.Lock()
+		if p.failErr != nil {
+			err := p.failErr
+			p.mu.Unlock()
+			return err
+		}
+		if p.inflight == 0 || (!p.retrying && p.inflight < p.opts.MaxInflight && p.bytes+size <= p.opts.MaxInflightBytes) {
+			p.inflight++
+			p.bytes += size
+			p.metrics.Inflight.Set(float64(p.inflight))
+			p.mu.Unlock()
+			return nil
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.space:
+		case <-p.failed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *Publisher) release(size int) {
+	p.mu.Lock()
+	p.inflight--
+	p.bytes -= size
+	p.metrics.Inflight.Set(float64(p.inflight))
+	p.mu.Unlock()
+	select {
+	case p.space <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Publisher) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failErr == nil {
+		p.failErr = err
+		close(p.failed)
+	}
+}
+
+// awaitAcks resolves publishes in the order they were sent. A failed one is
+// retried synchronously before the next is looked at.
+func (p *Publisher) awaitAcks() {
+	defer close(p.ackerDone)
+	for pp := range p.pending {
+		if p.Err() != nil {
+			p.release(pp.size) // failed for good: nothing more counts
+			continue
+		}
+		select {
+		case <-pp.future.Ok():
+		case err := <-pp.future.Err():
+			// Hold new publishes while this one is sent again, so that
+			// as few as possible land before it.
+			p.setRetrying(true)
+			rerr := p.retry(context.Background(), pp.msg, err)
+			p.setRetrying(false)
+			if rerr != nil {
+				p.fail(rerr)
+				p.release(pp.size)
+				continue
+			}
+		}
+		p.metrics.Fragments.Inc()
+		pp.txn.Done()
+		p.release(pp.size)
+	}
+}
+
+func (p *Publisher) setRetrying(on bool) {
+	p.mu.Lock()
+	p.retrying = on
+	p.mu.Unlock()
+	if !on {
+		select {
+		case p.space <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// retry sends msg again with backoff until JetStream acks it or the retries
+// are exhausted. The Nats-Msg-Id makes a second copy a no-op.
+func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error {
+	err := first
+	backoff := 100 * time.Millisecond
+	for attempt := 1; attempt <= p.opts.MaxRetries; attempt++ {
+		p.metrics.PublishRetries.Inc()
+		p.log.Warn("publish to JetStream failed; retrying", "subject", msg.Subject,
+			"msg_id", msg.Header.Get(fanout.HeaderMsgID), "attempt", attempt, "of", p.opts.MaxRetries, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.abandon:
+			return fmt.Errorf("publish %s abandoned at shutdown: %w", msg.Header.Get(fanout.HeaderMsgID), err)
+		}
+		backoff = min(2*backoff, p.opts.MaxBackoff)
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = p.js.PublishMsg(actx, msg)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	hint := "check that NATS runs and is reachable"
+	if isStreamFull(err) {
+		hint = "the FANOUT stream is full (bus.max_bytes): consumers are not acking; check them and flushd (fanoutctl status)"
+	}
+	return fmt.Errorf("publish %s to JetStream failed %d times, last: %w (%s; ingest exits and resumes from the slot when restarted)",
+		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
+}
+
+// isStreamFull recognises the stream's MaxBytes + DiscardNew refusal.
+func isStreamFull(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "maximum bytes") || strings.Contains(msg, "resource limits") || strings.Contains(msg, "insufficient resources")
+}
+
+// Drain waits until nothing is in flight, the publisher failed or ctx ends.
+func (p *Publisher) Drain(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		p.mu.Lock()
+		n, err := p.inflight, p.failErr
+		p.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%d publishes still unacked: %w", n, ctx.Err())
+		}
+	}
+}
+
+// Close stops retrying and waits for the ack goroutine to resolve what was
+// sent (each within the ack timeout). Call Drain first to wait for acks.
+// No Publish may be called after Close.
+func (p *Publisher) Close() {
+	p.closeOnce.Do(func() { close(p.abandon); close(p.pending) })
+	<-p.ackerDone
+}

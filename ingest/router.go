@@ -1,0 +1,224 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
+)
+
+// Sink takes finished fragments; the Publisher is one.
+type Sink interface {
+	Publish(ctx context.Context, txn *Txn, partition int, f *fanout.Fragment) error
+}
+
+// Router turns decoded transactions into per-shape fragments. It buffers each
+// touched shape's changes and publishes a fragment when a buffer is full,
+// when all buffers together are over MaxBufferedBytes (the largest goes), and
+// at commit. Flush points depend only on the data, so a transaction read
+// again after a restart yields the same fragments and Nats-Msg-Ids.
+// It implements Handler and is used by one goroutine.
+type Router struct {
+	reg        *match.Registry
+	partitions int
+	limits     Limits
+	tracker    *Tracker
+	sink       Sink
+	metrics    *Metrics
+	log        *slog.Logger
+	tx         *openTxn
+}
+
+type openTxn struct {
+	begin Begin
+	txn   *Txn
+	bufs  map[string]*shapeBuf
+	total int // bytes buffered over all shapes
+}
+
+type shapeBuf struct {
+	shape   *fanout.Shape
+	changes []fanout.Change
+	bytes   int
+	seq     int // Seq of the next fragment
+}
+
+// NewRouter routes with reg (owned by the router from now on).
+func NewRouter(reg *match.Registry, partitions int, limits Limits, tracker *Tracker, sink Sink, m *Metrics, log *slog.Logger) *Router {
+	return &Router{reg: reg, partitions: partitions, limits: limits, tracker: tracker, sink: sink, metrics: m, log: log}
+}
+
+// ShapeUpdate adds or replaces a shape, or removes it when Shape is nil.
+type ShapeUpdate struct {
+	Handle string
+	Shape  *fanout.Shape
+}
+
+// Apply changes the shape set; changes decoded after it see the new set.
+func (r *Router) Apply(u ShapeUpdate) {
+	if u.Shape == nil {
+		r.reg.Remove(u.Handle)
+		r.log.Info("shape removed", "shape", u.Handle)
+		return
+	}
+	if err := r.reg.Add(u.Shape); err != nil {
+		r.log.Error("shape definition rejected by the matcher; its changes are not routed until it is fixed", "shape", u.Handle, "err", err)
+		return
+	}
+	r.log.Info("shape routed", "shape", u.Handle, "table", u.Shape.Table)
+}
+
+// Begin implements Handler.
+func (r *Router) Begin(_ context.Context, b Begin) error {
+	if r.tx != nil {
+		return fmt.Errorf("pgoutput Begin of xid %d while xid %d is open (protocol violation; ingest restarts from the slot)", b.Xid, r.tx.begin.Xid)
+	}
+	r.tx = &openTxn{begin: b, txn: r.tracker.Begin(), bufs: map[string]*shapeBuf{}}
+	return nil
+}
+
+// Change implements Handler.
+func (r *Router) Change(ctx context.Context, c match.RowChange) error {
+	if r.tx == nil {
+		return fmt.Errorf("pgoutput change of %s outside a transaction (protocol violation; ingest restarts from the slot)", c.Table)
+	}
+	r.metrics.Changes.Inc()
+	var routed []routedChange
+	r.reg.Route(c, func(s *fanout.Shape, ch fanout.Change) { routed = append(routed, routedChange{s, ch}) })
+	return r.add(ctx, routed)
+}
+
+// Truncate implements Handler: every shape of each table is emptied.
+func (r *Router) Truncate(ctx context.Context, tables []string) error {
+	if r.tx == nil {
+		return fmt.Errorf("pgoutput truncate outside a transaction (protocol violation; ingest restarts from the slot)")
+	}
+	var routed []routedChange
+	for _, table := range tables {
+		r.metrics.Changes.Inc()
+		r.reg.ShapesOf(table, func(s *fanout.Shape) {
+			routed = append(routed, routedChange{s, fanout.Change{Op: fanout.OpTruncate}})
+		})
+	}
+	return r.add(ctx, routed)
+}
+
+// Commit implements Handler: every touched shape gets its last fragment.
+func (r *Router) Commit(ctx context.Context, c Commit) error {
+	tx := r.tx
+	if tx == nil {
+		return fmt.Errorf("pgoutput Commit at %s without Begin (protocol violation; ingest restarts from the slot)", c.CommitLSN)
+	}
+	if c.CommitLSN != tx.begin.FinalLSN {
+		return fmt.Errorf("pgoutput Commit LSN %s differs from its Begin's final LSN %s (protocol violation)", c.CommitLSN, tx.begin.FinalLSN)
+	}
+	handles := make([]string, 0, len(tx.bufs))
+	for h := range tx.bufs {
+		handles = append(handles, h)
+	}
+	sort.Strings(handles)
+	for _, h := range handles {
+		if err := r.flush(ctx, tx.bufs[h], true, c.EndLSN); err != nil {
+			return err
+		}
+	}
+	r.tx = nil
+	tx.txn.Commit(c.EndLSN)
+	r.metrics.Transactions.Inc()
+	return nil
+}
+
+// Abort forgets the open transaction (the session broke; it comes again).
+func (r *Router) Abort() { r.tx = nil }
+
+type routedChange struct {
+	shape  *fanout.Shape
+	change fanout.Change
+}
+
+func (r *Router) add(ctx context.Context, routed []routedChange) error {
+	tx := r.tx
+	for _, rc := range routed {
+		b := tx.bufs[rc.shape.Handle]
+		if b == nil {
+			b = &shapeBuf{shape: rc.shape}
+			tx.bufs[rc.shape.Handle] = b
+		}
+		size := changeSize(rc.change)
+		// Flush before adding, so the commit always finds a change to send
+		// with Last set unless the memory bound flushed it.
+		if len(b.changes) > 0 && (len(b.changes) >= r.limits.MaxFragmentChanges || b.bytes+size > r.limits.MaxFragmentBytes) {
+			if err := r.flush(ctx, b, false, 0); err != nil {
+				return err
+			}
+		}
+		b.changes = append(b.changes, rc.change)
+		b.bytes += size
+		tx.total += size
+	}
+	for tx.total > r.limits.MaxBufferedBytes {
+		if err := r.flush(ctx, tx.largest(), false, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// largest is the buffer holding the most bytes; ties go to the smaller
+// handle, so the choice depends only on the data.
+func (tx *openTxn) largest() *shapeBuf {
+	var best *shapeBuf
+	for _, b := range tx.bufs {
+		if best == nil || b.bytes > best.bytes || (b.bytes == best.bytes && b.shape.Handle < best.shape.Handle) {
+			best = b
+		}
+	}
+	return best
+}
+
+// flush publishes b's buffered changes as its next fragment. end is the
+// transaction's end LSN, known only for the last fragment.
+func (r *Router) flush(ctx context.Context, b *shapeBuf, last bool, end pglogrepl.LSN) error {
+	tx := r.tx
+	f := &fanout.Fragment{
+		Version:    fanout.WireVersion,
+		Shape:      b.shape.Handle,
+		Xid:        tx.begin.Xid,
+		CommitLSN:  tx.begin.FinalLSN,
+		EndLSN:     end,
+		CommitTime: tx.begin.CommitTime,
+		Seq:        b.seq,
+		Last:       last,
+		Changes:    b.changes,
+	}
+	if f.Changes == nil {
+		f.Changes = []fanout.Change{}
+	}
+	if err := r.sink.Publish(ctx, tx.txn, fanout.Partition(b.shape.Handle, r.partitions), f); err != nil {
+		return err
+	}
+	tx.total -= b.bytes
+	b.seq++
+	b.changes = nil
+	b.bytes = 0
+	return nil
+}
+
+// changeSize estimates a change's encoded size.
+func changeSize(c fanout.Change) int {
+	n := 32
+	for _, row := range []fanout.Row{c.Row, c.Old} {
+		for k, v := range row {
+			n += len(k) + 8
+			if v != nil {
+				n += len(*v)
+			}
+		}
+	}
+	return n
+}

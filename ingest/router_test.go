@@ -1,0 +1,113 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
+)
+
+// sinkRecorder is a Sink that acks at once and keeps the fragments.
+type sinkRecorder struct{ frags []*fanout.Fragment }
+
+func (s *sinkRecorder) Publish(_ context.Context, txn *Txn, _ int, f *fanout.Fragment) error {
+	c := *f
+	c.Changes = append([]fanout.Change(nil), f.Changes...)
+	s.frags = append(s.frags, &c)
+	txn.Add()
+	txn.Done()
+	return nil
+}
+
+func testRouter(t *testing.T, limits Limits, shapes ...string) (*Router, *sinkRecorder, *Tracker) {
+	t.Helper()
+	reg := match.NewRegistry()
+	for _, h := range shapes {
+		s := &fanout.Shape{Handle: h, Table: "public.items", PrimaryKey: []string{"id"},
+			Schema: []fanout.Column{{Name: "id", Type: "integer", OID: 23}, {Name: "v", Type: "text", OID: 25}}}
+		if err := reg.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := &sinkRecorder{}
+	tr := NewTracker(0)
+	return NewRouter(reg, 8, limits, tr, sink, NewMetrics(nil), quietLog()), sink, tr
+}
+
+func insert(id int) match.RowChange {
+	v, s := fmt.Sprint(id), "payload"
+	return match.RowChange{Table: "public.items", Op: fanout.OpInsert, New: fanout.Row{"id": &v, "v": &s}}
+}
+
+// runTxn feeds one transaction of n inserts.
+func runTxn(t *testing.T, r *Router, n int) {
+	t.Helper()
+	ctx := context.Background()
+	if err := r.Begin(ctx, Begin{Xid: 7, FinalLSN: 1000, CommitTime: time.Unix(1, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := r.Change(ctx, insert(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Truncate(ctx, []string{"public.items", "public.other"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(ctx, Commit{CommitLSN: 1000, EndLSN: 1100}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A shape's part of a transaction is split at max_fragment_changes, Seq
+// counts up, only the last has Last set, and the published LSN moves to the
+// transaction's end.
+func TestRouterSplitsAtFragmentLimit(t *testing.T) {
+	r, sink, tr := testRouter(t, Limits{MaxFragmentChanges: 10, MaxFragmentBytes: 1 << 20, MaxBufferedBytes: 1 << 30}, "sa")
+	runTxn(t, r, 25)
+	if len(sink.frags) != 3 {
+		t.Fatalf("%d fragments, want 3", len(sink.frags))
+	}
+	total := 0
+	for i, f := range sink.frags {
+		if f.Seq != i || f.Last != (i == 2) || f.CommitLSN != 1000 || f.Xid != 7 || f.Shape != "sa" {
+			t.Fatalf("fragment %d = seq %d last %v commit %s xid %d", i, f.Seq, f.Last, f.CommitLSN, f.Xid)
+		}
+		total += len(f.Changes)
+	}
+	if total != 26 || sink.frags[2].Changes[len(sink.frags[2].Changes)-1].Op != fanout.OpTruncate {
+		t.Fatalf("%d changes in all, want 25 inserts and the truncate last", total)
+	}
+	if sink.frags[2].EndLSN != 1100 {
+		t.Fatalf("last fragment end LSN %s", sink.frags[2].EndLSN)
+	}
+	if tr.Published() != 1100 {
+		t.Fatalf("published = %s, want the transaction end", tr.Published())
+	}
+}
+
+// Buffers of all shapes together stay under max_buffered_bytes: the largest
+// is published early, and a rerun of the same transaction gives the same
+// fragments (same Nats-Msg-Ids).
+func TestRouterBoundsBufferedBytesDeterministically(t *testing.T) {
+	limits := Limits{MaxFragmentChanges: 1000, MaxFragmentBytes: 1 << 20, MaxBufferedBytes: 2000}
+	ids := func() []string {
+		r, sink, _ := testRouter(t, limits, "sa", "sb", "sc")
+		runTxn(t, r, 100)
+		var out []string
+		for _, f := range sink.frags {
+			out = append(out, fmt.Sprintf("%s/%d", fanout.MsgID(f.Shape, f), len(f.Changes)))
+		}
+		return out
+	}
+	first, second := ids(), ids()
+	if len(first) < 6 {
+		t.Fatalf("only %d fragments: the byte bound did not flush early", len(first))
+	}
+	if fmt.Sprint(first) != fmt.Sprint(second) {
+		t.Fatalf("fragments differ between runs:\n%v\n%v", first, second)
+	}
+}

@@ -1,0 +1,353 @@
+// Package ingest reads Postgres logical replication (pgoutput, protocol 1),
+// routes each change to the shapes it matches and publishes per-shape
+// transaction fragments to JetStream. The stages, in order:
+//
+//	reader.go    replication connection -> WAL messages and keepalives
+//	decoder.go   pgoutput messages -> row changes (Handler)
+//	router.go    row changes -> bounded per-shape fragments (Sink)
+//	publisher.go fragments -> JetStream, async, bounded in flight
+//	progress.go  acks -> the published LSN (written for flushd)
+//	status.go    flushd's safe LSN -> standby status to Postgres
+//
+// service.go wires them and restarts a broken session with bounded backoff.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
+	"github.com/fanout/pipeline/fanout/observe"
+)
+
+// errFatal marks failures that retrying cannot fix.
+type errFatal struct{ error }
+
+func (e errFatal) Unwrap() error { return e.error }
+
+// Service is a running ingest.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+	ready   *observe.Readiness
+	bus     *fanout.Bus
+
+	tracker   *Tracker
+	publisher *Publisher
+	router    *Router
+	decoder   *Decoder
+	safe      *SafeHolder
+	shapes    chan shapeEvent
+
+	confirmed atomic.Uint64 // last position sent to Postgres
+}
+
+// Run runs ingest until ctx ends (then drains and returns nil) or a failure
+// outlasts its retries (then returns it). reg may be nil.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) error {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s := &Service{cfg: cfg, log: log, metrics: NewMetrics(reg), ready: &observe.Readiness{}, safe: NewSafeHolder(), shapes: make(chan shapeEvent, 1024)}
+	s.ready.Set(false, "starting")
+
+	nc, err := fanout.Connect(fanout.ConnectOptions{URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, CAFile: cfg.NATS.CAFile, Name: "fanout-ingest"}, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if max := nc.MaxPayload(); int64(cfg.Ingest.MaxFragmentBytes) > max/2 {
+		// Encoding overhead (JSON escaping, headers) is not in the estimate.
+		return fmt.Errorf("config key ingest.max_fragment_bytes: %d is over half the NATS server's max_payload (%d); lower it", cfg.Ingest.MaxFragmentBytes, max)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.Ingest.MaxInflight+1),
+		jetstream.WithPublishAsyncTimeout(cfg.Ingest.AckTimeout))
+	if err != nil {
+		return fmt.Errorf("JetStream: %w", err)
+	}
+	bctx, cancel := context.WithTimeout(ctx, time.Minute)
+	s.bus, err = fanout.EnsureBus(bctx, js, cfg.Bus.BusConfig())
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	// Background workers live as long as the service; wg owns them.
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stopWorkers(); wg.Wait() }()
+	workerErr := make(chan error, 4)
+	goWorker := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(wctx); err != nil {
+				workerErr <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goWorker("http", func(c context.Context) error { return observe.Serve(c, cfg.HTTP.Addr, reg, s.ready, log) })
+	watcher := &shapeWatcher{kv: s.bus.Shapes, pgURL: cfg.Postgres.URL, identity: cfg.Postgres.ReplicaIdentityFull, log: log, out: s.shapes, full: map[string]bool{}}
+	goWorker("shape watcher", watcher.run)
+	goWorker("safe LSN watcher", func(c context.Context) error { return watchSafe(c, s.bus.State, s.safe, s.metrics, log) })
+
+	s.decoder = NewDecoder(log)
+	s.router = NewRouter(match.NewRegistry(), cfg.Bus.Partitions, cfg.Ingest, nil, nil, s.metrics, log)
+	if err := s.loadShapes(ctx, workerErr); err != nil {
+		return err
+	}
+	err = s.replicate(ctx, workerErr, goWorker)
+	if s.publisher != nil {
+		s.publisher.Close()
+	}
+	return err
+}
+
+// loadShapes applies the shapes that exist before replication starts, so
+// the first changes are routed with the full set.
+func (s *Service) loadShapes(ctx context.Context, workerErr <-chan error) error {
+	n := 0
+	for {
+		select {
+		case ev := <-s.shapes:
+			if ev.initialDone {
+				s.log.Info("shapes loaded", "count", n)
+				return nil
+			}
+			s.router.Apply(ev.update)
+			n++
+		case err := <-workerErr:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// replicate runs sessions until ctx ends or a failure is fatal or outlasts
+// cfg.Ingest.MaxRetries consecutive attempts.
+func (s *Service) replicate(ctx context.Context, workerErr <-chan error, goWorker func(string, func(context.Context) error)) error {
+	backoff := 100 * time.Millisecond
+	failures := 0
+	for ctx.Err() == nil {
+		progressed, err := s.session(ctx, workerErr, goWorker)
+		if err == nil {
+			break
+		}
+		var fatal errFatal
+		if errors.As(err, &fatal) {
+			s.ready.Set(false, err.Error())
+			return err
+		}
+		if progressed {
+			failures, backoff = 0, 100*time.Millisecond
+		}
+		failures++
+		s.ready.Set(false, err.Error())
+		if failures > s.cfg.Ingest.MaxRetries {
+			return fmt.Errorf("giving up after %d attempts in a row, last: %w", failures, err)
+		}
+		s.metrics.Reconnects.Inc()
+		s.log.Warn("replication session failed; resuming from the slot", "attempt", failures, "of", s.cfg.Ingest.MaxRetries, "retry_in", backoff, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, s.cfg.Ingest.MaxBackoff)
+	}
+	return s.drain()
+}
+
+// session connects, replicates until something breaks or ctx ends, and
+// reports whether it received anything (a healthy session resets the
+// retry count).
+func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker func(string, func(context.Context) error)) (progressed bool, err error) {
+	cfg := s.cfg.Postgres
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	conn, err := pgx.Connect(cctx, cfg.URL)
+	cancel()
+	if err != nil {
+		return false, fmt.Errorf("connect to Postgres: %w (check postgres.url and that the server runs)", err)
+	}
+	defer conn.Close(context.Background())
+	from, err := s.prepare(ctx, conn, goWorker)
+	if err != nil {
+		return false, err
+	}
+	repl, err := connectReplication(ctx, cfg.URL)
+	if err != nil {
+		return false, err
+	}
+	defer repl.Close(context.Background())
+	if err := startReplication(ctx, repl, cfg.Slot, cfg.Publication); err != nil {
+		if isSlotGone(err) {
+			return false, errFatal{fmt.Errorf("%w: %v; drop the slot if it still exists, restart ingest to create a new one, and rebuild the shapes (their logs miss changes)", ErrSlotLost, err)}
+		}
+		return false, err
+	}
+	s.log.Info("replicating", "slot", cfg.Slot, "publication", cfg.Publication, "from", from)
+	s.ready.Set(true, "")
+	return s.stream(ctx, conn, repl, workerErr)
+}
+
+// prepare makes sure publication and slot exist and, on the first session,
+// starts the publisher and the progress writer. It returns the slot's
+// confirmed position, where replication resumes.
+func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(string, func(context.Context) error)) (pglogrepl.LSN, error) {
+	cfg := s.cfg.Postgres
+	mayCreate, err := s.mayCreateSlot(ctx)
+	if err != nil {
+		return 0, err
+	}
+	st, err := Setup(ctx, conn, cfg.Slot, cfg.Publication, mayCreate)
+	if err != nil {
+		if errors.Is(err, ErrSlotLost) {
+			return 0, errFatal{err}
+		}
+		return 0, err
+	}
+	if st.Created {
+		s.log.Info("created replication slot", "slot", cfg.Slot, "at", st.ConfirmedFlush)
+	}
+	if s.tracker == nil {
+		s.tracker = NewTracker(st.ConfirmedFlush)
+		s.publisher = NewPublisher(s.bus.JS, PublisherOptions{
+			MaxInflight: s.cfg.Ingest.MaxInflight, MaxInflightBytes: s.cfg.Ingest.MaxInflightBytes,
+			MaxRetries: s.cfg.Ingest.MaxRetries, MaxBackoff: s.cfg.Ingest.MaxBackoff,
+			Stream: s.bus.Stream,
+		}, s.log, s.metrics)
+		s.router.tracker, s.router.sink = s.tracker, s.publisher
+		goWorker("progress writer", s.writeProgress)
+	}
+	if uint64(st.ConfirmedFlush) > s.confirmed.Load() {
+		s.confirmed.Store(uint64(st.ConfirmedFlush))
+	}
+	return st.ConfirmedFlush, nil
+}
+
+// stream runs one replication session: the receiver, the status sender and
+// the idle heartbeat in their goroutines, decoding and routing in this one.
+func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, workerErr <-chan error) (progressed bool, err error) {
+	cfg := s.cfg.Postgres
+	// The session's goroutines: receiver, status sender, idle heartbeat.
+	sctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	msgs := make(chan walMsg, 64)
+	status := newStatusSender(repl, s.safe, s.tracker, pglogrepl.LSN(s.confirmed.Load()), cfg.StatusInterval, s.metrics)
+	var lastData atomic.Int64
+	lastData.Store(time.Now().UnixNano())
+	spawn := func(f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(sctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	spawn(func(c context.Context) error { return receive(c, repl, msgs, status.requestReply) })
+	spawn(status.run)
+	if cfg.IdleHeartbeat > 0 {
+		spawn(func(c context.Context) error { return heartbeat(c, conn, cfg.IdleHeartbeat, &lastData, s.log) })
+	}
+	defer func() {
+		stop()
+		wg.Wait()
+		s.confirmed.Store(uint64(status.Confirmed()))
+		if ctx.Err() != nil && err == nil {
+			// Draining: the last word to Postgres is the final position.
+			dctx, cancel := context.WithTimeout(context.Background(), s.cfg.Ingest.DrainTimeout)
+			derr := s.publisher.Drain(dctx)
+			cancel()
+			if derr != nil {
+				s.log.Error("in-flight publishes not all acked before drain_timeout; they are sent again on restart", "err", derr)
+			}
+			s.writeProgressOnce(context.Background())
+			if serr := status.send(context.Background()); serr != nil {
+				s.log.Warn("final standby status not sent; Postgres keeps the last one it got", "err", serr)
+			}
+			s.confirmed.Store(uint64(status.Confirmed()))
+		}
+		s.router.Abort()
+		s.tracker.Abandon()
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return progressed, nil
+		case err := <-errs:
+			return progressed, err
+		case err := <-workerErr:
+			return progressed, errFatal{err}
+		case <-s.publisher.Failed():
+			return progressed, errFatal{s.publisher.Err()}
+		case ev := <-s.shapes:
+			if !ev.initialDone {
+				s.router.Apply(ev.update)
+			}
+		case m := <-msgs:
+			progressed = true
+			if m.keepalive != nil {
+				// Nothing open or in flight: everything before the server's
+				// WAL end is handled, so an idle slot can move on.
+				if s.router.tx == nil && s.tracker.Open() == 0 && s.tracker.Idle(m.keepalive.ServerWALEnd) {
+					s.log.Debug("idle: published LSN moved to the server's WAL end", "lsn", m.keepalive.ServerWALEnd)
+				}
+				continue
+			}
+			lastData.Store(time.Now().UnixNano())
+			if err := s.decoder.Decode(ctx, m.xlog.WALData, s.router); err != nil {
+				if ctx.Err() != nil {
+					return progressed, nil
+				}
+				return progressed, err
+			}
+		}
+	}
+}
+
+// mayCreateSlot: a missing slot is created only by a first start, before
+// this process or an earlier one published anything from a slot.
+func (s *Service) mayCreateSlot(ctx context.Context) (bool, error) {
+	if s.tracker != nil {
+		return false, nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := s.bus.State.Get(gctx, fanout.KeyIngestPublished)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("read %s from the %s bucket: %w", fanout.KeyIngestPublished, fanout.StateBucket, err)
+	}
+	return false, nil
+}
+
+// drain is the end of a clean shutdown.
+func (s *Service) drain() error {
+	s.ready.Set(false, "draining")
+	if s.publisher != nil {
+		if err := s.publisher.Err(); err != nil {
+			return err
+		}
+	}
+	s.log.Info("ingest stopped", "confirmed", pglogrepl.LSN(s.confirmed.Load()))
+	return nil
+}
