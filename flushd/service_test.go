@@ -39,7 +39,7 @@ func beat(t *testing.T, kv jetstream.KeyValue, id string) *heartbeater {
 	go func() {
 		defer h.done.Done()
 		for {
-			hb := fanout.Heartbeat{Consumer: id, Sent: time.Now(), }
+			hb := fanout.Heartbeat{Consumer: id, Sent: time.Now()}
 			kv.Put(context.Background(), id, fanout.EncodeJSON(hb))
 			select {
 			case <-h.stop:
