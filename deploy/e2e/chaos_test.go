@@ -223,7 +223,7 @@ func (s *stack) retainedWALQuiet() int64 {
 		}
 		s.sampler = c
 	}
-	if err := s.sampler.QueryRow(context.Background(), `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&lag); err != nil {
+	if err := s.sampler.QueryRow(context.Background(), `SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&lag); err != nil {
 		s.sampler.Close(context.Background())
 		s.sampler = nil
 		return 0

@@ -86,8 +86,10 @@ func (s *stack) load(stop <-chan struct{}, firstID int) *sync.WaitGroup {
 				return
 			default:
 			}
-			_, err := conn.Exec(context.Background(), `INSERT INTO items VALUES ($1, $1 % 3, 'a' || $1, NULL), ($1 + 1, 1, 'b', NULL), ($1 + 2, 2, 'c', NULL);
-				UPDATE items SET owner = (owner + 1) % 3 WHERE id = $1 - 3`, id)
+			batch := &pgx.Batch{}
+			batch.Queue(`INSERT INTO items VALUES ($1, $1 % 3, 'a' || $1, NULL), ($1 + 1, 1, 'b', NULL), ($1 + 2, 2, 'c', NULL)`, id)
+			batch.Queue(`UPDATE items SET owner = (owner + 1) % 3 WHERE id = $1 - 3`, id)
+			err := conn.SendBatch(context.Background(), batch).Close()
 			if err != nil {
 				s.t.Errorf("load: %v", err)
 				return
@@ -219,6 +221,7 @@ func TestRemovedShapeNeverPinsWAL(t *testing.T) {
 	pinned := s.currentWAL()
 	time.Sleep(2 * time.Second)
 	if c := s.confirmedFlush(); c >= pinned {
+		t.Log(s.ctl("status"))
 		t.Fatalf("confirmed_flush_lsn %s passed unpersisted changes at %s", c, pinned)
 	}
 	st := s.status()

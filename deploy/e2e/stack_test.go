@@ -120,7 +120,7 @@ func (s *stack) queryLSN(sql string) pglogrepl.LSN {
 }
 
 func (s *stack) currentWAL() pglogrepl.LSN {
-	return s.queryLSN("SELECT pg_current_wal_lsn()::text")
+	return s.queryLSN("SELECT pg_current_wal_insert_lsn()::text")
 }
 
 func (s *stack) confirmedFlush() pglogrepl.LSN {
