@@ -11,6 +11,7 @@ type metrics struct {
 	rebinds      prometheus.Counter
 	stalls       prometheus.Counter
 	slotLag      prometheus.Gauge
+	partition    *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -23,7 +24,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebinds:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_rebinds_total", Help: "Partition bindings written (new owner or new epoch)."}),
 		stalls:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_stalls_total", Help: "Partitions moved because their live owner made no progress within flushd.stall_grace."}),
 		slotLag:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_slot_lag_bytes", Help: "pg_current_wal_lsn() - confirmed_flush_lsn of the slot."}),
+		partition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fanout_flushd_partition_pending_fragments",
+			Help: "Fragments of a partition not yet acked by its owner (pending + ack pending of its JetStream consumer)."}, []string{"partition"}),
 	}
-	reg.MustRegister(m.safeLSN, m.publishedLSN, m.pending, m.blockedFor, m.live, m.rebinds, m.stalls, m.slotLag)
+	reg.MustRegister(m.partition, m.safeLSN, m.publishedLSN, m.pending, m.blockedFor, m.live, m.rebinds, m.stalls, m.slotLag)
 	return m
 }

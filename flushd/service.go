@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -94,6 +95,7 @@ func (s *Service) Run(ctx context.Context) error {
 			s.onBinding(e)
 		case <-slotTick.C:
 			s.readSlotLag(ctx)
+			s.readPartitionLag(ctx)
 		case <-tick.C:
 			if err := s.tick(ctx, beatsLoaded && bindsLoaded); err != nil {
 				failures++
@@ -289,6 +291,24 @@ func (s *Service) readSlotLag(ctx context.Context) {
 		return
 	}
 	s.m.slotLag.Set(float64(lag.LagBytes))
+}
+
+// readPartitionLag feeds the per-partition pending metric from the
+// partitions' JetStream consumers. Partitions without a consumer (no owner
+// yet) show their pending fragments in fanout_flushd_pending_fragments only.
+func (s *Service) readPartitionLag(ctx context.Context) {
+	list := s.bus.Stream.ListConsumers(ctx)
+	for info := range list.Info() {
+		var p int
+		var epoch uint64
+		if _, err := fmt.Sscanf(info.Name, "part-%d-e%d", &p, &epoch); err != nil {
+			continue // not a partition consumer (e.g. one made by hand)
+		}
+		s.m.partition.WithLabelValues(strconv.Itoa(p)).Set(float64(info.NumPending + uint64(info.NumAckPending)))
+	}
+	if err := list.Err(); err != nil {
+		s.log.Debug("cannot list partition consumers", "err", err)
+	}
 }
 
 // Slot is what pg_replication_slots says of the slot.
