@@ -73,3 +73,15 @@ func (l Log) Validate() error {
 	}
 	return nil
 }
+
+// CheckCommon runs the checks every service config shares: required values
+// (see Require), the bus section and the log section.
+func CheckCommon(cfg any, bus Bus, log Log) error {
+	if err := Require(cfg); err != nil {
+		return err
+	}
+	if err := bus.Validate(); err != nil {
+		return err
+	}
+	return log.Validate()
+}

@@ -26,13 +26,7 @@ type Config struct {
 
 // Validate checks values that have a type but not a meaning.
 func (c *Config) Validate() error {
-	if err := configs.Require(c); err != nil {
-		return err
-	}
-	if err := c.Bus.Validate(); err != nil {
-		return err
-	}
-	if err := c.Log.Validate(); err != nil {
+	if err := configs.CheckCommon(c, c.Bus, c.Log); err != nil {
 		return err
 	}
 	f := c.Flushd
