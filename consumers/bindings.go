@@ -115,11 +115,15 @@ func (s *Service) resyncBindings(ctx context.Context, st *bindingState, drain, w
 }
 
 // applyBinding makes the worker of partition p match binding b (nil: unbound).
+// Only the bindings watch goroutine calls it. s.mu is not held while an old
+// worker finishes its batch: that can take a while (a log rescan, an fsync),
+// and heartbeats, which read the owned partitions, must not wait for it, or
+// flushd would take this consumer for dead and move every partition.
 func (s *Service) applyBinding(p int, b *fanout.Binding, drain, work context.Context) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	mine := b != nil && b.Consumer == s.id
+	s.mu.Lock()
 	cur := s.workers[p]
+	s.mu.Unlock()
 	if cur != nil {
 		if mine && b.Epoch == cur.epoch {
 			return // unchanged, or a worker of this epoch that was fenced: do not restart it
@@ -137,13 +141,17 @@ func (s *Service) applyBinding(p int, b *fanout.Binding, drain, work context.Con
 			cur.stop()
 			<-cur.done
 		}
+		s.mu.Lock()
 		delete(s.workers, p)
+		s.mu.Unlock()
 	}
 	if !mine {
 		return
 	}
 	w := newWorker(s, p, b.Epoch, work)
+	s.mu.Lock()
 	s.workers[p] = w
+	s.mu.Unlock()
 	go w.run(drain)
 }
 

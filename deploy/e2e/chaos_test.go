@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,7 +84,9 @@ func TestChaos(t *testing.T) {
 	end := time.Now().Add(duration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
-		switch action := rng.IntN(10); {
+		action := rng.IntN(10)
+		t.Logf("%s chaos action %d", time.Now().Format("15:04:05.000"), action)
+		switch {
 		case action < 4: // SIGKILL a consumer, restart it
 			id := consumers[rng.IntN(len(consumers))]
 			s.procs[id].Kill()
@@ -140,10 +144,11 @@ func TestChaos(t *testing.T) {
 	s.drain()
 	mismatches := 0
 	for _, d := range defs {
-		want := renderRows(s.expectedRows(d.table, d.where, d.columns))
-		if got := renderRows(s.shapeRows(d.handle)); got != want {
+		want := s.expectedRows(d.table, d.where, d.columns)
+		got := s.shapeRows(d.handle)
+		if renderRows(got) != renderRows(want) {
 			mismatches++
-			t.Errorf("shape %s (WHERE %s) differs from its query", d.handle, d.where)
+			t.Errorf("shape %s (WHERE %s) differs from its query: %s", d.handle, d.where, rowDiff(got, want))
 		}
 	}
 	var final int64
@@ -232,4 +237,38 @@ func (s *stack) retainedWALQuiet() int64 {
 		return 0
 	}
 	return *lag
+}
+
+// rowDiff names, by id, up to ten rows that differ between a shape log and its query.
+func rowDiff(got, want []row) string {
+	index := func(rows []row) map[string]string {
+		m := map[string]string{}
+		for _, r := range rows {
+			id := "<nil>"
+			if r["id"] != nil {
+				id = *r["id"]
+			}
+			m[id] = renderRows([]row{r})
+		}
+		return m
+	}
+	g, w := index(got), index(want)
+	var out []string
+	for id, wr := range w {
+		if gr, ok := g[id]; !ok {
+			out = append(out, "missing "+strings.TrimSpace(wr))
+		} else if gr != wr {
+			out = append(out, "stale "+strings.TrimSpace(gr)+" want "+strings.TrimSpace(wr))
+		}
+	}
+	for id, gr := range g {
+		if _, ok := w[id]; !ok {
+			out = append(out, "extra "+strings.TrimSpace(gr))
+		}
+	}
+	sort.Strings(out)
+	if len(out) > 10 {
+		out = append(out[:10], fmt.Sprintf("... %d more", len(out)-10))
+	}
+	return fmt.Sprintf("%d rows in the log, %d in the query; %s", len(got), len(want), strings.Join(out, "; "))
 }
