@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,7 +23,11 @@ func (w *worker) deadLetter(m jetstream.Msg, shape string, f *fanout.Fragment, r
 	}
 	out := nats.NewMsg(fanout.DeadLetterSubject(w.partition, token))
 	for k, vs := range m.Headers() {
-		out.Header[k] = append([]string(nil), vs...)
+		// Nats-Expected-* were conditions on the FANOUT stream (ingest sets
+		// Nats-Expected-Last-Msg-Id); the dead-letter stream would refuse them.
+		if !strings.HasPrefix(k, "Nats-Expected-") {
+			out.Header[k] = append([]string(nil), vs...)
+		}
 	}
 	out.Header.Set(fanout.HeaderDeadReason, reason)
 	out.Header.Set(fanout.HeaderDeadSubject, m.Subject())

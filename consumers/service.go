@@ -140,7 +140,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}()
 	s.ready.Set(true, "")
-	s.log.Info("consumer running", "storage", s.cfg.Storage.Dir, "nats", s.cfg.NATS.URL)
+	s.log.Info("consumer running", "storage", s.cfg.Storage.Dir, "nats", fanout.RedactURL(s.cfg.NATS.URL))
 
 	var fatal error
 	select {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/consumers/shapelog"
@@ -107,13 +108,34 @@ func (w *worker) loop(drain context.Context) error {
 		return err
 	}
 	var failingSince time.Time
+	var delivered uint64 // delivery sequence of the last message handled; 0 after (re)creating the durable
 	for drain.Err() == nil && w.stopCtx.Err() == nil {
 		w.applyRemovals(writer)
 		msgs, ferr := w.fetch(cons, drain)
 		if len(msgs) > 0 {
+			next, ok := inSequence(msgs, delivered)
+			if !ok {
+				// A delivery was lost on the way (a pull abandoned while
+				// messages were in flight). Persisting what came after it
+				// would make the lost fragments look like duplicates when
+				// JetStream redelivers them, and they would be skipped:
+				// data loss. Recreate the durable instead: it delivers
+				// every unacked fragment again, in stream order, at once.
+				w.log.Warn("a delivery from JetStream was lost; recreating the partition's consumer to get every unacked fragment again in order",
+					"consumer", w.name, "expected_delivery", delivered+1, "got", next)
+				if cons, err = w.takeConsumer(idle); err != nil {
+					if idle.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				delivered = 0
+				continue
+			}
 			if err := w.handle(writer, msgs); err != nil {
 				return err
 			}
+			delivered = next
 		}
 		if ferr == nil {
 			failingSince = time.Time{}
@@ -182,24 +204,43 @@ func (w *worker) takeConsumer(idle context.Context) (jetstream.Consumer, error) 
 
 // fetch pulls up to one batch, waiting at most fetchWait.
 func (w *worker) fetch(cons jetstream.Consumer, drain context.Context) ([]jetstream.Msg, error) {
-	ctx, cancel := context.WithTimeout(w.stopCtx, fetchWait)
-	defer cancel()
-	defer context.AfterFunc(drain, cancel)()
-	batch, err := cons.Fetch(w.s.cfg.Consumer.Batch, jetstream.FetchContext(ctx))
+	if w.stopCtx.Err() != nil || drain.Err() != nil {
+		return nil, nil
+	}
+	// The pull ends by the server's expiry, whose notice reaches us after
+	// every message of the pull. Ending it from our side (a context) drops
+	// the messages still in flight; they come back only after the ack wait,
+	// and out of order. So a stop or drain waits for the pull (fetchWait).
+	batch, err := cons.Fetch(w.s.cfg.Consumer.Batch, jetstream.FetchMaxWait(fetchWait))
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
-		}
 		return nil, err
 	}
 	var msgs []jetstream.Msg
 	for m := range batch.Messages() {
 		msgs = append(msgs, m)
 	}
-	if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
 		return msgs, err
 	}
 	return msgs, nil
+}
+
+// inSequence checks that msgs are the durable consumer's next deliveries
+// after the one numbered last (deliveries of a new durable are numbered
+// from 1), and returns the number of the last of them; when one is
+// missing, it returns the number found in its place and false.
+func inSequence(msgs []jetstream.Msg, last uint64) (uint64, bool) {
+	for _, m := range msgs {
+		meta, err := m.Metadata()
+		if err != nil {
+			continue // not a JetStream delivery: classify dead-letters it
+		}
+		if meta.Sequence.Consumer != last+1 {
+			return meta.Sequence.Consumer, false
+		}
+		last = meta.Sequence.Consumer
+	}
+	return last, true
 }
 
 // recoverFetch handles a failed pull: a deleted consumer means another owner

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,6 +21,14 @@ const maxForeignSkipped = 100
 // OldestPending reads the oldest fragment in the FANOUT stream, or nil when
 // the stream holds no fragment.
 func OldestPending(ctx context.Context, stream jetstream.Stream) (*Oldest, error) {
+	return oldestPending(ctx, stream, nil)
+}
+
+// oldestPending is OldestPending; evict, when set, is given each message
+// looked at and reports whether it is one that no partition's consumer will
+// ever pull (see unroutable): such a message is skipped, and evict moves it
+// out of the work-queue stream so that it does not stay there for ever.
+func oldestPending(ctx context.Context, stream jetstream.Stream, evict func(*jetstream.RawStreamMsg) bool) (*Oldest, error) {
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s info: %w", fanout.StreamName, err)
@@ -37,7 +47,7 @@ func OldestPending(ctx context.Context, stream jetstream.Stream) (*Oldest, error
 		}
 		partition, shape, perr := fanout.ParseSubject(msg.Subject)
 		lsn, lerr := pglogrepl.ParseLSN(msg.Header.Get(fanout.HeaderCommitLSN))
-		if perr != nil || lerr != nil {
+		if (evict != nil && evict(msg)) || perr != nil || lerr != nil {
 			seq = msg.Sequence + 1
 			continue
 		}
@@ -45,4 +55,16 @@ func OldestPending(ctx context.Context, stream jetstream.Stream) (*Oldest, error
 	}
 	return nil, fmt.Errorf("the first %d messages of stream %s are not fragments (no %s header): a consumer dead-letters them; check `nats stream view %s`",
 		maxForeignSkipped, fanout.StreamName, fanout.HeaderCommitLSN, fanout.StreamName)
+}
+
+// unroutable reports whether no partition's consumer pulls subject
+// (consumers filter on fanout.<partition>.>, partition below partitions).
+// Messages on other subjects of the stream were not published by ingest.
+func unroutable(subject string, partitions int) bool {
+	parts := strings.Split(subject, ".")
+	if len(parts) < 3 || parts[0] != fanout.SubjectPrefix {
+		return true
+	}
+	p, err := strconv.Atoi(parts[1])
+	return err != nil || p < 0 || p >= partitions || strconv.Itoa(p) != parts[1]
 }

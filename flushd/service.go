@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -36,6 +38,7 @@ type Service struct {
 	oldest        *Oldest
 	oldestSince   time.Time
 	stallReported uint64 // stream seq of the last stall acted on
+	evictWarned   time.Time
 }
 
 // New prepares flushd on an existing bus.
@@ -141,7 +144,12 @@ func (s *Service) onBinding(e jetstream.KeyValueEntry) {
 	}
 	b, err := fanout.DecodeBinding(e.Value())
 	if err != nil {
-		s.log.Warn("ignoring invalid binding", "key", e.Key(), "err", err)
+		// Consumers cannot read it either: the partition would stay
+		// unowned after its consumer restarts. Rebind it at a newer epoch.
+		s.log.Error("binding in KV is invalid; rebinding the partition at a newer epoch", "key", e.Key(), "err", err)
+		if old, ok := s.binding[p]; ok {
+			s.binding[p] = fanout.Binding{Partition: p, Epoch: old.Epoch}
+		}
 		return
 	}
 	if old, ok := s.binding[p]; ok && old.Epoch > b.Epoch {
@@ -195,7 +203,7 @@ func (s *Service) publishSafeLSN(ctx context.Context, now time.Time) error {
 		}
 		published = p.PublishedLSN
 	}
-	oldest, err := OldestPending(ctx, s.bus.Stream)
+	oldest, err := oldestPending(ctx, s.bus.Stream, s.evictUnroutable)
 	if err != nil {
 		return err
 	}
@@ -231,6 +239,55 @@ func (s *Service) publishSafeLSN(ctx context.Context, now time.Time) error {
 		s.log.Debug("safe LSN", "lsn", safe.LSN, "published", published, "blocking", safe.Blocking)
 	}
 	s.lastSafe, s.lastSafePut = safe, now
+	return nil
+}
+
+// evictUnroutable moves a message that no consumer will ever pull (its
+// subject names no partition) to the dead-letter stream, so it does not sit
+// in the work queue for ever; messages on a partition's subjects are left to
+// its consumer, which dead-letters what it cannot read.
+// A failure is logged (at most every 10s) and retried at the next tick; it
+// never holds up the safe LSN, which skips such messages anyway.
+func (s *Service) evictUnroutable(msg *jetstream.RawStreamMsg) bool {
+	if !unroutable(msg.Subject, s.cfg.Bus.Partitions) {
+		return false
+	}
+	if err := s.deadLetterUnroutable(msg); err != nil && time.Since(s.evictWarned) > 10*time.Second {
+		s.evictWarned = time.Now()
+		s.log.Warn("cannot dead-letter a message on a subject no partition owns; it stays in the stream (check flushd's NATS permissions)",
+			"subject", msg.Subject, "stream_seq", msg.Sequence, "err", err)
+	}
+	return true
+}
+
+func (s *Service) deadLetterUnroutable(msg *jetstream.RawStreamMsg) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reason := fmt.Sprintf("subject %s names no partition below bus.partitions (%d): no consumer pulls it; "+
+		"it was not published by an ingest with the same bus.partitions (every service must use the same value)", msg.Subject, s.cfg.Bus.Partitions)
+	out := nats.NewMsg(fanout.DeadLetterSubjectPrefix + ".unroutable")
+	for k, vs := range msg.Header {
+		// Nats-Expected-* are conditions on the FANOUT stream; the
+		// dead-letter stream would refuse the message with them.
+		if !strings.HasPrefix(k, "Nats-Expected-") {
+			out.Header[k] = append([]string(nil), vs...)
+		}
+	}
+	if out.Header.Get(fanout.HeaderMsgID) == "" {
+		// Dead-lettering again after a failed delete stores it once.
+		out.Header.Set(fanout.HeaderMsgID, fmt.Sprintf("unroutable:%d", msg.Sequence))
+	}
+	out.Header.Set(fanout.HeaderDeadReason, reason)
+	out.Header.Set(fanout.HeaderDeadSubject, msg.Subject)
+	out.Data = msg.Data
+	if _, err := s.bus.JS.PublishMsg(ctx, out); err != nil {
+		return fmt.Errorf("dead-letter unroutable message %d of stream %s: %w", msg.Sequence, fanout.StreamName, err)
+	}
+	if err := s.bus.Stream.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete dead-lettered message %d from stream %s: %w", msg.Sequence, fanout.StreamName, err)
+	}
+	s.log.Error("message on a subject no partition owns dead-lettered", "subject", msg.Subject, "stream_seq", msg.Sequence,
+		"stream", fanout.DeadLetterStream, "reason", reason)
 	return nil
 }
 

@@ -156,7 +156,9 @@ func TestSafeLSNIsPublishedWithItsBlocker(t *testing.T) {
 	bus.State.Put(ctx, fanout.KeyIngestPublished, fanout.EncodeJSON(&fanout.IngestProgress{PublishedLSN: 0x5000}))
 	s := &scenario{t: t, ctx: ctx, bus: bus}
 	s.route("sblock", 0x4000)
-	startService(t, bus, testConfig())
+	cfg := testConfig()
+	cfg.Bus.Partitions = 64 // as scenario.route: flushd dead-letters subjects of other partitions
+	startService(t, bus, cfg)
 	var got *fanout.SafeLSN
 	testenv.Eventually(t, 10*time.Second, "safe LSN written", func() bool {
 		e, err := bus.State.Get(ctx, fanout.KeySafeLSN)

@@ -25,6 +25,9 @@ type PublisherOptions struct {
 	// Stream, when set, is watched so that publishes wait for room
 	// instead of being refused by a full stream.
 	Stream jetstream.Stream
+	// Failed, when set, is where a shape is marked failed when one of its
+	// fragments is too large to publish (see deadLetterOversized).
+	Failed jetstream.KeyValue
 }
 
 // Publisher sends fragments to the FANOUT stream asynchronously. At most
@@ -38,15 +41,22 @@ type Publisher struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	mu        sync.Mutex
-	inflight  int
-	bytes     int
-	space     chan struct{} // signalled when an in-flight publish resolves
-	failed    chan struct{} // closed on the first unrecoverable failure
-	failErr   error
-	room      *streamRoom // nil: no room check
-	retrying  bool        // a failed publish is being sent again: hold new ones
-	pending   chan pendingPub
+	mu       sync.Mutex
+	inflight int
+	bytes    int
+	space    chan struct{} // signalled when an in-flight publish resolves
+	failed   chan struct{} // closed on the first unrecoverable failure
+	failErr  error
+	room     *streamRoom // nil: no room check
+	retrying bool        // a failed publish is being sent again: hold new ones
+	pending  chan pendingPub
+	// lastMsgID is the Nats-Msg-Id of the previous publish. Each publish
+	// tells the stream to expect it as the stream's last message, so when
+	// one publish is lost (a dropped connection, a leader change) every
+	// later one is refused too, instead of landing ahead of it: the stream
+	// keeps commit order, which flushd's oldest-message rule and the
+	// consumers' position order rely on. Only Publish's goroutine uses it.
+	lastMsgID string
 	ackerDone chan struct{}
 	abandon   chan struct{} // closed by Close: stop retrying
 	closeOnce sync.Once
@@ -104,6 +114,9 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 	msg.Header.Set(fanout.HeaderMsgID, fanout.MsgID(f.Shape, f))
 	msg.Header.Set(fanout.HeaderCommitLSN, f.CommitLSN.String())
 	msg.Header.Set(fanout.HeaderXid, strconv.FormatUint(uint64(f.Xid), 10))
+	if p.lastMsgID != "" {
+		msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, p.lastMsgID)
+	}
 	size := len(body) + 256
 
 	if p.room != nil {
@@ -117,31 +130,116 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 	txn.Add()
 	fut, err := p.js.PublishMsgAsync(msg)
 	if errors.Is(err, nats.ErrMaxPayload) {
-		// Retrying cannot help: one fragment is one change at this size.
-		err = fmt.Errorf("fragment %s is %d bytes, over the NATS server's max_payload: a single row change this large cannot be published; "+
-			"raise max_payload in the NATS server config (and ingest.max_fragment_bytes stays below it)", fanout.MsgID(f.Shape, f), len(body))
+		// Retrying cannot help, and failing would pin WAL for ever (the
+		// same change comes again after every restart): dead-letter it.
+		err = p.deadLetterOversized(ctx, partition, f, msg)
 		p.release(size)
-		p.fail(err)
-		return err
+		if err != nil {
+			p.fail(err)
+			return err
+		}
+		txn.Done()
+		return nil
 	}
 	if err != nil {
-		// Not even sent (for example the reconnect buffer is full): send it
-		// synchronously, so it still lands before anything published later.
+		// Not even sent (for example the reconnect buffer is full): once
+		// everything sent before it is resolved, send it synchronously, so
+		// it lands after them and before anything published later.
+		if werr := p.awaitEarlier(ctx); werr != nil {
+			p.release(size)
+			return werr
+		}
 		if err := p.retry(ctx, msg, err); err != nil {
 			p.release(size)
 			p.fail(err)
 			return err
 		}
+		p.lastMsgID = msg.Header.Get(fanout.HeaderMsgID)
 		p.metrics.Fragments.Inc()
 		txn.Done()
 		p.release(size)
 		return nil
 	}
+	p.lastMsgID = msg.Header.Get(fanout.HeaderMsgID)
 	select {
 	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size}:
 		return nil
 	case <-p.failed:
 		return p.Err()
+	}
+}
+
+// deadLetterOversized handles a fragment over the NATS server's
+// max_payload: a single row change this large (the router splits anything
+// else) cannot be published. Its headers and a body without the changes go
+// to the dead-letter stream with the reason, and its shape is marked failed
+// in the failed bucket (fanoutctl status shows it): the shape's log misses
+// this change and must be rebuilt, but WAL is released and nothing is lost
+// silently. It fails only if NATS refuses the dead letter for all retries.
+func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *fanout.Fragment, msg *nats.Msg) error {
+	reason := fmt.Sprintf("fragment is %d bytes, over the NATS server's max_payload: a single row change this large cannot be published; "+
+		"its changes are not in this message (re-read them from Postgres by rebuilding the shape; raise max_payload in the NATS server config to carry such rows)",
+		len(msg.Data))
+	stub := *f
+	stub.Changes = []fanout.Change{}
+	body, err := stub.Encode()
+	if err != nil {
+		return fmt.Errorf("encode dead letter of fragment %s: %w", fanout.MsgID(f.Shape, f), err)
+	}
+	out := nats.NewMsg(fanout.DeadLetterSubject(partition, f.Shape))
+	for k, vs := range msg.Header {
+		// Nats-Expected-* are conditions on the FANOUT stream; the
+		// dead-letter stream would refuse the message with them.
+		if !strings.HasPrefix(k, "Nats-Expected-") {
+			out.Header[k] = append([]string(nil), vs...)
+		}
+	}
+	out.Header.Set(fanout.HeaderDeadReason, reason)
+	out.Header.Set(fanout.HeaderDeadSubject, msg.Subject)
+	out.Data = body
+	// The Nats-Msg-Id is kept: after a restart the same dead letter is stored once.
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = p.js.PublishMsg(actx, out)
+	cancel()
+	if err != nil {
+		if err = p.retry(ctx, out, err); err != nil {
+			return fmt.Errorf("dead-letter oversized fragment %s: %w", fanout.MsgID(f.Shape, f), err)
+		}
+	}
+	p.log.Error("fragment over the NATS max_payload dead-lettered; its shape is marked failed and misses this change",
+		"shape", f.Shape, "commit_lsn", f.CommitLSN.String(), "seq", f.Seq, "bytes", len(msg.Data), "stream", fanout.DeadLetterStream)
+	if p.opts.Failed == nil {
+		return nil
+	}
+	failure := &fanout.ShapeFailure{Shape: f.Shape, Partition: partition, Reason: reason, CommitLSN: f.CommitLSN.String(), At: time.Now().UTC()}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = p.opts.Failed.Put(fctx, f.Shape, fanout.EncodeJSON(failure))
+	cancel()
+	if err != nil {
+		// The dead letter is stored; only the status mark is missing.
+		p.log.Error("could not mark the shape failed; its oversized fragment is in the dead-letter stream", "shape", f.Shape, "err", err)
+	}
+	return nil
+}
+
+// awaitEarlier waits until the publish being made is the only one in flight.
+func (p *Publisher) awaitEarlier(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		n, err := p.inflight, p.failErr
+		p.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n <= 1 {
+			return nil
+		}
+		select {
+		case <-p.space:
+		case <-p.failed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -234,9 +332,21 @@ func (p *Publisher) setRetrying(on bool) {
 }
 
 // retry sends msg again with backoff until JetStream acks it or the retries
-// are exhausted. The Nats-Msg-Id makes a second copy a no-op.
+// are exhausted. The Nats-Msg-Id makes a second copy a no-op. Retries run
+// only once every earlier publish is resolved, so the expected-last-message
+// check is dropped: its job, refusing msg while an earlier one is missing,
+// is done. A refusal by that check is not a fault and is sent again at once.
 func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error {
 	err := first
+	msg.Header.Del(jetstream.ExpectedLastMsgIDHeader)
+	if isWrongLastMsgID(err) {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = p.js.PublishMsg(actx, msg)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
 	backoff := 100 * time.Millisecond
 	for attempt := 1; attempt <= p.opts.MaxRetries; attempt++ {
 		p.metrics.PublishRetries.Inc()
@@ -263,6 +373,15 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 	}
 	return fmt.Errorf("publish %s to JetStream failed %d times, last: %w (%s; ingest exits and resumes from the slot when restarted)",
 		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
+}
+
+// wrongLastMsgID is the JetStream error code of a refused
+// Nats-Expected-Last-Msg-Id: an earlier publish had not landed.
+const wrongLastMsgID = 10070
+
+func isWrongLastMsgID(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == wrongLastMsgID
 }
 
 // isStreamFull recognises the stream's MaxBytes + DiscardNew refusal.

@@ -11,12 +11,12 @@ import (
 )
 
 // Fragments are published with their Msg-Id and headers, acks are counted
-// on their transaction, and a change larger than NATS max_payload fails at
-// once with an error that says what to change (no futile retries).
+// on their transaction, and a change larger than NATS max_payload is
+// dead-lettered at once (no futile retries) and its shape marked failed.
 func TestPublisher(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	bus := ns.Bus(t)
-	p := NewPublisher(bus.JS, PublisherOptions{MaxInflight: 4, MaxInflightBytes: 1 << 20, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond, Stream: bus.Stream},
+	p := NewPublisher(bus.JS, PublisherOptions{MaxInflight: 4, MaxInflightBytes: 1 << 20, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond, Stream: bus.Stream, Failed: bus.Failed},
 		quietLog(), NewMetrics(nil))
 	defer p.Close()
 	ctx := context.Background()
@@ -36,18 +36,33 @@ func TestPublisher(t *testing.T) {
 		t.Fatalf("%d fragments in the stream", len(frags))
 	}
 
+	// A change larger than max_payload is dead-lettered without its
+	// changes, its shape marked failed, and the transaction completes: a
+	// failure would come back after every restart and pin WAL for ever.
 	big := strings.Repeat("x", 2<<20)
 	huge := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", CommitLSN: 700,
 		Changes: []fanout.Change{{Op: fanout.OpInsert, Row: fanout.Row{"v": &big}}}}
 	start := time.Now()
-	err := p.Publish(ctx, tr.Begin(), 3, huge)
-	if err == nil || !strings.Contains(err.Error(), "max_payload") {
-		t.Fatalf("Publish of a 2 MB fragment returned %v, want a max_payload error", err)
+	txn = tr.Begin()
+	if err := p.Publish(ctx, txn, 3, huge); err != nil {
+		t.Fatalf("Publish of a 2 MB fragment: %v, want it dead-lettered", err)
 	}
+	txn.Commit(800)
+	testenv.Eventually(t, 10*time.Second, "the oversized transaction counted as published", func() bool { return tr.Published() == 800 })
 	if time.Since(start) > 5*time.Second {
 		t.Fatalf("the oversized publish took %s: it was retried", time.Since(start))
 	}
-	if p.Err() == nil {
-		t.Fatal("publisher did not fail for good")
+	if p.Err() != nil {
+		t.Fatalf("publisher failed on an oversized fragment: %v", p.Err())
+	}
+	dl, err := bus.DeadLetter.GetLastMsgForSubject(ctx, fanout.DeadLetterSubject(3, "sa"))
+	if err != nil {
+		t.Fatalf("no dead letter for the oversized fragment: %v", err)
+	}
+	if r := dl.Header.Get(fanout.HeaderDeadReason); !strings.Contains(r, "max_payload") || len(dl.Data) > 4096 {
+		t.Fatalf("dead letter: reason %q, %d bytes; want a max_payload reason and no changes", r, len(dl.Data))
+	}
+	if _, err := bus.Failed.Get(ctx, "sa"); err != nil {
+		t.Fatalf("shape sa not marked failed: %v", err)
 	}
 }

@@ -195,7 +195,8 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 	defer repl.Close(context.Background())
 	if err := startReplication(ctx, repl, cfg.Slot, cfg.Publication); err != nil {
 		if isSlotGone(err) {
-			return false, errFatal{fmt.Errorf("%w: %v; drop the slot if it still exists, restart ingest to create a new one, and rebuild the shapes (their logs miss changes)", ErrSlotLost, err)}
+			return false, errFatal{fmt.Errorf("%w: %v; drop the slot if it still exists and the %s key (nats kv del %s %s), restart ingest to create a new slot, and rebuild the shapes (their logs miss changes)",
+				ErrSlotLost, err, fanout.KeyIngestPublished, fanout.StateBucket, fanout.KeyIngestPublished)}
 		}
 		return false, err
 	}
@@ -228,7 +229,7 @@ func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(str
 		s.publisher = NewPublisher(s.bus.JS, PublisherOptions{
 			MaxInflight: s.cfg.Ingest.MaxInflight, MaxInflightBytes: s.cfg.Ingest.MaxInflightBytes,
 			MaxRetries: s.cfg.Ingest.MaxRetries, MaxBackoff: s.cfg.Ingest.MaxBackoff,
-			Stream: s.bus.Stream,
+			Stream: s.bus.Stream, Failed: s.bus.Failed,
 		}, s.log, s.metrics)
 		s.router.tracker, s.router.sink = s.tracker, s.publisher
 		goWorker("progress writer", s.writeProgress)

@@ -75,8 +75,8 @@ func Setup(ctx context.Context, conn *pgx.Conn, slot, publication string, mayCre
 	}
 	if walStatus != nil && *walStatus == "lost" {
 		return st, fmt.Errorf("%w: slot %s has wal_status = lost, Postgres removed WAL it still needed, so changes since its confirmed position are gone; "+
-			"drop the slot (SELECT pg_drop_replication_slot('%s')), restart ingest to create a new one, and rebuild the shapes (their logs miss changes)",
-			ErrSlotLost, slot, slot)
+			"drop the slot (SELECT pg_drop_replication_slot('%s')) and the %s key (nats kv del %s %s), restart ingest to create a new slot, and rebuild the shapes (their logs miss changes)",
+			ErrSlotLost, slot, slot, fanout.KeyIngestPublished, fanout.StateBucket, fanout.KeyIngestPublished)
 	}
 	if confirmed == nil {
 		return st, fmt.Errorf("replication slot %s has no confirmed_flush_lsn; drop it and restart ingest", slot)

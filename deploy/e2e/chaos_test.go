@@ -151,6 +151,9 @@ func TestChaos(t *testing.T) {
 			t.Errorf("shape %s (WHERE %s) differs from its query: %s", d.handle, d.where, rowDiff(got, want))
 		}
 	}
+	if mismatches > 0 {
+		t.Logf("status after the drain:\n%s", s.ctl("status"))
+	}
 	var final int64
 	testenv.Eventually(t, 30*time.Second, "retained WAL under one segment", func() bool {
 		final = s.retainedWAL()

@@ -11,7 +11,7 @@ import (
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
-var servingAddr = regexp.MustCompile(`serving /metrics, /healthz and /readyz.* addr=(\S+)`)
+var servingAddr = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
 
 // httpAddr reads the address a service logged it serves on (http.addr is
 // 127.0.0.1:0 in tests: a free port).

@@ -1,7 +1,7 @@
 // Package observe gives every service the same operational surface: slog
 // logging configured from the log section, and an HTTP server with
-// /metrics (Prometheus), /healthz (the process runs) and /readyz (it is
-// connected and doing its job).
+// /metrics (Prometheus), /healthz (the process runs), /readyz (it is
+// connected and doing its job) and /debug/pprof (Go profiles).
 package observe
 
 import (
@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync/atomic"
 	"time"
@@ -71,12 +72,19 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready *Re
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	// Go profiles (CPU, heap, goroutines) on the same port as /metrics, for
+	// `go tool pprof http://ADDR/debug/pprof/profile` and the benchmarks.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("http.addr %s: %w (set http.addr to a free address, or empty to disable)", addr, err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	log.Info("serving /metrics, /healthz, /readyz and /debug/pprof", "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -122,7 +122,11 @@ func withBus(ctx context.Context, cfg Config, f func(*fanout.Bus) error) error {
 	}
 	nc, err := nats.Connect(cfg.NATS.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w (set --nats.url or FANOUT_NATS_URL)", cfg.NATS.URL, err)
+		hint := fanout.ConnectErrorHint(err)
+		if hint == "" {
+			hint = "set --nats.url or FANOUT_NATS_URL"
+		}
+		return fmt.Errorf("connect to NATS at %s: %w (%s)", fanout.RedactURL(cfg.NATS.URL), err, hint)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

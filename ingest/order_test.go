@@ -1,0 +1,53 @@
+package ingest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+// A publish whose predecessor never landed is refused by the stream rather
+// than stored ahead of it, and the publisher then sends it again in order.
+func TestPublishesLandInOrderWhenOneIsLost(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	bus := ns.Bus(t)
+	ctx := context.Background()
+
+	// The stream's own rule: expecting a last message that is not there fails.
+	msg := nats.NewMsg(fanout.Subject(1, "sa"))
+	msg.Header.Set(fanout.HeaderMsgID, "second")
+	msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, "first-lost-in-transit")
+	if _, err := bus.JS.PublishMsg(ctx, msg); !isWrongLastMsgID(err) {
+		t.Fatalf("publish after a missing predecessor: %v, want wrong last msg ID", err)
+	}
+
+	m := NewMetrics(nil)
+	p := NewPublisher(bus.JS, PublisherOptions{MaxInflight: 8, MaxInflightBytes: 1 << 20, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond}, quietLog(), m)
+	defer p.Close()
+	tr := NewTracker(0)
+	txn := tr.Begin()
+	p.lastMsgID = "a-publish-that-never-landed" // as if the connection dropped it
+	for seq := 0; seq < 5; seq++ {
+		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", CommitLSN: 800, Seq: seq, Last: seq == 4, Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
+		if err := p.Publish(ctx, txn, 1, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	txn.Commit(900)
+	testenv.Eventually(t, 10*time.Second, "all five acked", func() bool { return tr.Published() == 900 })
+	frags := streamFragments(t, bus)
+	if len(frags) != 5 {
+		t.Fatalf("%d fragments in the stream, want 5", len(frags))
+	}
+	for i, f := range frags {
+		if f.Seq != i {
+			t.Fatalf("stream order %d holds seq %d: publishes were reordered", i, f.Seq)
+		}
+	}
+}
