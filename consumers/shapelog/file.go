@@ -52,7 +52,7 @@ func (s *FileStore) Take(_ context.Context, partition int, epoch uint64) (Writer
 			return nil, err
 		}
 	}
-	return &fileWriter{store: s, partition: partition, epoch: epoch, logs: map[string]*openLog{}}, nil
+	return &fileWriter{store: s, partition: partition, epoch: epoch, logs: map[string]*openLog{}, closed: map[string]closedLog{}}, nil
 }
 
 // Materialize implements Store.
@@ -95,6 +95,19 @@ type openLog struct {
 	handle string
 	f      *os.File
 	acc    acceptor
+	size   int64 // bytes in the file after this writer's last append or scan
+}
+
+// maxOpenLogs bounds the files one partition writer keeps open. A consumer
+// owning many partitions of many shapes would otherwise run out of file
+// descriptors. A closed log's state is kept (a few words), so reopening it
+// needs no rescan unless the file changed size meanwhile.
+const maxOpenLogs = 256
+
+// closedLog is what a writer remembers of a log it closed.
+type closedLog struct {
+	acc  acceptor
+	size int64
 }
 
 // fileWriter is the Writer of one partition at one epoch.
@@ -104,6 +117,7 @@ type fileWriter struct {
 	epoch     uint64
 	mu        sync.Mutex // Writer is single-goroutine; this guards Close racing Append
 	logs      map[string]*openLog
+	closed    map[string]closedLog
 }
 
 // Append implements Writer.
@@ -117,6 +131,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	if err := w.checkEpoch(); err != nil {
 		return st, err
 	}
+	w.closeIdleLogs()
 	type pending struct {
 		l       *openLog
 		buf     []byte
@@ -169,6 +184,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 			w.drop(p.l) // the tail may be torn: reopen and rescan next time
 			return Stats{}, fmt.Errorf("append to log of shape %s: %w", p.l.handle, err)
 		}
+		p.l.size += int64(len(p.buf))
 	}
 	for _, p := range order {
 		if len(p.buf) == 0 {
@@ -231,12 +247,37 @@ func (w *fileWriter) open(handle string) (*openLog, bool, error) {
 		return nil, false, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	l := &openLog{handle: handle, f: f}
+	if c, ok := w.closed[handle]; ok {
+		delete(w.closed, handle)
+		if fi, err := f.Stat(); err == nil && fi.Size() == c.size {
+			// Unchanged since this writer closed it: its state still holds.
+			l.acc, l.size = c.acc, c.size
+			w.logs[handle] = l
+			return l, created, nil
+		}
+	}
 	if err := recoverLog(l, w.store.log); err != nil {
 		f.Close()
 		return nil, false, err
 	}
 	w.logs[handle] = l
 	return l, created, nil
+}
+
+// closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
+// are open. Called between batches, so no log in use is closed.
+func (w *fileWriter) closeIdleLogs() {
+	if len(w.logs) <= maxOpenLogs {
+		return
+	}
+	for handle, l := range w.logs {
+		if len(w.logs) <= maxOpenLogs/2 {
+			return
+		}
+		w.closed[handle] = closedLog{acc: l.acc, size: l.size}
+		l.f.Close()
+		delete(w.logs, handle)
+	}
 }
 
 // recoverLog scans l from the start, learns where it stands and truncates a
@@ -257,6 +298,7 @@ func recoverLog(l *openLog, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	l.size = end
 	if torn {
 		size := int64(-1)
 		if fi, err := l.f.Stat(); err == nil {
@@ -278,6 +320,7 @@ func recoverLog(l *openLog, log *slog.Logger) error {
 func (w *fileWriter) drop(l *openLog) {
 	l.f.Close()
 	delete(w.logs, l.handle)
+	delete(w.closed, l.handle)
 }
 
 // Remove implements Writer.
@@ -287,6 +330,7 @@ func (w *fileWriter) Remove(_ context.Context, handle string) error {
 	if l := w.logs[handle]; l != nil {
 		w.drop(l)
 	}
+	delete(w.closed, handle)
 	return RemoveShape(w.store.dir, handle)
 }
 

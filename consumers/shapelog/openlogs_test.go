@@ -1,0 +1,48 @@
+package shapelog
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// A writer keeps at most about maxOpenLogs files open, and a log it closed
+// keeps its place: a duplicate is still skipped after the reopen, and a log
+// changed by someone else meanwhile is rescanned.
+func TestWriterBoundsOpenLogsAndKeepsTheirState(t *testing.T) {
+	st, _ := newStore(t)
+	w := take(t, st, 0, 1)
+	n := maxOpenLogs * 3
+	for i := 0; i < n; i++ {
+		mustAppend(t, w, frag(fmt.Sprintf("s%04d", i), 100, 0, true, ins("id", "1")))
+		if open := len(w.(*fileWriter).logs); open > maxOpenLogs+1 {
+			t.Fatalf("%d logs open after %d shapes, want at most %d", open, i+1, maxOpenLogs+1)
+		}
+	}
+	// Every log again: the first ones were closed; their position is kept.
+	for i := 0; i < n; i++ {
+		if s := mustAppend(t, w, frag(fmt.Sprintf("s%04d", i), 100, 0, true, ins("id", "2"))); s.Skipped != 1 {
+			t.Fatalf("shape %d: a redelivered fragment was not skipped after its log was closed and reopened: %+v", i, s)
+		}
+	}
+	// A log that grew while closed (another writer, a zombie) is rescanned.
+	victim := "s0000"
+	fw := w.(*fileWriter)
+	if _, open := fw.logs[victim]; open {
+		fw.closeIdleLogs()
+		fw.closed[victim] = closedLog{acc: fw.logs[victim].acc, size: fw.logs[victim].size}
+		fw.logs[victim].f.Close()
+		delete(fw.logs, victim)
+	}
+	other := take(t, st, 0, 1)
+	mustAppend(t, other, frag(victim, 200, 0, true, ins("id", "3")))
+	if s := mustAppend(t, w, frag(victim, 200, 0, true, ins("id", "3"))); s.Skipped != 1 {
+		t.Fatalf("a log changed while closed was not rescanned: %+v", s)
+	}
+	if got := ids(t, st, victim); fmt.Sprint(got) != "[1 3]" {
+		t.Fatalf("rows %v, want [1 3]", got)
+	}
+	if _, err := os.Stat(logPath(st.Dir(), victim)); err != nil {
+		t.Fatal(err)
+	}
+}
