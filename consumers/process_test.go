@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,137 +17,15 @@ import (
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
-// proc is what these tests need of a consumer OS process; testenv.Process
-// provides it.
-type proc interface {
-	Signal(sig syscall.Signal)
-	Kill()
-	Stop(timeout time.Duration) error
-	Output() string
-}
-
-// allCommandsBuild reports whether testenv.Binaries can build: it builds
-// every service's command, and some may not build yet in this tree.
-func allCommandsBuild() bool {
-	cmdsOnce.Do(func() {
-		cmd := exec.Command("go", "build", "./ingest/cmd/ingest", "./flushd/cmd/flushd", "./consumers/cmd/consumer", "./fanout/cmd/fanoutctl")
-		cmd.Dir = ".."
-		cmdsBuild = cmd.Run() == nil
-	})
-	return cmdsBuild
-}
-
-var (
-	cmdsOnce  sync.Once
-	cmdsBuild bool
-)
-
-// startConsumerProcess runs bin/consumer with the env's settings: through
-// testenv.StartProcess when every command builds, else from a binary built
-// here (same binary, own small process wrapper).
-func (e *env) startConsumerProcess(id string, extra ...string) proc {
+// startConsumerProcess runs bin/consumer with the env's settings.
+func (e *env) startConsumerProcess(id string, extra ...string) *testenv.Process {
 	e.t.Helper()
 	args := []string{
 		"--consumer.id", id, "--nats.url", e.ns.URL, "--storage.dir", e.dir, "--http.addr", "",
 		"--consumer.heartbeat_interval", "100ms", "--bus.partitions", fmt.Sprint(testPartitions), "--consumer.batch", "16",
 	}
 	args = append(args, extra...)
-	if allCommandsBuild() {
-		return testenv.StartProcess(e.t, "consumer "+id, "consumer", args)
-	}
-	return startOwnBuild(e.t, id, args)
-}
-
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-func consumerBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fanout-consumer-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "consumer")
-		out, err := exec.Command("go", "build", "-o", builtBin, "./cmd/consumer").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./consumers/cmd/consumer: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
-}
-
-type ownProc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
-	err  error
-}
-
-func startOwnBuild(t *testing.T, id string, args []string) *ownProc {
-	t.Helper()
-	p := &ownProc{name: "consumer " + id, out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(consumerBinary(t), args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", p.name, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.Signal(syscall.SIGCONT)
-		p.Kill()
-		if t.Failed() {
-			t.Logf("---- %s output ----\n%s", p.name, p.Output())
-		}
-	})
-	return p
-}
-
-func (p *ownProc) Signal(sig syscall.Signal) {
-	if p.cmd.Process != nil {
-		p.cmd.Process.Signal(sig)
-	}
-}
-
-func (p *ownProc) Kill() { p.Signal(syscall.SIGKILL); <-p.done }
-
-func (p *ownProc) Stop(timeout time.Duration) error {
-	p.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(timeout):
-		p.Kill()
-		return fmt.Errorf("%s did not exit within %s of SIGTERM", p.name, timeout)
-	}
-}
-
-func (p *ownProc) Output() string { return p.out.String() }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	return testenv.StartProcess(e.t, "consumer "+id, "consumer", args)
 }
 
 func logSize(t *testing.T, e *env, handle string) int64 {
@@ -269,7 +146,7 @@ func expected(want map[int]string) []string {
 
 // A bad config is one line on stderr and exit status 2.
 func TestProcessBadConfigExits2(t *testing.T) {
-	cmd := exec.Command(consumerBinary(t), "--storage.dir", t.TempDir())
+	cmd := exec.Command(testenv.Binary(t, "consumer"), "--storage.dir", t.TempDir())
 	cmd.Env = append(os.Environ(), "FANOUT_CONSUMER_ID=")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

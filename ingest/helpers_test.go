@@ -1,17 +1,13 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,69 +62,15 @@ func runIngest(t *testing.T, pg *testenv.Postgres, ns *testenv.NATS, extra ...st
 	return stop
 }
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-// ingestBinary builds bin/ingest alone (testenv.Binaries builds every
-// service; this package's tests should not depend on the others building).
-func ingestBinary(t *testing.T) string {
+// startIngestProcess runs bin/ingest as an OS process (killed when the test ends).
+func startIngestProcess(t *testing.T, args []string) *testenv.Process {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fanout-ingest-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "ingest")
-		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/fanout/pipeline/ingest/cmd/ingest")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ingest: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
-}
-
-// proc is ingest running as an OS process.
-type proc struct {
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
-	err  error
-}
-
-func startIngestProcess(t *testing.T, args []string) *proc {
-	t.Helper()
-	p := &proc{out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(ingestBinary(t), args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("---- ingest output ----\n%s", p.out.String())
-		}
-	})
-	return p
-}
-
-func (p *proc) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	return testenv.StartProcess(t, "ingest", "ingest", args)
 }
 
 // peakRSS is the process's high-water resident set size in bytes.
-func (p *proc) peakRSS(t *testing.T) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+func peakRSS(t *testing.T, p *testenv.Process) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,23 +85,6 @@ func (p *proc) peakRSS(t *testing.T) int64 {
 	}
 	t.Fatal("no VmHWM in /proc status")
 	return 0
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // addShape stores a shape on table with an empty where (every row).

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -119,7 +118,7 @@ func TestEveryChangeOncePerShapeAcrossSIGKILL(t *testing.T) {
 	}
 	// Kill once the bus holds more than the slot confirmed.
 	testenv.Eventually(t, 30*time.Second, "ingest to publish past the held safe LSN", func() bool { return published(t, bus) > held })
-	first.kill()
+	first.Kill()
 	atKill, pubAtKill := slotConfirmed(t, conn), published(t, bus)
 	if pubAtKill <= atKill {
 		t.Fatalf("published %s is not past confirmed %s at the kill: nothing to re-publish", pubAtKill, atKill)
@@ -167,14 +166,8 @@ func TestEveryChangeOncePerShapeAcrossSIGKILL(t *testing.T) {
 		expected, atKill, pubAtKill)
 
 	// SIGTERM drains and exits 0.
-	second.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-second.done:
-		if second.err != nil {
-			t.Fatalf("ingest exited with %v after SIGTERM, want 0", second.err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("ingest did not exit within 30s of SIGTERM")
+	if err := second.Stop(30 * time.Second); err != nil {
+		t.Fatalf("ingest after SIGTERM: %v, want exit 0", err)
 	}
 }
 
@@ -219,7 +212,7 @@ func TestLargeTransactionBoundedMemory(t *testing.T) {
 	if !f.Last || f.Seq != rows/1000-1 || len(f.Changes) != 1000 {
 		t.Fatalf("last fragment: seq %d last %v changes %d", f.Seq, f.Last, len(f.Changes))
 	}
-	rss := p.peakRSS(t)
+	rss := peakRSS(t, p)
 	t.Logf("ingest peak RSS %d MB for a %d MB transaction (%d MB in the stream)", rss>>20, size>>20, info.State.Bytes>>20)
 	if rss > size/4 {
 		t.Fatalf("ingest peak RSS %d MB is not far below the %d MB transaction", rss>>20, size>>20)

@@ -14,40 +14,60 @@ import (
 	"time"
 )
 
+// packages are the commands tests run, by binary name.
+var packages = map[string]string{
+	"ingest":      "./ingest/cmd/ingest",
+	"flushd":      "./flushd/cmd/flushd",
+	"consumer":    "./consumers/cmd/consumer",
+	"fanoutctl":   "./fanout/cmd/fanoutctl",
+	"nats-server": "github.com/nats-io/nats-server/v2",
+}
+
 var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	binMu    sync.Mutex
+	binDir   string
+	binBuilt = map[string]error{} // name -> build result, once per test process
 )
 
-// Binaries builds bin/ingest, bin/flushd, bin/consumer, bin/fanoutctl and the
-// nats-server once per test process and returns the folder they are in.
+// Binary builds one command (a name of packages) once per test process and
+// returns its path. Only what a test runs is built, so a package's tests do
+// not depend on every other command compiling.
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
+	pkg, ok := packages[name]
+	if !ok {
+		t.Fatalf("testenv: no command named %q", name)
+	}
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "fanout-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = dir
+	}
+	err, built := binBuilt[name]
+	if !built {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
+		cmd.Dir = moduleRoot()
+		if out, berr := cmd.CombinedOutput(); berr != nil {
+			err = fmt.Errorf("go build %s: %v\n%s", pkg, berr, out)
+		}
+		binBuilt[name] = err
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(binDir, name)
+}
+
+// Binaries builds every command and returns the folder they are in, so a
+// test can pay the build time before it starts measuring anything.
 func Binaries(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "fanout-bin-")
-		if buildErr != nil {
-			return
-		}
-		root := moduleRoot()
-		targets := map[string]string{
-			"ingest":      "./ingest/cmd/ingest",
-			"flushd":      "./flushd/cmd/flushd",
-			"consumer":    "./consumers/cmd/consumer",
-			"fanoutctl":   "./fanout/cmd/fanoutctl",
-			"nats-server": "github.com/nats-io/nats-server/v2",
-		}
-		for name, pkg := range targets {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	for name := range packages {
+		Binary(t, name)
 	}
 	return binDir
 }
@@ -72,7 +92,7 @@ type Process struct {
 func StartProcess(t testing.TB, name, bin string, args []string, env ...string) *Process {
 	t.Helper()
 	p := &Process{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(filepath.Join(Binaries(t), bin), args...)
+	p.cmd = exec.Command(Binary(t, bin), args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
@@ -90,6 +110,9 @@ func StartProcess(t testing.TB, name, bin string, args []string, env ...string) 
 	})
 	return p
 }
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) {
@@ -142,7 +165,7 @@ func (p *Process) Output() string { return p.out.String() }
 // Run runs a project binary to completion and returns its stdout and stderr.
 func Run(t testing.TB, bin string, args []string, env ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(Binaries(t), bin), args...)
+	cmd := exec.Command(Binary(t, bin), args...)
 	cmd.Env = append(os.Environ(), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
