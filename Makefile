@@ -33,9 +33,11 @@ test-e2e:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./deploy/bench/
 
-# The long chaos run: kills, zombies, NATS and Postgres restarts for 5 minutes.
+# The long chaos run: kills, zombies, Postgres restarts and restarts of the
+# nodes of a 3-node NATS cluster (R3 stream and buckets) for 5 minutes.
 chaos: build
-	FANOUT_CHAOS_DURATION=5m FANOUT_CHAOS_SERVERS=1 $(GO) test -run TestChaos -v -count 1 -timeout 60m ./deploy/e2e/
+	FANOUT_CHAOS_CLUSTER=1 $(GO) test -run TestNATSClusterNodeRestart -count 1 ./fanout/testenv/
+	FANOUT_CHAOS_DURATION=5m FANOUT_CHAOS_SERVERS=1 FANOUT_CHAOS_CLUSTER=1 $(GO) test -run TestChaos -v -count 1 -timeout 60m ./deploy/e2e/
 
 run: build
 	$(GO) run ./deploy/devstack

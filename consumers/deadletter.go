@@ -24,7 +24,7 @@ func (w *worker) deadLetter(m jetstream.Msg, shape string, f *fanout.Fragment, r
 	out := nats.NewMsg(fanout.DeadLetterSubject(w.partition, token))
 	for k, vs := range m.Headers() {
 		// Nats-Expected-* were conditions on the FANOUT stream (ingest sets
-		// Nats-Expected-Last-Msg-Id); the dead-letter stream would refuse them.
+		// Nats-Expected-Last-Sequence); the dead-letter stream would refuse them.
 		if !strings.HasPrefix(k, "Nats-Expected-") {
 			out.Header[k] = append([]string(nil), vs...)
 		}

@@ -193,6 +193,15 @@ func (w *worker) takeConsumer(idle context.Context) (jetstream.Consumer, error) 
 			AckWait:       ackWait,
 			MaxAckPending: w.s.cfg.Consumer.Batch * 4,
 			MaxDeliver:    -1, // the bound is ours (max_deliver): JetStream's would leave a message stuck in the work queue
+			// The consumer's state (delivered and acked sequences) stays in
+			// server memory: written to disk it costs a file rewrite per
+			// state change, the largest single cost of the server under
+			// load. Nothing depends on it surviving a NATS restart: acked
+			// fragments have left the work-queue stream, a lost consumer is
+			// recreated by the worker (recoverFetch), and a restarted one
+			// redelivers every unacked fragment, which the shape logs skip
+			// when they hold it already.
+			MemoryStorage: true,
 		})
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", w.name, err)
@@ -202,16 +211,29 @@ func (w *worker) takeConsumer(idle context.Context) (jetstream.Consumer, error) 
 	return cons, err
 }
 
-// fetch pulls up to one batch, waiting at most fetchWait.
+// fetch pulls up to one batch: what is waiting in the partition right now,
+// or, when nothing is, the first fragment to arrive within fetchWait. A pull
+// that waited for a full batch would hold fragments back for up to fetchWait
+// whenever a partition gets less than a batch per fetchWait: latency at low
+// load, and a throughput cap under load spread over many partitions.
 func (w *worker) fetch(cons jetstream.Consumer, drain context.Context) ([]jetstream.Msg, error) {
 	if w.stopCtx.Err() != nil || drain.Err() != nil {
 		return nil, nil
+	}
+	msgs, err := pull(cons.FetchNoWait(w.s.cfg.Consumer.Batch))
+	if len(msgs) > 0 || err != nil {
+		return msgs, err
 	}
 	// The pull ends by the server's expiry, whose notice reaches us after
 	// every message of the pull. Ending it from our side (a context) drops
 	// the messages still in flight; they come back only after the ack wait,
 	// and out of order. So a stop or drain waits for the pull (fetchWait).
-	batch, err := cons.Fetch(w.s.cfg.Consumer.Batch, jetstream.FetchMaxWait(fetchWait))
+	return pull(cons.Fetch(1, jetstream.FetchMaxWait(fetchWait)))
+}
+
+// pull collects the messages of one pull request; the end of the request
+// (expiry, or no messages for a no-wait pull) is not an error.
+func pull(batch jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -244,34 +266,61 @@ func inSequence(msgs []jetstream.Msg, last uint64) (uint64, bool) {
 }
 
 // recoverFetch handles a failed pull: a deleted consumer means another owner
-// took the partition (or an operator deleted it: then it is recreated while
-// the binding still names this worker); anything else is retried for up to
-// bus_retry_timeout.
+// took the partition, or NATS restarted (consumer state is kept in memory)
+// or an operator deleted it: then it is recreated while the binding still
+// names this worker. Anything else is retried until the pulls have failed
+// for bus_retry_timeout.
 func (w *worker) recoverFetch(idle context.Context, ferr error, failingSince *time.Time) (jetstream.Consumer, error) {
-	ctx, cancel := context.WithTimeout(idle, 5*time.Second)
-	defer cancel()
-	if _, err := w.s.bus.Stream.Consumer(ctx, w.name); isNotFound(err) || errors.Is(ferr, jetstream.ErrConsumerDeleted) {
-		e, err := w.s.bus.Bindings.Get(ctx, fanout.BindingKey(w.partition))
-		if err != nil {
-			return nil, fmt.Errorf("%w: consumer %s was deleted and the binding cannot be read: %v", errLost, w.name, err)
-		}
-		b, err := fanout.DecodeBinding(e.Value())
-		if err != nil || b.Consumer != w.s.id || b.Epoch != w.epoch {
-			return nil, fmt.Errorf("%w: consumer %s was deleted", errLost, w.name)
-		}
-		w.log.Warn("the partition's durable consumer was deleted but the binding is still ours; recreating it", "consumer", w.name)
-		return w.takeConsumer(idle)
+	if errors.Is(ferr, jetstream.ErrConsumerDeleted) {
+		return w.retake(idle)
 	}
 	if failingSince.IsZero() {
 		*failingSince = time.Now()
 	}
-	if time.Since(*failingSince) > w.s.cfg.Consumer.BusRetryTimeout {
-		return nil, fmt.Errorf("fetch from consumer %s failing for over %s (consumer.bus_retry_timeout): %w; check that NATS is reachable",
-			w.name, w.s.cfg.Consumer.BusRetryTimeout, ferr)
+	for {
+		ctx, cancel := context.WithTimeout(idle, 5*time.Second)
+		cons, err := w.s.bus.Stream.Consumer(ctx, w.name)
+		cancel()
+		switch {
+		case isNotFound(err):
+			return w.retake(idle)
+		case idle.Err() != nil:
+			return nil, idle.Err()
+		case time.Since(*failingSince) > w.s.cfg.Consumer.BusRetryTimeout:
+			return nil, fmt.Errorf("fetch from consumer %s failing for over %s (consumer.bus_retry_timeout): %w; check that NATS is reachable",
+				w.name, w.s.cfg.Consumer.BusRetryTimeout, ferr)
+		}
+		w.log.Warn("fetch failed; retrying", "err", ferr, "lookup_err", err)
+		sleep(idle, time.Second)
+		if err == nil {
+			return cons, nil // the consumer is there: pull again
+		}
 	}
-	w.log.Warn("fetch failed; retrying", "err", ferr)
-	sleep(idle, time.Second)
-	return w.s.bus.Stream.Consumer(ctx, w.name)
+}
+
+// retake recreates the partition's durable consumer, which was deleted,
+// if the binding still names this worker.
+func (w *worker) retake(idle context.Context) (jetstream.Consumer, error) {
+	var e jetstream.KeyValueEntry
+	err := w.s.retryBus(idle, "read the binding of partition "+strconv.Itoa(w.partition), func(ctx context.Context) (err error) {
+		e, err = w.s.bus.Bindings.Get(ctx, fanout.BindingKey(w.partition))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil // unbound: e stays nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		return nil, fmt.Errorf("%w: consumer %s was deleted and the partition is unbound", errLost, w.name)
+	}
+	b, err := fanout.DecodeBinding(e.Value())
+	if err != nil || b.Consumer != w.s.id || b.Epoch != w.epoch {
+		return nil, fmt.Errorf("%w: consumer %s was deleted", errLost, w.name)
+	}
+	w.log.Warn("the partition's durable consumer is gone (NATS restarted, or it was deleted) but the binding is still ours; recreating it", "consumer", w.name)
+	return w.takeConsumer(idle)
 }
 
 // applyRemovals deletes the logs of shapes removed from KV.

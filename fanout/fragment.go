@@ -58,6 +58,8 @@ type Fragment struct {
 	Seq        int           `json:"seq"`
 	Last       bool          `json:"last"`
 	Changes    []Change      `json:"changes"`
+
+	wire []byte // the message body f was decoded from, if any
 }
 
 // Position orders fragments within a shape log: by commit, then by Seq.
@@ -92,7 +94,18 @@ func (f *Fragment) Encode() ([]byte, error) {
 	return json.Marshal(wireFragment{Fragment: *f, CommitLSN: f.CommitLSN.String(), EndLSN: f.EndLSN.String()})
 }
 
-// DecodeFragment parses and validates a message body. Any error means the
+// Wire is the message body of f: the bytes it was decoded from, so a
+// consumer stores exactly what was published without encoding it again, or
+// else Encode.
+func (f *Fragment) Wire() ([]byte, error) {
+	if f.wire != nil {
+		return f.wire, nil
+	}
+	return f.Encode()
+}
+
+// DecodeFragment parses and validates a message body. The fragment keeps
+// data as its Wire bytes: the caller must not change data afterwards. Any error means the
 // message is not a fragment this version understands: dead-letter it.
 func DecodeFragment(data []byte) (*Fragment, error) {
 	var w wireFragment
@@ -100,6 +113,7 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 		return nil, fmt.Errorf("fragment is not valid JSON of the wire format: %w", err)
 	}
 	f := w.Fragment
+	f.wire = data
 	if f.Version != WireVersion {
 		return nil, fmt.Errorf("fragment wire version %d, this build reads version %d", f.Version, WireVersion)
 	}

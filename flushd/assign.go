@@ -66,11 +66,22 @@ func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]
 			}
 		}
 		if best == "" {
-			// Only a forced move finds every other consumer at its share:
-			// it goes over by one rather than stay on a stalled owner.
+			// Only a forced move finds every other consumer at its share.
+			// It swaps: the receiver gives one of its own partitions to
+			// the stalled owner, so that nobody is over its share and the
+			// next round does not even out by moving p straight back.
+			stalled := current[p].Consumer
 			for _, c := range order {
-				if c != current[p].Consumer && (best == "" || len(owned[c]) < len(owned[best])) {
+				if c != stalled && (best == "" || len(owned[c]) < len(owned[best])) {
 					best = c
+				}
+			}
+			for i, q := range owned[best] {
+				if current[q].Consumer == best && !moved[q] && isLive[stalled] {
+					owned[best] = append(owned[best][:i:i], owned[best][i+1:]...)
+					owned[stalled] = append(owned[stalled], q)
+					changes = append(changes, fanout.Binding{Partition: q, Consumer: stalled, Epoch: current[q].Epoch + 1})
+					break
 				}
 			}
 		}

@@ -91,6 +91,11 @@ func TestAssignMovesAStalledPartitionEvenWhenBalanced(t *testing.T) {
 	if after[stalled].Consumer == owner || after[stalled].Epoch != b[stalled].Epoch+1 {
 		t.Fatalf("stalled partition stayed: %+v (was %+v)", after[stalled], b[stalled])
 	}
+	// The move is a swap, so the next round has nothing to even out; an
+	// uneven result would be trimmed straight back onto the stalled owner.
+	if again := Assign(after, []string{"c1", "c2"}, 4, nil); len(again) != 0 {
+		t.Fatalf("the round after the stall moves %+v", again)
+	}
 }
 
 func TestLivenessTimesOutAndDrains(t *testing.T) {

@@ -19,20 +19,20 @@ func TestPublishesLandInOrderWhenOneIsLost(t *testing.T) {
 	bus := ns.Bus(t)
 	ctx := context.Background()
 
-	// The stream's own rule: expecting a last message that is not there fails.
+	// The stream's own rule: expecting a last sequence that is not there fails.
 	msg := nats.NewMsg(fanout.Subject(1, "sa"))
 	msg.Header.Set(fanout.HeaderMsgID, "second")
-	msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, "first-lost-in-transit")
-	if _, err := bus.JS.PublishMsg(ctx, msg); !isWrongLastMsgID(err) {
-		t.Fatalf("publish after a missing predecessor: %v, want wrong last msg ID", err)
+	msg.Header.Set(jetstream.ExpectedLastSeqHeader, "1") // the first never landed
+	if _, err := bus.JS.PublishMsg(ctx, msg); !isWrongLast(err) {
+		t.Fatalf("publish after a missing predecessor: %v, want wrong last sequence", err)
 	}
 
 	m := NewMetrics(nil)
 	p := NewPublisher(bus.JS, PublisherOptions{MaxInflight: 8, MaxInflightBytes: 1 << 20, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond}, quietLog(), m)
 	defer p.Close()
+	p.nextLast, p.resync = 1, false // as if a first publish was sent and the connection dropped it
 	tr := NewTracker(0)
 	txn := tr.Begin()
-	p.lastMsgID = "a-publish-that-never-landed" // as if the connection dropped it
 	for seq := 0; seq < 5; seq++ {
 		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", CommitLSN: 800, Seq: seq, Last: seq == 4, Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
 		if err := p.Publish(ctx, txn, 1, f); err != nil {

@@ -50,13 +50,24 @@ type Publisher struct {
 	room     *streamRoom // nil: no room check
 	retrying bool        // a failed publish is being sent again: hold new ones
 	pending  chan pendingPub
-	// lastMsgID is the Nats-Msg-Id of the previous publish. Each publish
-	// tells the stream to expect it as the stream's last message, so when
-	// one publish is lost (a dropped connection, a leader change) every
-	// later one is refused too, instead of landing ahead of it: the stream
-	// keeps commit order, which flushd's oldest-message rule and the
-	// consumers' position order rely on. Only Publish's goroutine uses it.
-	lastMsgID string
+	// nextLast is the stream sequence the next publish tells the stream to
+	// expect as its last (Nats-Expected-Last-Sequence): the sequence the
+	// previous publish will get. So when one publish is lost (a dropped
+	// connection, a leader change) every later one is refused too, instead
+	// of landing ahead of it: each shape's fragments stay in commit order,
+	// which the consumers' position order relies on. ingest is the only
+	// publisher to FANOUT (deploy/nats/nats.conf), so the sequences are
+	// known ahead; after any retry, the next publish waits for what is in
+	// flight and reads the stream's last sequence again (resync), which
+	// also recovers from a message someone else published.
+	//
+	// Not Nats-Expected-Last-Msg-Id: a replicated stream checks that one
+	// only when replicas apply the message, and a replica restarted after
+	// the stream's last message was acked away (work queue) no longer knows
+	// it and stops applying for good (nats-server 2.15.3). Sequence checks
+	// happen before the message is proposed. Guarded by mu.
+	nextLast  uint64
+	resync    bool // nextLast is unknown (start, or after a retry)
 	ackerDone chan struct{}
 	abandon   chan struct{} // closed by Close: stop retrying
 	closeOnce sync.Once
@@ -75,6 +86,7 @@ func NewPublisher(js jetstream.JetStream, opts PublisherOptions, log *slog.Logge
 		js: js, opts: opts, log: log, metrics: m,
 		space:     make(chan struct{}, 1),
 		failed:    make(chan struct{}),
+		resync:    true,
 		pending:   make(chan pendingPub, opts.MaxInflight),
 		ackerDone: make(chan struct{}),
 		abandon:   make(chan struct{}),
@@ -114,9 +126,6 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 	msg.Header.Set(fanout.HeaderMsgID, fanout.MsgID(f.Shape, f))
 	msg.Header.Set(fanout.HeaderCommitLSN, f.CommitLSN.String())
 	msg.Header.Set(fanout.HeaderXid, strconv.FormatUint(uint64(f.Xid), 10))
-	if p.lastMsgID != "" {
-		msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, p.lastMsgID)
-	}
 	size := len(body) + 256
 
 	if p.room != nil {
@@ -127,9 +136,14 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 	if err := p.reserve(ctx, size); err != nil {
 		return err
 	}
+	if err := p.expectLast(ctx, msg); err != nil {
+		p.release(size)
+		return err
+	}
 	txn.Add()
 	fut, err := p.js.PublishMsgAsync(msg)
 	if errors.Is(err, nats.ErrMaxPayload) {
+		p.unexpect() // refused before sending: the stream's sequence did not move
 		// Retrying cannot help, and failing would pin WAL for ever (the
 		// same change comes again after every restart): dead-letter it.
 		err = p.deadLetterOversized(ctx, partition, f, msg)
@@ -149,18 +163,20 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 			p.release(size)
 			return werr
 		}
-		if err := p.retry(ctx, msg, err); err != nil {
+		err := p.retry(ctx, msg, err)
+		p.mu.Lock()
+		p.resync = true
+		p.mu.Unlock()
+		if err != nil {
 			p.release(size)
 			p.fail(err)
 			return err
 		}
-		p.lastMsgID = msg.Header.Get(fanout.HeaderMsgID)
 		p.metrics.Fragments.Inc()
 		txn.Done()
 		p.release(size)
 		return nil
 	}
-	p.lastMsgID = msg.Header.Get(fanout.HeaderMsgID)
 	select {
 	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size}:
 		return nil
@@ -220,6 +236,71 @@ func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *f
 		p.log.Error("could not mark the shape failed; its oversized fragment is in the dead-letter stream", "shape", f.Shape, "err", err)
 	}
 	return nil
+}
+
+// expectLast sets msg's Nats-Expected-Last-Sequence; at the start and after
+// a retry it first waits until nothing else is in flight and reads the
+// stream's last sequence.
+func (p *Publisher) expectLast(ctx context.Context, msg *nats.Msg) error {
+	p.mu.Lock()
+	resync := p.resync
+	p.mu.Unlock()
+	if resync {
+		if err := p.awaitEarlier(ctx); err != nil {
+			return err
+		}
+		last, err := p.streamLastSeq(ctx)
+		if err != nil {
+			return err
+		}
+		p.mu.Lock()
+		p.nextLast, p.resync = last, false
+		p.mu.Unlock()
+	}
+	p.mu.Lock()
+	msg.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(p.nextLast, 10))
+	p.nextLast++
+	p.mu.Unlock()
+	return nil
+}
+
+// unexpect takes back the sequence expectLast counted for a message that
+// was not sent.
+func (p *Publisher) unexpect() {
+	p.mu.Lock()
+	p.nextLast--
+	p.mu.Unlock()
+}
+
+// streamLastSeq reads the FANOUT stream's last sequence, retrying with
+// backoff up to MaxRetries times.
+func (p *Publisher) streamLastSeq(ctx context.Context) (uint64, error) {
+	backoff := 100 * time.Millisecond
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var st jetstream.Stream
+		if st, err = p.js.Stream(actx, fanout.StreamName); err == nil {
+			var info *jetstream.StreamInfo
+			if info, err = st.Info(actx); err == nil {
+				cancel()
+				return info.State.LastSeq, nil
+			}
+		}
+		cancel()
+		if attempt >= p.opts.MaxRetries || ctx.Err() != nil {
+			return 0, fmt.Errorf("read the last sequence of stream %s failed %d times, last: %w (check that NATS runs and ingest may read stream info)", fanout.StreamName, attempt, err)
+		}
+		p.log.Warn("reading the stream's last sequence failed; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-p.abandon:
+			return 0, fmt.Errorf("read the last sequence of stream %s abandoned at shutdown: %w", fanout.StreamName, err)
+		}
+		backoff = min(2*backoff, p.opts.MaxBackoff)
+	}
 }
 
 // awaitEarlier waits until the publish being made is the only one in flight.
@@ -306,6 +387,9 @@ func (p *Publisher) awaitAcks() {
 			// as few as possible land before it.
 			p.setRetrying(true)
 			rerr := p.retry(context.Background(), pp.msg, err)
+			p.mu.Lock()
+			p.resync = true
+			p.mu.Unlock()
 			p.setRetrying(false)
 			if rerr != nil {
 				p.fail(rerr)
@@ -333,13 +417,13 @@ func (p *Publisher) setRetrying(on bool) {
 
 // retry sends msg again with backoff until JetStream acks it or the retries
 // are exhausted. The Nats-Msg-Id makes a second copy a no-op. Retries run
-// only once every earlier publish is resolved, so the expected-last-message
+// only once every earlier publish is resolved, so the expected-last-sequence
 // check is dropped: its job, refusing msg while an earlier one is missing,
 // is done. A refusal by that check is not a fault and is sent again at once.
 func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error {
 	err := first
-	msg.Header.Del(jetstream.ExpectedLastMsgIDHeader)
-	if isWrongLastMsgID(err) {
+	msg.Header.Del(jetstream.ExpectedLastSeqHeader)
+	if isWrongLast(err) {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err = p.js.PublishMsg(actx, msg)
 		cancel()
@@ -375,13 +459,17 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
 }
 
-// wrongLastMsgID is the JetStream error code of a refused
-// Nats-Expected-Last-Msg-Id: an earlier publish had not landed.
-const wrongLastMsgID = 10070
+// The JetStream error codes of a refused Nats-Expected-Last-Sequence (and
+// of Nats-Expected-Last-Msg-Id, used by earlier versions): an earlier
+// publish had not landed.
+const (
+	wrongLastSequence = 10071
+	wrongLastMsgID    = 10070
+)
 
-func isWrongLastMsgID(err error) bool {
+func isWrongLast(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == wrongLastMsgID
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == wrongLastSequence || apiErr.ErrorCode == wrongLastMsgID)
 }
 
 // isStreamFull recognises the stream's MaxBytes + DiscardNew refusal.

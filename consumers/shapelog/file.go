@@ -52,7 +52,18 @@ func (s *FileStore) Take(_ context.Context, partition int, epoch uint64) (Writer
 			return nil, err
 		}
 	}
-	return &fileWriter{store: s, partition: partition, epoch: epoch, logs: map[string]*openLog{}, closed: map[string]closedLog{}}, nil
+	w := &fileWriter{store: s, partition: partition, epoch: epoch, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[*openLog]bool{}}
+	if err := w.replay(); err != nil {
+		w.closeLogs()
+		return nil, err
+	}
+	j, err := openJournal(journalPath(s.dir, partition, epoch))
+	if err != nil {
+		w.closeLogs()
+		return nil, err
+	}
+	w.journal = j
+	return w, nil
 }
 
 // Materialize implements Store.
@@ -118,9 +129,16 @@ type fileWriter struct {
 	mu        sync.Mutex // Writer is single-goroutine; this guards Close racing Append
 	logs      map[string]*openLog
 	closed    map[string]closedLog
+
+	journal *journal
+	dirty   map[*openLog]bool // logs written since the last checkpoint
+	newDirs []string          // log directories created since the last checkpoint
+	broken  error             // set when durability can no longer be promised
 }
 
-// Append implements Writer.
+// Append implements Writer. The batch is durable once it is in the
+// partition's journal (one fsync); the shape logs are written after it and
+// fsynced at the next checkpoint (journal.go).
 func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stats, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -128,32 +146,34 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	if err := ctx.Err(); err != nil {
 		return st, err // the caller stopped owning the partition: write nothing
 	}
+	if w.broken != nil {
+		return st, w.broken
+	}
 	if err := w.checkEpoch(); err != nil {
 		return st, err
 	}
-	w.closeIdleLogs()
+	if err := w.closeIdleLogs(); err != nil {
+		return st, err
+	}
 	type pending struct {
 		l       *openLog
 		buf     []byte
-		acc     acceptor // the log's state once buf is durable
+		acc     acceptor // the log's state once buf is written
 		changes int
 		n       int
 	}
 	var order []*pending
 	byHandle := map[string]*pending{}
-	var newDirs []string
+	var journalBuf []byte
 	for _, f := range frags {
 		p := byHandle[f.Shape]
 		if p == nil {
-			l, created, err := w.open(f.Shape)
+			l, err := w.open(f.Shape)
 			if err != nil {
 				return Stats{}, err
 			}
 			if l.acc.maxEpoch > w.epoch {
 				return Stats{}, &FencedError{Partition: w.partition, Mine: w.epoch, Current: l.acc.maxEpoch}
-			}
-			if created {
-				newDirs = append(newDirs, filepath.Dir(l.f.Name()))
 			}
 			p = &pending{l: l, acc: l.acc}
 			byHandle[f.Shape] = p
@@ -169,50 +189,177 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 			w.store.log.Warn("fragment continues a transaction whose earlier part is not in the log (replacement consumer mid-transaction, or a dead-lettered piece); appended",
 				"shape", f.Shape, "commit_lsn", f.CommitLSN.String(), "seq", f.Seq, "partition", w.partition)
 		}
-		var err error
-		if p.buf, err = encodeFrame(p.buf, w.epoch, f); err != nil {
+		record, err := encodeRecord(w.epoch, f)
+		if err != nil {
+			return Stats{}, err
+		}
+		if p.buf, err = appendFrame(p.buf, record); err != nil {
+			return Stats{}, fmt.Errorf("fragment %s %s: %w", f.Shape, f.Position(), err)
+		}
+		if journalBuf, err = appendJournalFrame(journalBuf, f.Shape, record); err != nil {
 			return Stats{}, err
 		}
 		p.n++
 		p.changes += len(f.Changes)
+	}
+	if len(journalBuf) == 0 {
+		return st, nil // every fragment was a duplicate
+	}
+	if err := w.appendJournal(journalBuf); err != nil {
+		return Stats{}, err
 	}
 	for _, p := range order {
 		if len(p.buf) == 0 {
 			continue
 		}
 		if _, err := p.l.f.Write(p.buf); err != nil {
-			w.drop(p.l) // the tail may be torn: reopen and rescan next time
+			// The batch is in the journal; what reached this log is
+			// unknown, so it is reopened and rescanned next time.
+			w.drop(p.l)
 			return Stats{}, fmt.Errorf("append to log of shape %s: %w", p.l.handle, err)
 		}
 		p.l.size += int64(len(p.buf))
-	}
-	for _, p := range order {
-		if len(p.buf) == 0 {
-			continue
-		}
-		if err := p.l.f.Sync(); err != nil {
-			w.drop(p.l)
-			return Stats{}, fmt.Errorf("fsync log of shape %s: %w", p.l.handle, err)
-		}
-		st.Logs++
-	}
-	if len(newDirs) > 0 {
-		for _, d := range newDirs {
-			if err := syncDir(d); err != nil {
-				return Stats{}, err
-			}
-		}
-		if err := syncDir(filepath.Join(w.store.dir, "shapes")); err != nil {
-			return Stats{}, err
-		}
-	}
-	for _, p := range order {
 		p.l.acc = p.acc
+		w.dirty[p.l] = true
+		st.Logs++
 		st.Appended += p.n
 		st.Changes += p.changes
 	}
+	if w.journal.due() {
+		if err := w.checkpoint(); err != nil {
+			return Stats{}, err
+		}
+	}
 	return st, nil
 }
+
+// appendJournal makes buf durable in the journal. A failed append is cut off
+// again, so that no later record lands behind a torn one (replay stops at
+// the first torn record); if even that fails, the writer refuses all work.
+func (w *fileWriter) appendJournal(buf []byte) error {
+	size := w.journal.size
+	err := w.journal.appendDurably(buf)
+	if err == nil {
+		return nil
+	}
+	if terr := w.journal.f.Truncate(size); terr != nil {
+		w.broken = fmt.Errorf("journal of partition %d cannot be repaired after a failed append (%v): %w; restart the consumer, which replays the journal", w.partition, err, terr)
+		return w.broken
+	}
+	w.journal.size = size
+	return err
+}
+
+// checkpoint fsyncs every log written since the last checkpoint and the
+// directories created meanwhile, then empties the journal.
+func (w *fileWriter) checkpoint() error {
+	var logs []*openLog
+	for l := range w.dirty {
+		logs = append(logs, l)
+	}
+	if err := syncLogs(logs); err != nil {
+		// Linux may have dropped the unwritten pages with the error: a
+		// second fsync would succeed without them. Only a replay of the
+		// journal (kept as it is) restores them.
+		w.broken = fmt.Errorf("partition %d: %w; restart the consumer, which replays the partition's journal into the shape logs", w.partition, err)
+		return w.broken
+	}
+	if len(w.newDirs) > 0 {
+		for _, d := range w.newDirs {
+			if err := syncDir(d); err != nil {
+				return err
+			}
+		}
+		if err := syncDir(filepath.Join(w.store.dir, "shapes")); err != nil {
+			return err
+		}
+	}
+	w.dirty = map[*openLog]bool{}
+	w.newDirs = nil
+	if w.journal == nil {
+		return nil
+	}
+	return w.journal.reset()
+}
+
+// syncLogs fsyncs logs, several at a time: fsyncs of different files overlap
+// in the disk queue and share journal commits of the file system.
+func syncLogs(logs []*openLog) error {
+	errs := make([]error, len(logs))
+	sem := make(chan struct{}, parallelSyncs)
+	var wg sync.WaitGroup
+	for i, l := range logs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := l.f.Sync(); err != nil {
+				errs[i] = fmt.Errorf("fsync log of shape %s: %w", l.handle, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// replay writes the records of the partition's journals (this epoch's and
+// older ones: a crashed or fenced owner's) that the shape logs lack, makes
+// them durable, and deletes the journals.
+func (w *fileWriter) replay() error {
+	paths, err := journalFiles(w.store.dir, w.partition, w.epoch)
+	if err != nil || len(paths) == 0 {
+		return err
+	}
+	bufs := map[*openLog][]byte{}
+	replayed := 0
+	for _, path := range paths {
+		err := scanJournal(path, func(handle string, record []byte) error {
+			l, err := w.open(handle)
+			if err != nil {
+				return err
+			}
+			epoch, f, err := decodeRecord(record)
+			if err != nil {
+				return fmt.Errorf("journal %s: %w", path, err)
+			}
+			if !l.acc.accept(epoch, f.Position()) {
+				return nil // the log holds it already
+			}
+			if bufs[l], err = appendFrame(bufs[l], record); err != nil {
+				return err
+			}
+			replayed++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for l, buf := range bufs {
+		if _, err := l.f.Write(buf); err != nil {
+			return fmt.Errorf("replay journal into log of shape %s: %w", l.handle, err)
+		}
+		l.size += int64(len(buf))
+		w.dirty[l] = true
+	}
+	if err := w.checkpoint(); err != nil {
+		return err
+	}
+	for _, path := range paths {
+		// Owners taking the partition in quick succession may replay the
+		// same journal; the records are the same, so either removal will do.
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove replayed journal: %w", err)
+		}
+	}
+	if replayed > 0 {
+		w.store.log.Info("replayed records from the partition's journal into shape logs (writes not yet fsynced when the last owner stopped)",
+			"partition", w.partition, "records", replayed, "logs", len(bufs))
+	}
+	return nil
+}
+
+// parallelSyncs bounds the logs one batch writes and fsyncs at once.
+const parallelSyncs = 16
 
 // checkEpoch refuses the batch when a newer owner took the partition.
 func (w *fileWriter) checkEpoch() error {
@@ -227,24 +374,24 @@ func (w *fileWriter) checkEpoch() error {
 }
 
 // open returns the open log of handle, opening (and recovering) it first.
-func (w *fileWriter) open(handle string) (*openLog, bool, error) {
+// A log directory it creates is fsynced at the next checkpoint.
+func (w *fileWriter) open(handle string) (*openLog, error) {
 	if l := w.logs[handle]; l != nil {
-		return l, false, nil
+		return l, nil
 	}
 	if err := fanout.ValidateHandle(handle); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	path := logPath(w.store.dir, handle)
-	created := false
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		created = true
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return nil, false, fmt.Errorf("create log directory of shape %s: %w", handle, err)
+			return nil, fmt.Errorf("create log directory of shape %s: %w", handle, err)
 		}
+		w.newDirs = append(w.newDirs, filepath.Dir(path))
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, false, fmt.Errorf("open log of shape %s: %w", handle, err)
+		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	l := &openLog{handle: handle, f: f}
 	if c, ok := w.closed[handle]; ok {
@@ -253,31 +400,36 @@ func (w *fileWriter) open(handle string) (*openLog, bool, error) {
 			// Unchanged since this writer closed it: its state still holds.
 			l.acc, l.size = c.acc, c.size
 			w.logs[handle] = l
-			return l, created, nil
+			return l, nil
 		}
 	}
 	if err := recoverLog(l, w.store.log); err != nil {
 		f.Close()
-		return nil, false, err
+		return nil, err
 	}
 	w.logs[handle] = l
-	return l, created, nil
+	return l, nil
 }
 
 // closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
-// are open. Called between batches, so no log in use is closed.
-func (w *fileWriter) closeIdleLogs() {
+// are open. Called between batches, so no log in use is closed; a checkpoint
+// first makes what was written through them durable.
+func (w *fileWriter) closeIdleLogs() error {
 	if len(w.logs) <= maxOpenLogs {
-		return
+		return nil
+	}
+	if err := w.checkpoint(); err != nil {
+		return err
 	}
 	for handle, l := range w.logs {
 		if len(w.logs) <= maxOpenLogs/2 {
-			return
+			return nil
 		}
 		w.closed[handle] = closedLog{acc: l.acc, size: l.size}
 		l.f.Close()
 		delete(w.logs, handle)
 	}
+	return nil
 }
 
 // recoverLog scans l from the start, learns where it stands and truncates a
@@ -316,17 +468,29 @@ func recoverLog(l *openLog, log *slog.Logger) error {
 	return nil
 }
 
-// drop closes a log whose on-disk state is no longer known.
+// drop closes a log whose on-disk state is no longer known. What this writer
+// wrote to it is still in the journal, which is replayed on the next Take.
 func (w *fileWriter) drop(l *openLog) {
 	l.f.Close()
 	delete(w.logs, l.handle)
 	delete(w.closed, l.handle)
+	if w.dirty[l] {
+		delete(w.dirty, l)
+		w.broken = fmt.Errorf("partition %d: a write to the log of shape %s failed after its batch was journaled; restart the consumer, which replays the partition's journal", w.partition, l.handle)
+	}
 }
 
-// Remove implements Writer.
+// Remove implements Writer. A checkpoint first empties the journal, so a
+// later replay cannot bring the removed log back.
 func (w *fileWriter) Remove(_ context.Context, handle string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.broken != nil {
+		return w.broken
+	}
+	if err := w.checkpoint(); err != nil {
+		return err
+	}
 	if l := w.logs[handle]; l != nil {
 		w.drop(l)
 	}
@@ -334,10 +498,28 @@ func (w *fileWriter) Remove(_ context.Context, handle string) error {
 	return RemoveShape(w.store.dir, handle)
 }
 
-// Close implements Writer.
+// Close implements Writer: a checkpoint, so the next owner has no journal to
+// replay, then the files are closed.
 func (w *fileWriter) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	var first error
+	if w.broken == nil && w.journal != nil {
+		first = w.checkpoint()
+	}
+	if err := w.closeLogs(); err != nil && first == nil {
+		first = err
+	}
+	if w.journal != nil {
+		if err := w.journal.f.Close(); err != nil && first == nil {
+			first = fmt.Errorf("close journal: %w", err)
+		}
+		w.journal = nil
+	}
+	return first
+}
+
+func (w *fileWriter) closeLogs() error {
 	var first error
 	for _, l := range w.logs {
 		if err := l.f.Close(); err != nil && first == nil {

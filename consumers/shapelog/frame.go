@@ -2,6 +2,7 @@ package shapelog
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -23,43 +24,87 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// record is the payload of a frame.
-type record struct {
+// A payload is recordBinary, the 8-byte little-endian epoch the record was
+// written at, and the fragment's wire bytes (fanout.Fragment.Wire). Logs of
+// the first version hold JSON records {"epoch","fragment"} instead; those
+// are still read.
+const recordBinary = 0x01
+
+// jsonRecord is the payload of a first-version frame.
+type jsonRecord struct {
 	Epoch    uint64          `json:"epoch"`
 	Fragment json.RawMessage `json:"fragment"`
 }
 
 // encodeFrame appends the frame of f written at epoch to buf.
 func encodeFrame(buf []byte, epoch uint64, f *fanout.Fragment) ([]byte, error) {
-	body, err := f.Encode()
+	record, err := encodeRecord(epoch, f)
 	if err != nil {
-		return buf, fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
+		return buf, err
 	}
-	payload, err := json.Marshal(record{Epoch: epoch, Fragment: body})
+	return appendFrame(buf, record)
+}
+
+// encodeRecord is the payload of the frame of f written at epoch.
+func encodeRecord(epoch uint64, f *fanout.Fragment) ([]byte, error) {
+	body, err := f.Wire()
 	if err != nil {
-		return buf, fmt.Errorf("encode record %s %s: %w", f.Shape, f.Position(), err)
+		return nil, fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
 	}
-	if len(payload) > maxPayload {
-		return buf, fmt.Errorf("fragment %s %s is %d bytes, over the %d-byte record limit", f.Shape, f.Position(), len(payload), maxPayload)
+	record := make([]byte, 0, 9+len(body))
+	record = append(record, recordBinary)
+	record = binary.LittleEndian.AppendUint64(record, epoch)
+	return append(record, body...), nil
+}
+
+// appendFrame appends to buf a frame whose payload is parts, concatenated.
+func appendFrame(buf []byte, parts ...[]byte) ([]byte, error) {
+	size := 0
+	for _, p := range parts {
+		size += len(p)
 	}
-	var h [headerSize]byte
-	binary.LittleEndian.PutUint32(h[0:4], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(h[4:8], crc32.Checksum(payload, crcTable))
-	buf = append(buf, h[:]...)
-	return append(buf, payload...), nil
+	if size > maxPayload {
+		return buf, fmt.Errorf("record of %d bytes is over the %d-byte limit", size, maxPayload)
+	}
+	start := len(buf)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(size))
+	buf = append(buf, 0, 0, 0, 0) // CRC, set below
+	for _, p := range parts {
+		buf = append(buf, p...)
+	}
+	binary.LittleEndian.PutUint32(buf[start+4:], crc32.Checksum(buf[start+headerSize:], crcTable))
+	return buf, nil
 }
 
 // decodeRecord parses a frame's payload.
 func decodeRecord(payload []byte) (uint64, *fanout.Fragment, error) {
-	var r record
-	if err := json.Unmarshal(payload, &r); err != nil {
-		return 0, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
+	var epoch uint64
+	var body []byte
+	switch {
+	case len(payload) >= 9 && payload[0] == recordBinary:
+		epoch, body = binary.LittleEndian.Uint64(payload[1:9]), payload[9:]
+	case len(payload) > 0 && payload[0] == '{':
+		var r jsonRecord
+		if err := json.Unmarshal(payload, &r); err != nil {
+			return 0, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
+		}
+		epoch, body = r.Epoch, r.Fragment
+	default:
+		return 0, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))
 	}
-	f, err := fanout.DecodeFragment(r.Fragment)
+	// The fragment keeps its bytes (Wire), and scanFrames reuses its buffer.
+	f, err := fanout.DecodeFragment(bytes.Clone(body))
 	if err != nil {
 		return 0, nil, err
 	}
-	return r.Epoch, f, nil
+	return epoch, f, nil
+}
+
+func firstByte(b []byte) byte {
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
 }
 
 // scanFrames calls fn for every whole, intact frame of r in order, with the

@@ -6,8 +6,9 @@
 //
 // Layout of a FileStore directory:
 //
-//	shapes/<handle>/log       framed records, append-only
-//	partitions/<p>/epoch      epoch of the partition's current owner
+//	shapes/<handle>/log               framed records, append-only
+//	partitions/<p>/epoch              epoch of the partition's current owner
+//	partitions/<p>/journal-<epoch>    redo log of that owner's batches (journal.go)
 //
 // Two rules keep a log exact whatever the writers do (see accept.go): a record
 // whose epoch is lower than one seen earlier in the same log is a zombie's and
@@ -41,7 +42,7 @@ type Store interface {
 // used by one goroutine at a time.
 type Writer interface {
 	// Append adds frags (in stream order) to their shapes' logs and returns
-	// only when every touched log is durable. Fragments whose position is not
+	// only when the batch is durable (FileStore: in the partition's journal). Fragments whose position is not
 	// after their log's last one are skipped. It writes nothing and returns
 	// ErrFenced when a newer epoch owns the partition; any other error is a
 	// storage failure (nothing of the batch may be assumed durable).
@@ -58,7 +59,7 @@ type Stats struct {
 	Changes  int // changes in the written fragments
 	Skipped  int // duplicates or older positions, not written
 	Orphans  int // Seq > 0 fragments without the earlier part of their transaction
-	Logs     int // logs fsynced
+	Logs     int // logs written
 }
 
 // ErrFenced means a newer owner epoch holds the partition: the writer is a

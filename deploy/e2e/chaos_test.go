@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,29 +17,39 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+// Detection and recovery settings of the chaos stack, set explicitly so the
+// WAL bound below is computed from what the services really run with.
+const (
+	// chaosStallGrace: a live consumer whose oldest fragment does not move
+	// for this long loses its partitions (flushd.stall_grace).
+	chaosStallGrace = 3 * heartbeatTimeout
+	// chaosAckTimeout: a publish lost with a NATS server is noticed and sent
+	// again after this long (ingest.ack_timeout, its default).
+	chaosAckTimeout = 10 * time.Second
+	// chaosMaxBackoff: the longest ingest waits between retries after an
+	// outage (ingest.max_backoff, its default; the consumers' cap is the same).
+	chaosMaxBackoff = 5 * time.Second
 )
 
 // TestChaos runs a mixed workload over many shapes while a seeded random
 // schedule kills, restarts and freezes every kind of process, then checks the
-// oracle: every shape log equals its query, and WAL was released.
+// oracle: every shape log equals its query, no log position is accepted
+// twice, and WAL was released and never retained beyond what the detection
+// timeouts allow.
 //
-// `make test` runs a short schedule; `make chaos` sets FANOUT_CHAOS_DURATION
-// (e.g. 5m) and FANOUT_CHAOS_SERVERS=1, which also restarts NATS and Postgres.
+// `make test` runs a short schedule on one NATS server. `make chaos` sets
+// FANOUT_CHAOS_DURATION (e.g. 5m), FANOUT_CHAOS_SERVERS=1, which also
+// restarts Postgres (and a single NATS server), and FANOUT_CHAOS_CLUSTER=1,
+// which runs a 3-node JetStream cluster with 3 replicas of the stream and
+// buckets and restarts (crashes or stops) one node at a time.
 func TestChaos(t *testing.T) {
-	duration := 20 * time.Second
-	if d, err := time.ParseDuration(os.Getenv("FANOUT_CHAOS_DURATION")); err == nil {
-		duration = d
-	}
-	seed := uint64(time.Now().UnixNano())
-	if v, err := strconv.ParseUint(os.Getenv("FANOUT_CHAOS_SEED"), 10, 64); err == nil {
-		seed = v
-	}
-	restartServers := os.Getenv("FANOUT_CHAOS_SERVERS") == "1"
-	t.Logf("chaos seed %d (FANOUT_CHAOS_SEED=%d reproduces the schedule), duration %s", seed, seed, duration)
-	rng := rand.New(rand.NewPCG(seed, 0))
-
-	s := newStack(t)
+	c := newChaos(t)
+	s := c.s
 	s.exec(itemsTable)
 	var defs []shapeDef
 	for owner := 0; owner < 40; owner++ {
@@ -51,8 +62,7 @@ func TestChaos(t *testing.T) {
 		s.addShape("public.items", "owner < 10", "id", "owner"),
 	)
 	s.startFlushd()
-	consumers := []string{"c1", "c2", "c3"}
-	for _, id := range consumers {
+	for _, id := range c.consumers {
 		s.startConsumer(id)
 	}
 	s.startIngest()
@@ -61,86 +71,16 @@ func TestChaos(t *testing.T) {
 	var txns, changes atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.chaosLoad(stop, seed, &txns, &changes) }()
+	wg.Add(2)
+	go func() { defer wg.Done(); s.chaosLoad(stop, c.seed, &txns, &changes) }()
+	var wal walSamples
+	go func() { defer wg.Done(); wal.run(s, stop) }()
 
-	var maxRetained atomic.Int64
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			if r := s.retainedWALQuiet(); r > maxRetained.Load() {
-				maxRetained.Store(r)
-			}
-		}
-	}()
-
-	killed := 0
-	end := time.Now().Add(duration)
-	for time.Now().Before(end) {
-		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
-		action := rng.IntN(10)
-		t.Logf("%s chaos action %d", time.Now().Format("15:04:05.000"), action)
-		switch {
-		case action < 4: // SIGKILL a consumer, restart it
-			id := consumers[rng.IntN(len(consumers))]
-			s.procs[id].Kill()
-			killed++
-			time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
-			s.startConsumer(id)
-		case action < 6:
-			s.procs["ingest"].Kill()
-			killed++
-			time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
-			s.startIngest()
-		case action < 7:
-			s.procs["flushd"].Kill()
-			killed++
-			time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
-			s.startFlushd()
-		case action < 9: // a zombie: frozen past the heartbeat timeout, then woken
-			id := consumers[rng.IntN(len(consumers))]
-			s.procs[id].Signal(syscall.SIGSTOP)
-			time.Sleep(heartbeatTimeout + time.Duration(500+rng.IntN(1500))*time.Millisecond)
-			s.procs[id].Signal(syscall.SIGCONT)
-		default:
-			if restartServers {
-				if rng.IntN(2) == 0 {
-					s.nats.Shutdown()
-					time.Sleep(time.Second)
-					s.nats.Start(t)
-				} else {
-					s.pg.Stop(t)
-					time.Sleep(time.Second)
-					s.pg.Start(t)
-					s.reconnect()
-				}
-			}
-		}
-	}
+	c.run()
 	close(stop)
 	wg.Wait()
 
-	// Processes that died on their own (they may exit on a fatal error by
-	// design) are restarted so the pipeline can drain.
-	for name, p := range s.procs {
-		if exited, err := p.Exited(); exited {
-			t.Logf("%s had exited (%v); restarting it for the drain", name, err)
-			switch name {
-			case "ingest":
-				s.startIngest()
-			case "flushd":
-				s.startFlushd()
-			default:
-				s.startConsumer(name)
-			}
-		}
-	}
+	c.restartExited()
 	s.drain()
 	mismatches := 0
 	for _, d := range defs {
@@ -159,8 +99,203 @@ func TestChaos(t *testing.T) {
 		final = s.retainedWAL()
 		return final < walSegment
 	})
-	fmt.Printf("chaos: seed %d, %s, processes killed %d, transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB\n",
-		seed, duration, killed, txns.Load(), changes.Load(), len(defs), mismatches, float64(maxRetained.Load())/(1<<20), float64(final)/(1<<20))
+	bound := c.walBound(&wal)
+	logs := scanShapeLogs(t, s.storageDir())
+	fmt.Printf("chaos: seed %d, %s, %s, processes killed %d, server restarts %d (NATS nodes %d), transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB, %s, %s\n",
+		c.seed, c.duration, c.topology(), c.killed, c.serverRestarts, c.nodeRestarts, txns.Load(), changes.Load(), len(defs), mismatches,
+		mb(wal.peak().retained), mb(final), bound, logs)
+	if peak := wal.peak(); peak.retained > bound.bytes {
+		t.Errorf("retained WAL reached %.1f MB at %s, over the %.1f MB that the detection timeouts allow (%s): something held confirmed_flush_lsn back longer than it may; look at the chaos actions logged before that time and at flushd's log (stalls, rebinds) around it",
+			mb(peak.retained), peak.at.Format("15:04:05.000"), mb(bound.bytes), bound)
+	}
+	if logs.acceptedDups > 0 {
+		t.Errorf("%d log positions are accepted twice by readers of the shape logs (see the errors above): a change would be applied twice", logs.acceptedDups)
+	}
+}
+
+// chaos is one run's schedule and what it did.
+type chaos struct {
+	t              *testing.T
+	s              *stack
+	rng            *rand.Rand
+	seed           uint64
+	duration       time.Duration
+	restartServers bool
+	consumers      []string
+
+	killed         int
+	serverRestarts int           // Postgres, NATS server or NATS node restarts
+	nodeRestarts   int           // of which NATS cluster nodes
+	longestOutage  time.Duration // longest a process or server was down, measured
+}
+
+// newChaos reads the FANOUT_CHAOS_* settings and starts the stack.
+func newChaos(t *testing.T) *chaos {
+	c := &chaos{t: t, duration: 20 * time.Second, seed: uint64(time.Now().UnixNano()), consumers: []string{"c1", "c2", "c3"}}
+	if d, err := time.ParseDuration(os.Getenv("FANOUT_CHAOS_DURATION")); err == nil {
+		c.duration = d
+	}
+	if v, err := strconv.ParseUint(os.Getenv("FANOUT_CHAOS_SEED"), 10, 64); err == nil {
+		c.seed = v
+	}
+	c.restartServers = os.Getenv("FANOUT_CHAOS_SERVERS") == "1"
+	c.rng = rand.New(rand.NewPCG(c.seed, 0))
+	if os.Getenv("FANOUT_CHAOS_CLUSTER") == "1" {
+		c.s = newClusterStack(t)
+	} else {
+		c.s = newStack(t)
+	}
+	c.s.env = append(c.s.env,
+		"FANOUT_FLUSHD_STALL_GRACE="+chaosStallGrace.String(),
+		"FANOUT_INGEST_ACK_TIMEOUT="+chaosAckTimeout.String(),
+		"FANOUT_INGEST_MAX_BACKOFF="+chaosMaxBackoff.String(),
+	)
+	t.Logf("chaos seed %d (FANOUT_CHAOS_SEED=%d reproduces the schedule), duration %s, %s", c.seed, c.seed, c.duration, c.topology())
+	return c
+}
+
+func (c *chaos) topology() string {
+	if c.s.cluster != nil {
+		return "3-node NATS cluster, R3"
+	}
+	return "single NATS server"
+}
+
+// run performs random actions until the duration is over.
+func (c *chaos) run() {
+	actions := 10
+	if c.s.cluster != nil {
+		actions = 13 // node restarts are the point of a cluster run
+	}
+	end := time.Now().Add(c.duration)
+	for time.Now().Before(end) {
+		time.Sleep(time.Duration(1000+c.rng.IntN(2000)) * time.Millisecond)
+		c.act(c.rng.IntN(actions))
+	}
+}
+
+func (c *chaos) logf(format string, args ...any) {
+	c.t.Helper()
+	c.t.Logf("%s chaos: "+format, append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+}
+
+// act performs action n of the schedule.
+func (c *chaos) act(n int) {
+	s := c.s
+	switch {
+	case n < 4:
+		id := c.consumers[c.rng.IntN(len(c.consumers))]
+		c.killAndRestart(id, 1500, func() { s.startConsumer(id) })
+	case n < 6:
+		c.killAndRestart("ingest", 1000, func() { s.startIngest() })
+	case n < 7:
+		c.killAndRestart("flushd", 1000, func() { s.startFlushd() })
+	case n < 9: // a zombie: frozen past the heartbeat timeout, then woken
+		id := c.consumers[c.rng.IntN(len(c.consumers))]
+		c.logf("freeze consumer %s", id)
+		s.procs[id].Signal(syscall.SIGSTOP)
+		time.Sleep(heartbeatTimeout + time.Duration(500+c.rng.IntN(1500))*time.Millisecond)
+		s.procs[id].Signal(syscall.SIGCONT)
+	default:
+		c.serverAction(n)
+	}
+}
+
+// killAndRestart SIGKILLs a process and starts it again after up to maxGapMs.
+func (c *chaos) killAndRestart(name string, maxGapMs int, restart func()) {
+	c.logf("kill %s", name)
+	down := time.Now()
+	c.s.procs[name].Kill()
+	c.killed++
+	time.Sleep(time.Duration(c.rng.IntN(maxGapMs)) * time.Millisecond)
+	restart()
+	c.outage(down)
+}
+
+// serverAction restarts a server. On a cluster, actions past 9 (and every
+// one when servers are not restarted) restart a NATS node.
+func (c *chaos) serverAction(n int) {
+	switch {
+	case c.s.cluster != nil && (n > 9 || !c.restartServers):
+		c.restartNATSNode()
+	case !c.restartServers:
+		// the short run keeps its servers
+	case c.rng.IntN(2) == 0:
+		if c.s.cluster != nil {
+			c.restartNATSNode()
+		} else {
+			c.restartNATS()
+		}
+	default:
+		c.restartPostgres()
+	}
+}
+
+func (c *chaos) restartNATS() {
+	c.logf("restart the NATS server")
+	down := time.Now()
+	c.s.nats.Shutdown()
+	time.Sleep(time.Second)
+	c.s.nats.Start(c.t)
+	c.serverRestarts++
+	c.outage(down)
+}
+
+func (c *chaos) restartPostgres() {
+	c.logf("restart Postgres")
+	down := time.Now()
+	c.s.pg.Stop(c.t)
+	time.Sleep(time.Second)
+	c.s.pg.Start(c.t)
+	c.s.reconnect()
+	c.serverRestarts++
+	c.outage(down)
+}
+
+// restartNATSNode crashes or stops one random node of the cluster, starts it
+// again, and waits until the cluster is whole (a meta leader, every node
+// healthy, the stream current) before the next action can touch a node.
+func (c *chaos) restartNATSNode() {
+	i := c.rng.IntN(len(c.s.cluster.Nodes))
+	crash := c.rng.IntN(2) == 0
+	gap := time.Duration(c.rng.IntN(2000)) * time.Millisecond
+	how := "stop"
+	if crash {
+		how = "crash"
+	}
+	c.logf("%s NATS node %s for %s", how, c.s.cluster.Nodes[i].Name, gap)
+	down := time.Now()
+	c.s.cluster.Stop(i, crash)
+	time.Sleep(gap)
+	c.s.cluster.Start(i)
+	c.s.cluster.WaitHealthy(2*time.Minute, fanout.StreamName)
+	c.serverRestarts++
+	c.nodeRestarts++
+	c.outage(down)
+	c.logf("NATS cluster whole again %s after the %s", time.Since(down).Round(time.Millisecond), how)
+}
+
+// outage records how long something that went down at down was out.
+func (c *chaos) outage(down time.Time) {
+	c.longestOutage = max(c.longestOutage, time.Since(down))
+}
+
+// restartExited restarts the processes that died on their own (they may
+// exit on a fatal error by design), so the pipeline can drain.
+func (c *chaos) restartExited() {
+	for name, p := range c.s.procs {
+		if exited, err := p.Exited(); exited {
+			c.t.Logf("%s had exited (%v); restarting it for the drain", name, err)
+			switch name {
+			case "ingest":
+				c.s.startIngest()
+			case "flushd":
+				c.s.startFlushd()
+			default:
+				c.s.startConsumer(name)
+			}
+		}
+	}
 }
 
 // chaosLoad commits a mix of transactions until stop: small inserts, moves
@@ -219,27 +354,208 @@ func (s *stack) chaosLoad(stop <-chan struct{}, seed uint64, txns, changes *atom
 	}
 }
 
-// retainedWALQuiet is retainedWAL for a sampler: errors read as 0.
-func (s *stack) retainedWALQuiet() int64 {
-	var lag *int64
+// walSample is the WAL position and the slot's retained WAL at one moment.
+type walSample struct {
+	at       time.Time
+	lsn      int64 // pg_current_wal_insert_lsn, in bytes
+	retained int64 // pg_current_wal_insert_lsn - confirmed_flush_lsn
+}
+
+// walSamples records a walSample every 200 ms while the chaos runs.
+type walSamples struct {
+	list []walSample // read only after run returned
+}
+
+func (w *walSamples) run(s *stack, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if smp, ok := s.walSampleQuiet(); ok {
+			w.list = append(w.list, smp)
+		}
+	}
+}
+
+// peak is the sample with the most retained WAL.
+func (w *walSamples) peak() walSample {
+	var p walSample
+	for _, smp := range w.list {
+		if smp.retained > p.retained {
+			p = smp
+		}
+	}
+	return p
+}
+
+// meanRate is the workload's WAL write rate over the run, in bytes/s.
+func (w *walSamples) meanRate() float64 {
+	if len(w.list) < 2 {
+		return 0
+	}
+	first, last := w.list[0], w.list[len(w.list)-1]
+	return float64(last.lsn-first.lsn) / last.at.Sub(first.at).Seconds()
+}
+
+// busiestWindow is the most WAL written within any span of window: the
+// difference to the last sample at least window earlier, so a span may be
+// up to one sampling interval longer (never shorter) than window.
+func (w *walSamples) busiestWindow(window time.Duration) int64 {
+	var most int64
+	j := 0
+	for _, cur := range w.list {
+		for j+1 < len(w.list) && !w.list[j+1].at.After(cur.at.Add(-window)) {
+			j++
+		}
+		most = max(most, cur.lsn-w.list[j].lsn)
+	}
+	return most
+}
+
+// walSampleQuiet is one walSample for the sampler; ok is false while
+// Postgres is unreachable (restarting), as no WAL is written then either.
+func (s *stack) walSampleQuiet() (walSample, bool) {
 	s.sampleMu.Lock()
 	defer s.sampleMu.Unlock()
 	if s.sampler == nil {
 		c, err := pgx.Connect(context.Background(), s.pg.URL)
 		if err != nil {
-			return 0
+			return walSample{}, false
 		}
 		s.sampler = c
 	}
-	if err := s.sampler.QueryRow(context.Background(), `SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&lag); err != nil {
+	var smp walSample
+	var retained *int64
+	err := s.sampler.QueryRow(context.Background(), `SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,
+		(SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'fanout')`).Scan(&smp.lsn, &retained)
+	if err != nil {
 		s.sampler.Close(context.Background())
 		s.sampler = nil
-		return 0
+		return walSample{}, false
 	}
-	if lag == nil {
-		return 0
+	smp.at = time.Now()
+	if retained != nil {
+		smp.retained = *retained
 	}
-	return *lag
+	return smp, true
+}
+
+// walBound is the most WAL the slot may retain during the run if nothing
+// holds confirmed_flush_lsn back longer than the stack's detection timeouts
+// and recovery allow.
+type walBound struct {
+	bytes     int64
+	rate      float64       // mean WAL write rate of the run, bytes/s
+	window    time.Duration // the longest the slot may be held back
+	terms     []string      // what window adds up, for the summary
+	windowWAL int64         // most WAL written within any window
+}
+
+// walBound computes the bound from the run's samples.
+//
+// While confirmed_flush_lsn is held back, retained WAL grows by what the
+// workload writes. If it is never held back longer than a window W,
+// retained WAL never exceeds the WAL written in the busiest W of the run
+// (the mean rate x W would understate a burst of large transactions) plus
+// slack. W adds up everything that may hold it back, each taken from the
+// stack's settings or measured from the schedule, none fitted to the
+// retention seen; one fault needs only some of them, so the sum also covers
+// faults whose recoveries overlap:
+//
+//	heartbeat_timeout  a killed or frozen consumer is declared dead
+//	stall_grace        a live consumer making no progress loses its partitions
+//	longest outage     the longest a killed process or restarted server was down
+//	status_interval    ingest confirms the safe LSN at least this often
+//
+// and, when a server was restarted, the recovery from it:
+//
+//	ack_timeout        a publish lost with a NATS server is sent again
+//	max_backoff        the longest a service waits before retrying
+//
+// The slack, 2 WAL segments, covers what is legitimately in flight at any
+// moment (transactions being decoded, published and persisted) and the
+// 200 ms sampling.
+func (c *chaos) walBound(w *walSamples) walBound {
+	b := walBound{rate: w.meanRate()}
+	b.add("heartbeat", heartbeatTimeout)
+	b.add("stall grace", chaosStallGrace)
+	b.add("longest outage", c.longestOutage.Round(time.Millisecond))
+	b.add("status", statusInterval)
+	if c.serverRestarts > 0 {
+		b.add("ack timeout", chaosAckTimeout)
+		b.add("backoff", chaosMaxBackoff)
+	}
+	b.windowWAL = w.busiestWindow(b.window)
+	b.bytes = b.windowWAL + 2*walSegment
+	return b
+}
+
+func (b *walBound) add(what string, d time.Duration) {
+	b.window += d
+	b.terms = append(b.terms, what+" "+d.String())
+}
+
+func (b walBound) String() string {
+	return fmt.Sprintf("WAL rate %.2f MB/s, WAL bound %.1f MB (%.1f MB written in the busiest %s = %s; + 2 segments)",
+		b.rate/(1<<20), mb(b.bytes), mb(b.windowWAL), b.window, strings.Join(b.terms, " + "))
+}
+
+func mb(n int64) float64 { return float64(n) / (1 << 20) }
+
+// logScan is what the shape logs hold on disk.
+type logScan struct {
+	logs, frames int
+	// rawDups are frames at a position the log already holds: a fragment
+	// persisted twice (a redelivery); readers skip them.
+	rawDups int
+	// acceptedDups are positions readers apply more than once: a change
+	// applied twice. Must be 0.
+	acceptedDups int
+}
+
+func (l logScan) String() string {
+	return fmt.Sprintf("log frames %d in %d logs, duplicate frames %d (skipped by readers), accepted duplicates %d", l.frames, l.logs, l.rawDups, l.acceptedDups)
+}
+
+// scanShapeLogs reads every frame of every shape log under storage.dir and
+// counts positions written twice, and positions accepted twice (an error).
+func scanShapeLogs(t *testing.T, storage string) logScan {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(storage, "shapes"))
+	if err != nil {
+		t.Fatalf("list shape logs: %v", err)
+	}
+	var total logScan
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		total.logs++
+		written := map[fanout.Position]bool{}
+		accepted := map[fanout.Position]int64{} // position -> offset of the accepted frame
+		err := shapelog.ScanLog(storage, e.Name(), func(r shapelog.LogRecord) error {
+			total.frames++
+			if written[r.Position] {
+				total.rawDups++
+			}
+			written[r.Position] = true
+			if !r.Accepted {
+				return nil
+			}
+			if first, ok := accepted[r.Position]; ok {
+				total.acceptedDups++
+				t.Errorf("shape %s: position %s accepted at byte %d and again at byte %d (epoch %d)", e.Name(), r.Position, first, r.Offset, r.Epoch)
+			}
+			accepted[r.Position] = r.Offset
+			return nil
+		})
+		if err != nil {
+			t.Errorf("scan the log of shape %s: %v", e.Name(), err)
+		}
+	}
+	return total
 }
 
 // rowDiff names, by id, up to ten rows that differ between a shape log and its query.

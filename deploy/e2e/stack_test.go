@@ -28,25 +28,51 @@ import (
 const walSegment = 16 << 20
 
 // Detection settings of the test stack: short, so kills are noticed quickly.
-const heartbeatTimeout = 2 * time.Second
+const (
+	heartbeatTimeout = 2 * time.Second
+	// statusInterval is how often ingest confirms the safe LSN to Postgres.
+	statusInterval = time.Second
+)
 
 type stack struct {
-	t     *testing.T
-	pg    *testenv.Postgres
-	nats  *testenv.NATS
-	conn  *pgx.Conn
-	dir   string
-	env   []string
-	procs map[string]*testenv.Process
+	t       *testing.T
+	pg      *testenv.Postgres
+	nats    *testenv.NATS        // the single server, or nil on a cluster
+	cluster *testenv.NATSCluster // the cluster, or nil on a single server
+	conn    *pgx.Conn
+	dir     string
+	env     []string
+	procs   map[string]*testenv.Process
 
 	sampleMu sync.Mutex
 	sampler  *pgx.Conn // the chaos WAL sampler's own connection
 }
 
+// newStack is Postgres and one embedded NATS server, with the services'
+// environment set up; it starts no service.
 func newStack(t *testing.T) *stack {
 	t.Helper()
 	testenv.Binaries(t) // build first, so build time is not counted in any deadline
-	s := &stack{t: t, pg: testenv.StartPostgres(t), nats: testenv.StartNATS(t), dir: t.TempDir(), procs: map[string]*testenv.Process{}}
+	n := testenv.StartNATS(t)
+	s := newStackOn(t, n.URL, 1)
+	s.nats = n
+	return s
+}
+
+// newClusterStack is newStack on a 3-node JetStream cluster: the services
+// get every node's URL, and the stream and buckets have 3 replicas.
+func newClusterStack(t *testing.T) *stack {
+	t.Helper()
+	testenv.Binaries(t)
+	c := testenv.StartNATSCluster(t, 3)
+	s := newStackOn(t, c.URL, 3)
+	s.cluster = c
+	return s
+}
+
+func newStackOn(t *testing.T, natsURL string, replicas int) *stack {
+	t.Helper()
+	s := &stack{t: t, pg: testenv.StartPostgres(t), dir: t.TempDir(), procs: map[string]*testenv.Process{}}
 	s.conn = s.pg.Connect(t)
 	t.Cleanup(func() {
 		if s.sampler != nil {
@@ -55,19 +81,23 @@ func newStack(t *testing.T) *stack {
 	})
 	s.env = []string{
 		"FANOUT_POSTGRES_URL=" + s.pg.URL,
-		"FANOUT_NATS_URL=" + s.nats.URL,
-		"FANOUT_STORAGE_DIR=" + filepath.Join(s.dir, "shapes"),
+		"FANOUT_NATS_URL=" + natsURL,
+		"FANOUT_BUS_REPLICAS=" + strconv.Itoa(replicas),
+		"FANOUT_STORAGE_DIR=" + s.storageDir(),
 		"FANOUT_HTTP_ADDR=127.0.0.1:0",
 		"FANOUT_BUS_PARTITIONS=8",
 		"FANOUT_LOG_LEVEL=info",
 		"FANOUT_POSTGRES_IDLE_HEARTBEAT=1s",
-		"FANOUT_POSTGRES_STATUS_INTERVAL=1s",
+		"FANOUT_POSTGRES_STATUS_INTERVAL=" + statusInterval.String(),
 		"FANOUT_FLUSHD_HEARTBEAT_TIMEOUT=" + heartbeatTimeout.String(),
 		"FANOUT_FLUSHD_POLL_INTERVAL=50ms",
 		"FANOUT_CONSUMER_HEARTBEAT_INTERVAL=250ms",
 	}
 	return s
 }
+
+// storageDir is the consumers' storage.dir.
+func (s *stack) storageDir() string { return filepath.Join(s.dir, "shapes") }
 
 func (s *stack) start(name, bin string, env ...string) *testenv.Process {
 	s.t.Helper()

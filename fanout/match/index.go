@@ -1,6 +1,8 @@
 package match
 
 import (
+	"slices"
+
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -15,6 +17,33 @@ type tableIndex struct {
 	all  []*entry // every shape of the table (for truncate and unknown old rows)
 	scan []*entry // shapes without an equality conjunct
 	cols []*columnIndex
+
+	// What the table's shapes have in common, kept once: at hundreds of
+	// thousands of shapes a copy of the schema per shape would be most of
+	// the registry's memory.
+	table  string
+	schema []fanout.Column
+	pk     []string
+}
+
+// share points s's table name, key and schema at the table's shared copies
+// when they are equal, and makes s's the shared ones when the table has none
+// yet or they changed (a shape added after a schema change).
+func (t *tableIndex) share(s *fanout.Shape) {
+	if t.table == "" {
+		t.table = s.Table
+	}
+	s.Table = t.table
+	if slices.Equal(s.Schema, t.schema) {
+		s.Schema = t.schema
+	} else {
+		t.schema = s.Schema
+	}
+	if slices.Equal(s.PrimaryKey, t.pk) {
+		s.PrimaryKey = t.pk
+	} else {
+		t.pk = s.PrimaryKey
+	}
 }
 
 // columnIndex is the buckets of one column compared in one domain.
@@ -120,6 +149,7 @@ func (t *tableIndex) insert(e *entry) {
 			best = eq
 		}
 	}
+	e.pred.eqs = nil // only needed here; the chosen keys stay in e.keys
 	if best == nil {
 		e.scanPos = len(t.scan)
 		t.scan = append(t.scan, e)

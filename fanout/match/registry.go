@@ -65,7 +65,9 @@ func NewRegistry(opts ...Option) *Registry {
 }
 
 // Add compiles s's where clause against s.Schema and adds s, replacing a
-// shape of the same handle. On error the registry is unchanged.
+// shape of the same handle. On error the registry is unchanged. The registry
+// keeps s, and may replace its Table, PrimaryKey and Schema with equal values
+// shared with the table's other shapes.
 func (r *Registry) Add(s *fanout.Shape) error {
 	pred, err := Compile(s.Where, s.Schema)
 	if err != nil {
@@ -89,6 +91,7 @@ func (r *Registry) Add(s *fanout.Shape) error {
 		t = &tableIndex{}
 		r.tables[s.Table] = t
 	}
+	t.share(s)
 	t.insert(e)
 	r.shapes[s.Handle] = e
 	return nil

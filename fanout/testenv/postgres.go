@@ -1,6 +1,7 @@
 // Package testenv starts the real components tests run against: a private
-// PostgreSQL cluster, an embedded NATS JetStream server, and the project's
-// binaries as OS processes. Everything is stopped and removed when the test
+// PostgreSQL cluster, an embedded NATS JetStream server or a JetStream
+// cluster of nats-server processes, and the project's binaries as OS
+// processes. Everything is stopped and removed when the test
 // ends, whether it passed or not.
 package testenv
 
