@@ -317,11 +317,11 @@ func (w *fileWriter) replay() error {
 			if err != nil {
 				return err
 			}
-			epoch, f, err := decodeRecord(record)
+			epoch, pos, _, err := recordPosition(record)
 			if err != nil {
 				return fmt.Errorf("journal %s: %w", path, err)
 			}
-			if !l.acc.accept(epoch, f.Position()) {
+			if !l.acc.accept(epoch, pos) {
 				return nil // the log holds it already
 			}
 			if bufs[l], err = appendFrame(bufs[l], record); err != nil {
@@ -436,15 +436,18 @@ func (w *fileWriter) closeIdleLogs() error {
 // torn tail. Writes go to the end whatever the offset (O_APPEND), so a zombie
 // appending through its own descriptor never overwrites a record.
 func recoverLog(l *openLog, log *slog.Logger) error {
+	if fi, err := l.f.Stat(); err == nil && fi.Size() == 0 {
+		return nil // a new log: nothing to learn
+	}
 	if _, err := l.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read log of shape %s: %w", l.handle, err)
 	}
 	end, torn, err := scanFrames(l.f, func(off int64, payload []byte) error {
-		epoch, f, err := decodeRecord(payload)
+		epoch, pos, _, err := recordPosition(payload)
 		if err != nil {
 			return fmt.Errorf("log of shape %s: record at byte %d passes its checksum but does not decode: %w (the log was written by another version; move it away to rebuild the shape)", l.handle, off, err)
 		}
-		l.acc.accept(epoch, f.Position())
+		l.acc.accept(epoch, pos)
 		return nil
 	})
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"hash/crc32"
 	"io"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -24,11 +26,16 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// A payload is recordBinary, the 8-byte little-endian epoch the record was
-// written at, and the fragment's wire bytes (fanout.Fragment.Wire). Logs of
-// the first version hold JSON records {"epoch","fragment"} instead; those
-// are still read.
-const recordBinary = 0x01
+// A payload is recordBinary, then little-endian: the epoch the record was
+// written at (8 bytes), the fragment's commit LSN (8) and seq (4), then the
+// fragment's wire bytes (fanout.Fragment.Wire). The position is repeated in
+// binary so that opening a log or replaying a journal, which need only
+// positions, decode no JSON. Logs of the first version hold JSON records
+// {"epoch","fragment"} instead; those are still read.
+const (
+	recordBinary     = 0x02
+	recordHeaderSize = 1 + 8 + 8 + 4
+)
 
 // jsonRecord is the payload of a first-version frame.
 type jsonRecord struct {
@@ -51,9 +58,11 @@ func encodeRecord(epoch uint64, f *fanout.Fragment) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
 	}
-	record := make([]byte, 0, 9+len(body))
+	record := make([]byte, 0, recordHeaderSize+len(body))
 	record = append(record, recordBinary)
 	record = binary.LittleEndian.AppendUint64(record, epoch)
+	record = binary.LittleEndian.AppendUint64(record, uint64(f.CommitLSN))
+	record = binary.LittleEndian.AppendUint32(record, uint32(f.Seq))
 	return append(record, body...), nil
 }
 
@@ -76,26 +85,43 @@ func appendFrame(buf []byte, parts ...[]byte) ([]byte, error) {
 	return buf, nil
 }
 
-// decodeRecord parses a frame's payload.
-func decodeRecord(payload []byte) (uint64, *fanout.Fragment, error) {
-	var epoch uint64
-	var body []byte
+// recordPosition reads the epoch and position of a frame's payload, and
+// returns the fragment's wire bytes.
+func recordPosition(payload []byte) (epoch uint64, pos fanout.Position, body []byte, err error) {
 	switch {
-	case len(payload) >= 9 && payload[0] == recordBinary:
-		epoch, body = binary.LittleEndian.Uint64(payload[1:9]), payload[9:]
+	case len(payload) >= recordHeaderSize && payload[0] == recordBinary:
+		epoch = binary.LittleEndian.Uint64(payload[1:9])
+		pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[9:17]))
+		pos.Seq = int(binary.LittleEndian.Uint32(payload[17:21]))
+		return epoch, pos, payload[recordHeaderSize:], nil
 	case len(payload) > 0 && payload[0] == '{':
 		var r jsonRecord
 		if err := json.Unmarshal(payload, &r); err != nil {
-			return 0, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
+			return 0, pos, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
 		}
-		epoch, body = r.Epoch, r.Fragment
+		f, err := fanout.DecodeFragment(r.Fragment)
+		if err != nil {
+			return 0, pos, nil, err
+		}
+		return r.Epoch, f.Position(), r.Fragment, nil
 	default:
-		return 0, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))
+		return 0, pos, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))
+	}
+}
+
+// decodeRecord parses a frame's payload.
+func decodeRecord(payload []byte) (uint64, *fanout.Fragment, error) {
+	epoch, pos, body, err := recordPosition(payload)
+	if err != nil {
+		return 0, nil, err
 	}
 	// The fragment keeps its bytes (Wire), and scanFrames reuses its buffer.
 	f, err := fanout.DecodeFragment(bytes.Clone(body))
 	if err != nil {
 		return 0, nil, err
+	}
+	if f.Position() != pos {
+		return 0, nil, fmt.Errorf("record header says position %s, its fragment %s", pos, f.Position())
 	}
 	return epoch, f, nil
 }
@@ -111,7 +137,7 @@ func firstByte(b []byte) byte {
 // frame's offset. It returns the offset just after the last intact frame and
 // whether bytes follow it that are not an intact frame (a torn tail).
 func scanFrames(r io.Reader, fn func(off int64, payload []byte) error) (end int64, torn bool, err error) {
-	br := bufio.NewReaderSize(r, 1<<20)
+	br := bufio.NewReaderSize(r, 64<<10)
 	var h [headerSize]byte
 	var payload []byte
 	for {

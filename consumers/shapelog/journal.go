@@ -34,7 +34,7 @@ import (
 // replay after a crash.
 const (
 	journalMaxBytes = 16 << 20
-	journalMaxAge   = time.Minute
+	journalMaxAge   = 15 * time.Second
 )
 
 // journal is a partition writer's redo log.

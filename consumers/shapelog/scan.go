@@ -36,11 +36,10 @@ func ScanLog(dir, handle string, fn func(LogRecord) error) error {
 	defer f.Close()
 	var acc acceptor
 	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
-		epoch, fr, err := decodeRecord(payload)
+		epoch, pos, _, err := recordPosition(payload)
 		if err != nil {
 			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
 		}
-		pos := fr.Position()
 		return fn(LogRecord{Offset: off, Epoch: epoch, Position: pos, Accepted: acc.accept(epoch, pos)})
 	})
 	return err
