@@ -419,18 +419,19 @@ func (p *Publisher) setRetrying(on bool) {
 // are exhausted. The Nats-Msg-Id makes a second copy a no-op. Retries run
 // only once every earlier publish is resolved, so the expected-last-sequence
 // check is dropped: its job, refusing msg while an earlier one is missing,
-// is done. A refusal by that check is not a fault and is sent again at once.
+// is done. The first resend is at once: the failure may be old news (a
+// publish sent while the stream had no leader, resolved only after the
+// earlier ones were retried), and after an outage up to max_inflight of
+// them wait in line; backoff starts only if the resend fails too.
 func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error {
-	err := first
 	msg.Header.Del(jetstream.ExpectedLastSeqHeader)
-	if isWrongLast(err) {
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = p.js.PublishMsg(actx, msg)
-		cancel()
-		if err == nil {
-			return nil
-		}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err := p.js.PublishMsg(actx, msg)
+	cancel()
+	if err == nil {
+		return nil
 	}
+	p.log.Debug("publish failed, and its immediate resend too", "msg_id", msg.Header.Get(fanout.HeaderMsgID), "first_err", first, "err", err)
 	backoff := 100 * time.Millisecond
 	for attempt := 1; attempt <= p.opts.MaxRetries; attempt++ {
 		p.metrics.PublishRetries.Inc()
