@@ -696,7 +696,9 @@ func BenchmarkLatency(b *testing.B) {
 			var text *string
 			if err := sampler.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&text); err == nil && text != nil {
 				l, _ := pglogrepl.ParseLSN(*text)
+				mu.Lock()
 				samples = append(samples, sample{now, l})
+				mu.Unlock()
 			}
 		}
 	}()
@@ -716,10 +718,14 @@ func BenchmarkLatency(b *testing.B) {
 		all[i] = &txn{xid: xid, commit: time.Now()}
 		mu.Unlock()
 	}
-	p.waitConfirmed(p.currentWAL(), 2*time.Minute)
-	testenv.Eventually(b, time.Minute, "every transaction's shape log to be written", func() bool {
+	final := p.currentWAL()
+	p.waitConfirmed(final, 2*time.Minute)
+	testenv.Eventually(b, time.Minute, "every transaction's shape log to be written, and a slot sample past the last commit", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
+		if len(samples) == 0 || samples[len(samples)-1].lsn < final {
+			return false
+		}
 		for _, t := range all {
 			if t.persisted.IsZero() {
 				return false
