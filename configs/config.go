@@ -27,6 +27,18 @@ var defaults embed.FS
 // ErrHelp is returned when --help was asked for; the usage was printed.
 var ErrHelp = pflag.ErrHelp
 
+// MustLoad is Load of the process's arguments for a service's main: --help
+// exits 0, and a bad configuration is reported on one line and exits 2.
+func MustLoad(service string, out any) {
+	if err := Load(service, os.Args[1:], out); err != nil {
+		if errors.Is(err, ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "%s: bad configuration: %v\n", service, err)
+		os.Exit(2)
+	}
+}
+
 // Default returns the embedded default YAML of a service.
 func Default(service string) ([]byte, error) {
 	return defaults.ReadFile(service + ".yaml")

@@ -116,6 +116,35 @@ func published(t *testing.T, bus *fanout.Bus) pglogrepl.LSN {
 }
 
 // setSafe acts as flushd.
+// standInFlushd publishes ingest's published LSN as the safe LSN every
+// 100 ms while ok says so, until the test ends: nothing consumes in these
+// tests, so what is in the stream counts as persisted.
+func standInFlushd(t *testing.T, bus *fanout.Bus, ok func(context.Context) bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if !ok(ctx) {
+				continue
+			}
+			if e, err := bus.State.Get(ctx, fanout.KeyIngestPublished); err == nil {
+				if p, err := fanout.DecodeIngestProgress(e.Value()); err == nil {
+					bus.State.Put(ctx, fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: p.PublishedLSN, Computed: time.Now()}))
+				}
+			}
+		}
+	}()
+}
+
 func setSafe(t *testing.T, bus *fanout.Bus, lsn pglogrepl.LSN) {
 	t.Helper()
 	if _, err := bus.State.Put(context.Background(), fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: lsn, Computed: time.Now()})); err != nil {

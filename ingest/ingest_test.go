@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,33 +34,8 @@ func TestEveryChangeOncePerShapeAcrossSIGKILL(t *testing.T) {
 
 	// Stand-in flushd: nothing consumes in this test, so whatever is
 	// published is "persisted" in the stream; let the slot follow it.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var paused atomic.Bool // holds the safe LSN back, so the restart must re-publish
-	var flushd sync.WaitGroup
-	flushd.Add(1)
-	go func() {
-		defer flushd.Done()
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			if paused.Load() {
-				continue
-			}
-			if e, err := bus.State.Get(ctx, fanout.KeyIngestPublished); err == nil {
-				if p, err := fanout.DecodeIngestProgress(e.Value()); err == nil {
-					bus.State.Put(ctx, fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: p.PublishedLSN, Computed: time.Now()}))
-				}
-			}
-		}
-	}()
-	defer flushd.Wait()
-	defer cancel()
+	standInFlushd(t, bus, func(context.Context) bool { return !paused.Load() })
 
 	first := startIngestProcess(t, args)
 	testenv.Eventually(t, 30*time.Second, "ingest to create its slot", func() bool {
@@ -281,32 +255,10 @@ func TestIdleSlotLagUnderOneSegment(t *testing.T) {
 	runIngest(t, pg, ns)
 	testenv.Eventually(t, 30*time.Second, "ingest to publish its first progress", func() bool { return published(t, bus) > 0 })
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // stand-in flushd
-		defer wg.Done()
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			info, err := bus.Stream.Info(ctx)
-			if err != nil || info.State.Msgs > 0 {
-				continue
-			}
-			if e, err := bus.State.Get(ctx, fanout.KeyIngestPublished); err == nil {
-				if p, err := fanout.DecodeIngestProgress(e.Value()); err == nil {
-					bus.State.Put(ctx, fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: p.PublishedLSN, Computed: time.Now()}))
-				}
-			}
-		}
-	}()
-	defer wg.Wait()
-	defer cancel()
+	standInFlushd(t, bus, func(ctx context.Context) bool { // only with nothing pending
+		info, err := bus.Stream.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
 
 	// ~40 MB of WAL on a table no shape uses, then nothing.
 	pg.Exec(t, conn, `INSERT INTO noise SELECT g, repeat('n', 200) FROM generate_series(1, 150000) g`)

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -23,8 +24,10 @@ func TestPublishesLandInOrderWhenOneIsLost(t *testing.T) {
 	msg := nats.NewMsg(fanout.Subject(1, "sa"))
 	msg.Header.Set(fanout.HeaderMsgID, "second")
 	msg.Header.Set(jetstream.ExpectedLastSeqHeader, "1") // the first never landed
-	if _, err := bus.JS.PublishMsg(ctx, msg); !isWrongLast(err) {
-		t.Fatalf("publish after a missing predecessor: %v, want wrong last sequence", err)
+	// 10071: JSStreamWrongLastSequenceErr.
+	var apiErr *jetstream.APIError
+	if _, err := bus.JS.PublishMsg(ctx, msg); !errors.As(err, &apiErr) || apiErr.ErrorCode != 10071 {
+		t.Fatalf("publish after a missing predecessor: %v, want wrong last sequence (10071)", err)
 	}
 
 	m := NewMetrics(nil)

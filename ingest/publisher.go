@@ -460,19 +460,6 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
 }
 
-// The JetStream error codes of a refused Nats-Expected-Last-Sequence (and
-// of Nats-Expected-Last-Msg-Id, used by earlier versions): an earlier
-// publish had not landed.
-const (
-	wrongLastSequence = 10071
-	wrongLastMsgID    = 10070
-)
-
-func isWrongLast(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == wrongLastSequence || apiErr.ErrorCode == wrongLastMsgID)
-}
-
 // isStreamFull recognises the stream's MaxBytes + DiscardNew refusal.
 func isStreamFull(err error) bool {
 	msg := strings.ToLower(err.Error())

@@ -282,6 +282,9 @@ func (w *fileWriter) checkpoint() error {
 	return w.journal.reset()
 }
 
+// parallelSyncs bounds the logs a checkpoint fsyncs at once.
+const parallelSyncs = 16
+
 // syncLogs fsyncs logs, several at a time: fsyncs of different files overlap
 // in the disk queue and share journal commits of the file system.
 func syncLogs(logs []*openLog) error {
@@ -357,9 +360,6 @@ func (w *fileWriter) replay() error {
 	}
 	return nil
 }
-
-// parallelSyncs bounds the logs one batch writes and fsyncs at once.
-const parallelSyncs = 16
 
 // checkEpoch refuses the batch when a newer owner took the partition.
 func (w *fileWriter) checkEpoch() error {

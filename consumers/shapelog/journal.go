@@ -2,7 +2,6 @@ package shapelog
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -151,8 +150,5 @@ func scanJournal(path string, fn func(handle string, record []byte) error) error
 		n := int(payload[0])
 		return fn(string(payload[1:1+n]), payload[1+n:])
 	})
-	if err != nil && err != io.EOF {
-		return err
-	}
-	return nil
+	return err
 }

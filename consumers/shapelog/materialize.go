@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/fanout/pipeline/fanout"
 )
@@ -176,11 +177,5 @@ func compareValues(a, b string) int {
 			return x.Cmp(&y)
 		}
 	}
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return strings.Compare(a, b)
 }

@@ -1,6 +1,7 @@
 package match
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/big"
@@ -97,7 +98,7 @@ func convert(s string, k kind, d domain) (val, error) {
 func compare(d domain, a, b val) int {
 	switch d {
 	case dInt, dBool, dTime:
-		return cmpInt(a.i, b.i)
+		return cmp.Compare(a.i, b.i)
 	case dNumeric:
 		return a.n.cmp(b.n)
 	case dFloat:
@@ -135,16 +136,6 @@ func key(d domain, v val) string {
 	}
 }
 
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // cmpFloat orders like Postgres: NaN equals NaN and sorts above everything.
 func cmpFloat(a, b float64) int {
 	an, bn := math.IsNaN(a), math.IsNaN(b)
@@ -177,7 +168,7 @@ func (n num) rank() int {
 }
 
 func (n num) cmp(o num) int {
-	if c := cmpInt(int64(n.rank()), int64(o.rank())); c != 0 || n.special != 0 {
+	if c := cmp.Compare(n.rank(), o.rank()); c != 0 || n.special != 0 {
 		return c
 	}
 	return n.r.Cmp(o.r)

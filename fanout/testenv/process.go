@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -176,31 +177,36 @@ func Run(t testing.TB, bin string, args []string, env ...string) (stdout, stderr
 // Eventually polls cond until it returns true or the deadline passes.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	if poll(timeout, func() error {
 		if cond() {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return errNotYet
+	}) != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
+
+var errNotYet = errors.New("not yet")
 
 // EventuallyErr polls cond until it returns nil or the deadline passes, and
 // then fails the test with the last error, so the failure says what was
 // still wrong.
 func EventuallyErr(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
+	if err := poll(timeout, cond); err != nil {
+		t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+	}
+}
+
+// poll calls cond every 50 ms until it returns nil or timeout passes, and
+// returns its last error.
+func poll(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		if err == nil || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

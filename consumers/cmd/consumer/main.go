@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -17,13 +16,7 @@ import (
 
 func main() {
 	var cfg consumers.Config
-	if err := configs.Load("consumer", os.Args[1:], &cfg); err != nil {
-		if errors.Is(err, configs.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "consumer: %v\n", err)
-		os.Exit(2)
-	}
+	configs.MustLoad("consumer", &cfg)
 	log := observe.NewLogger(cfg.Log.Format, cfg.Log.Level, "consumer").With("consumer", cfg.Consumer.ID)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,13 +19,7 @@ import (
 
 func main() {
 	var cfg flushd.Config
-	if err := configs.Load("flushd", os.Args[1:], &cfg); err != nil {
-		if errors.Is(err, configs.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "flushd:", err)
-		os.Exit(2)
-	}
+	configs.MustLoad("flushd", &cfg)
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "flushd:", err)
 		os.Exit(1)

@@ -4,8 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,13 +15,7 @@ import (
 
 func main() {
 	var cfg ingest.Config
-	if err := configs.Load("ingest", os.Args[1:], &cfg); err != nil {
-		if errors.Is(err, configs.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "ingest: bad configuration:", err)
-		os.Exit(2)
-	}
+	configs.MustLoad("ingest", &cfg)
 	log := observe.NewLogger(cfg.Log.Format, cfg.Log.Level, "ingest")
 	// SIGTERM and SIGINT drain: stop reading, wait for acks, confirm, exit 0.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
