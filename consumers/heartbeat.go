@@ -44,7 +44,9 @@ func (s *Service) putHeartbeat(ctx context.Context, draining bool) error {
 	} else {
 		s.m.owned.Set(0)
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A put stuck on a NATS leader that just died must not hold back the
+	// next attempt for long: flushd counts the time between heartbeats.
+	pctx, cancel := context.WithTimeout(ctx, min(max(2*s.cfg.Consumer.HeartbeatInterval, time.Second), 5*time.Second))
 	defer cancel()
 	_, err := s.bus.Consumers.Put(pctx, s.id, fanout.EncodeJSON(hb))
 	return err

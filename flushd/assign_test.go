@@ -102,16 +102,55 @@ func TestLivenessTimesOutAndDrains(t *testing.T) {
 	l := NewLiveness(5 * time.Second)
 	t0 := time.Now()
 	l.Observe(fanout.Heartbeat{Consumer: "a"}, t0)
-	l.Observe(fanout.Heartbeat{Consumer: "b"}, t0)
-	if got := l.Live(t0.Add(4 * time.Second)); len(got) != 2 {
-		t.Fatalf("live = %v", got)
+	for s := 0; s <= 6; s++ { // b beats every second, a never again
+		l.Observe(fanout.Heartbeat{Consumer: "b"}, t0.Add(time.Duration(s)*time.Second))
+		if s == 4 {
+			if got := l.Live(t0.Add(4 * time.Second)); len(got) != 2 {
+				t.Fatalf("live = %v", got)
+			}
+		}
 	}
-	l.Observe(fanout.Heartbeat{Consumer: "b"}, t0.Add(4*time.Second))
 	if got := l.Live(t0.Add(6 * time.Second)); len(got) != 1 || got[0] != "b" {
 		t.Fatalf("live after a's timeout = %v, want [b]", got)
 	}
 	l.Observe(fanout.Heartbeat{Consumer: "b", Draining: true}, t0.Add(6*time.Second))
 	if got := l.Live(t0.Add(6 * time.Second)); len(got) != 0 {
 		t.Fatalf("a draining consumer is live: %v", got)
+	}
+}
+
+// A NATS outage silences every consumer at once; the first heartbeat
+// through afterwards must not make the others look dead.
+func TestLivenessExcusesSilenceOfEveryone(t *testing.T) {
+	l := NewLiveness(5 * time.Second)
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	for s := 0; s <= 10; s++ {
+		for _, c := range []string{"a", "b", "c"} {
+			if excused := l.Observe(fanout.Heartbeat{Consumer: c}, at(float64(s))); excused != 0 {
+				t.Fatalf("regular heartbeats excused %s", excused)
+			}
+		}
+	}
+	if got := l.Live(at(16)); len(got) != 0 {
+		t.Fatalf("live 6s into the silence = %v; nobody has been heard for longer than the timeout", got)
+	}
+	if excused := l.Observe(fanout.Heartbeat{Consumer: "b"}, at(18)); excused != 8*time.Second {
+		t.Fatalf("excused %s, want the 8s silence", excused)
+	}
+	if got := l.Live(at(18)); len(got) != 3 {
+		t.Fatalf("live after the silence = %v, want all three", got)
+	}
+	// a comes back, c does not: c is dead 5s after its last heartbeat,
+	// counting none of the silence.
+	for s := 19; s <= 24; s++ {
+		l.Observe(fanout.Heartbeat{Consumer: "a"}, at(float64(s)))
+		l.Observe(fanout.Heartbeat{Consumer: "b"}, at(float64(s)))
+	}
+	if got := l.Live(at(22.5)); len(got) != 3 {
+		t.Fatalf("live at 22.5s = %v, want c too (4.5s of heard time since its heartbeat)", got)
+	}
+	if got := l.Live(at(23.5)); len(got) != 2 || got[0] != "a" || got[1] != "b" {
+		t.Fatalf("live at 23.5s = %v, want [a b]", got)
 	}
 }

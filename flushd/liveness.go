@@ -9,10 +9,18 @@ import (
 
 // Liveness tracks consumer heartbeats by the time flushd received them, so
 // consumers' clocks do not matter. It is not safe for concurrent use.
+//
+// When no heartbeat at all arrives for longer than half the timeout, the
+// silence says nothing about the consumers: NATS was failing over (the
+// heartbeat bucket had no leader) or flushd was not reading. That time does
+// not count against anyone; otherwise the first consumer to get a heartbeat
+// through after the outage would be handed every partition, and the rest
+// handed back a moment later, each move costing a takeover.
 type Liveness struct {
 	timeout time.Duration
 	seen    map[string]time.Time
 	beats   map[string]fanout.Heartbeat
+	lastAny time.Time // when the last heartbeat from anyone arrived
 }
 
 // NewLiveness declares a consumer dead when no heartbeat arrived for timeout.
@@ -20,10 +28,20 @@ func NewLiveness(timeout time.Duration) *Liveness {
 	return &Liveness{timeout: timeout, seen: map[string]time.Time{}, beats: map[string]fanout.Heartbeat{}}
 }
 
-// Observe records a heartbeat received at now.
-func (l *Liveness) Observe(h fanout.Heartbeat, now time.Time) {
+// Observe records a heartbeat received at now. If it ends a silence of
+// every consumer longer than timeout/2, the silence is excused: each known
+// consumer's last heartbeat moves forward by it, and Observe returns it.
+func (l *Liveness) Observe(h fanout.Heartbeat, now time.Time) (excused time.Duration) {
+	if gap := now.Sub(l.lastAny); !l.lastAny.IsZero() && gap > l.timeout/2 {
+		excused = gap
+		for id, t := range l.seen {
+			l.seen[id] = t.Add(gap)
+		}
+	}
+	l.lastAny = now
 	l.seen[h.Consumer] = now
 	l.beats[h.Consumer] = h
+	return excused
 }
 
 // Forget removes a consumer (its heartbeat key was deleted: it left).

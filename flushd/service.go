@@ -79,14 +79,9 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case e, ok := <-beats.Updates():
-			if !ok {
-				return errors.New("heartbeat watch closed by NATS")
+			if err := s.onHeartbeat(e, ok, &beatsLoaded); err != nil {
+				return err
 			}
-			if e == nil {
-				beatsLoaded = true
-				continue
-			}
-			s.onHeartbeat(e)
 		case e, ok := <-binds.Updates():
 			if !ok {
 				return errors.New("binding watch closed by NATS")
@@ -100,6 +95,11 @@ func (s *Service) Run(ctx context.Context) error {
 			s.readSlotLag(ctx)
 			s.readPartitionLag(ctx)
 		case <-tick.C:
+			// Judge liveness on every heartbeat already received: after a
+			// slow NATS call, some may be waiting in the channel.
+			if err := s.drainHeartbeats(beats, &beatsLoaded); err != nil {
+				return err
+			}
 			if err := s.tick(ctx, beatsLoaded && bindsLoaded); err != nil {
 				failures++
 				s.ready.Set(false, err.Error())
@@ -119,17 +119,47 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Service) onHeartbeat(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
+// onHeartbeat takes one update of the heartbeat watch (ok false: the watch
+// closed; a nil entry: what KV held at the start is all delivered).
+func (s *Service) onHeartbeat(e jetstream.KeyValueEntry, ok bool, loaded *bool) error {
+	switch {
+	case !ok:
+		return errors.New("heartbeat watch closed by NATS")
+	case e == nil:
+		*loaded = true
+		return nil
+	case e.Operation() != jetstream.KeyValuePut:
 		s.live.Forget(e.Key())
-		return
+		return nil
 	}
 	h, err := fanout.DecodeHeartbeat(e.Value())
 	if err != nil {
 		s.log.Warn("ignoring invalid heartbeat", "key", e.Key(), "err", err)
-		return
+		return nil
 	}
-	s.live.Observe(*h, time.Now())
+	if excused := s.live.Observe(*h, time.Now()); excused > 0 {
+		// Nobody could ack either: the stall clock stops too.
+		if !s.oldestSince.IsZero() {
+			s.oldestSince = s.oldestSince.Add(excused)
+		}
+		s.log.Warn("no heartbeat from any consumer arrived for a while (a NATS outage or failover, or flushd was blocked); that time does not count towards the heartbeat timeout or stall grace",
+			"silence", excused.Round(time.Millisecond), "first_back", h.Consumer)
+	}
+	return nil
+}
+
+// drainHeartbeats takes the heartbeat updates that are already waiting.
+func (s *Service) drainHeartbeats(w jetstream.KeyWatcher, loaded *bool) error {
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if err := s.onHeartbeat(e, ok, loaded); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
 }
 
 func (s *Service) onBinding(e jetstream.KeyValueEntry) {
