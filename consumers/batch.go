@@ -41,8 +41,7 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 	if w.stopCtx.Err() != nil {
 		return nil // the partition moved while persisting: the next owner acks
 	}
-	w.ack(msgs)
-	return nil
+	return w.ack(msgs)
 }
 
 // classify decodes a message; a non-empty reason means it must be dead-lettered.
@@ -101,8 +100,9 @@ func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error
 }
 
 // ack acks every message of a persisted batch; the last ack waits for the
-// server, and acks are sent in order, so the batch is acked when it returns.
-func (w *worker) ack(msgs []jetstream.Msg) {
+// server, and acks are sent in order, so the batch is acked when it returns
+// nil. It returns errAckFailed when an ack failed or was not confirmed.
+func (w *worker) ack(msgs []jetstream.Msg) error {
 	for i, m := range msgs {
 		var err error
 		if i == len(msgs)-1 {
@@ -113,7 +113,8 @@ func (w *worker) ack(msgs []jetstream.Msg) {
 			err = m.Ack()
 		}
 		if err != nil {
-			w.log.Warn("ack failed; the fragment stays in the stream and will be redelivered and skipped as a duplicate", "subject", m.Subject(), "err", err)
+			return fmt.Errorf("%w: %s: %w", errAckFailed, m.Subject(), err)
 		}
 	}
+	return nil
 }

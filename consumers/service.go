@@ -217,13 +217,18 @@ func (s *Service) removeShape(handle string) {
 	w.queueRemoval(handle)
 }
 
+// busAttemptTimeout bounds one attempt of retryBus. A JetStream API call
+// answers in milliseconds when the cluster is healthy; one sent to a node
+// that just failed gets no answer at all, and should be sent again soon.
+const busAttemptTimeout = 4 * time.Second
+
 // retryBus calls fn until it succeeds, stop ends, or it has failed for
 // bus_retry_timeout, backing off between attempts.
 func (s *Service) retryBus(stop context.Context, what string, fn func(ctx context.Context) error) error {
 	deadline := time.Now().Add(s.cfg.Consumer.BusRetryTimeout)
 	backoff := 100 * time.Millisecond
 	for {
-		ctx, cancel := context.WithTimeout(stop, 10*time.Second)
+		ctx, cancel := context.WithTimeout(stop, busAttemptTimeout)
 		err := fn(ctx)
 		cancel()
 		if err == nil {

@@ -23,6 +23,9 @@ const ackWait = 30 * time.Second
 // fetchWait bounds one pull, so a worker notices a stop or drain quickly.
 const fetchWait = time.Second
 
+// errAckFailed means a persisted batch may not be fully acked.
+var errAckFailed = errors.New("ack failed")
+
 // errLost means the partition's durable consumer was deleted and the binding
 // no longer names this worker: a newer owner took over.
 var errLost = errors.New("partition taken over by another owner")
@@ -112,30 +115,41 @@ func (w *worker) loop(drain context.Context) error {
 	for drain.Err() == nil && w.stopCtx.Err() == nil {
 		w.applyRemovals(writer)
 		msgs, ferr := w.fetch(cons, drain)
-		if len(msgs) > 0 {
-			next, ok := inSequence(msgs, delivered)
-			if !ok {
-				// A delivery was lost on the way (a pull abandoned while
-				// messages were in flight). Persisting what came after it
-				// would make the lost fragments look like duplicates when
-				// JetStream redelivers them, and they would be skipped:
-				// data loss. Recreate the durable instead: it delivers
-				// every unacked fragment again, in stream order, at once.
-				w.log.Warn("a delivery from JetStream was lost; recreating the partition's consumer to get every unacked fragment again in order",
-					"consumer", w.name, "expected_delivery", delivered+1, "got", next)
-				if cons, err = w.takeConsumer(idle); err != nil {
-					if idle.Err() != nil {
-						return nil
-					}
-					return err
-				}
-				delivered = 0
-				continue
-			}
-			if err := w.handle(writer, msgs); err != nil {
+		// The durable is recreated, which delivers every unacked fragment
+		// again at once and in stream order (the shape logs skip what they
+		// hold), when
+		//   - a delivery was lost on the way (a pull abandoned while
+		//     messages were in flight): persisting what came after it would
+		//     make the lost fragments look like duplicates when JetStream
+		//     redelivers them, and they would be skipped: data loss;
+		//   - an ack may not have reached JetStream, or JetStream counts
+		//     deliveries this worker never got (in flight when a NATS node
+		//     failed): either would hold the safe LSN back until the ack
+		//     wait (30s) redelivers them.
+		renew := ""
+		switch next, ok := inSequence(msgs, delivered); {
+		case !ok:
+			renew = fmt.Sprintf("delivery %d was lost on the way (got %d)", delivered+1, next)
+		case len(msgs) > 0:
+			if err := w.handle(writer, msgs); errors.Is(err, errAckFailed) {
+				renew = err.Error()
+			} else if err != nil {
 				return err
 			}
 			delivered = next
+		case ferr == nil && w.deliveriesLost(cons):
+			renew = "JetStream awaits acks for deliveries this worker never received"
+		}
+		if renew != "" {
+			w.log.Warn("recreating the partition's consumer to get every unacked fragment again at once, in order", "consumer", w.name, "why", renew)
+			if cons, err = w.takeConsumer(idle); err != nil {
+				if idle.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			delivered = 0
+			continue
 		}
 		if ferr == nil {
 			failingSince = time.Time{}
@@ -229,6 +243,19 @@ func (w *worker) fetch(cons jetstream.Consumer, drain context.Context) ([]jetstr
 	// the messages still in flight; they come back only after the ack wait,
 	// and out of order. So a stop or drain waits for the pull (fetchWait).
 	return pull(cons.Fetch(1, jetstream.FetchMaxWait(fetchWait)))
+}
+
+// deliveriesLost reports, after an empty pull, whether the durable awaits
+// acks anyway: a worker acks each batch before it pulls again, so those
+// deliveries never reached it.
+func (w *worker) deliveriesLost(cons jetstream.Consumer) bool {
+	if w.stopCtx.Err() != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(w.stopCtx, 2*time.Second)
+	defer cancel()
+	info, err := cons.Info(ctx)
+	return err == nil && info.NumAckPending > 0
 }
 
 // pull collects the messages of one pull request; the end of the request

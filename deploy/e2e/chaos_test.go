@@ -250,7 +250,13 @@ func (e episode) recoveryWindow() (time.Duration, []string) {
 func (c *chaos) awaitRecovery(ep *episode) {
 	window, terms := ep.recoveryWindow()
 	target := int64(-1)
+	saidLate := false
 	for time.Since(ep.end) < window+2*time.Minute {
+		if !saidLate && time.Since(ep.end) > window {
+			saidLate = true
+			out, errOut, _ := testenv.Run(c.t, "fanoutctl", []string{"status"}, c.s.env...)
+			c.logf("not recovered within %s; fanoutctl status:\n%s%s", window, out, errOut)
+		}
 		if smp, ok := c.s.walSampleQuiet(); ok {
 			switch confirmed := smp.lsn - smp.retained; {
 			case target < 0:
