@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/testenv"
 )
@@ -16,9 +18,7 @@ import (
 func TestPublisher(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	bus := ns.Bus(t)
-	p := NewPublisher(bus.JS, PublisherOptions{MaxInflight: 4, MaxInflightBytes: 1 << 20, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond, Stream: bus.Stream, Failed: bus.Failed},
-		quietLog(), NewMetrics(nil))
-	defer p.Close()
+	p := newTestPublisher(t, bus, PublisherOptions{MaxInflight: 4, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond})
 	ctx := context.Background()
 	tr := NewTracker(0)
 
@@ -65,4 +65,59 @@ func TestPublisher(t *testing.T) {
 	if _, err := bus.Failed.Get(ctx, "sa"); err != nil {
 		t.Fatalf("shape sa not marked failed: %v", err)
 	}
+}
+
+// A NATS restart while publishes are in flight: those pending at the
+// reconnect fail (nats.go fails them with ErrDisconnected) and are sent
+// again, and the stream ends up with every fragment exactly once, in order.
+func TestPublisherResendsWhatWasInFlightAtAReconnect(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	bus := ns.Bus(t)
+	p := newTestPublisher(t, bus, PublisherOptions{MaxInflight: 256, MaxRetries: 30, MaxBackoff: 500 * time.Millisecond})
+	ctx := context.Background()
+	tr := NewTracker(0)
+
+	const n = 3000
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			txn := tr.Begin()
+			f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", Xid: uint32(i), CommitLSN: pglogrepl.LSN(1000 + i), Last: true,
+				Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
+			if err := p.Publish(ctx, txn, 1, f); err != nil {
+				done <- err
+				return
+			}
+			txn.Commit(pglogrepl.LSN(1000 + i))
+		}
+		done <- nil
+	}()
+	testenv.Eventually(t, 30*time.Second, "some publishes acked", func() bool { return tr.Published() > 1000+n/10 })
+	ns.Shutdown()
+	ns.Start(t)
+	if err := <-done; err != nil {
+		t.Fatalf("publish across the restart: %v", err)
+	}
+	testenv.Eventually(t, 30*time.Second, "every publish acked", func() bool { return tr.Published() == 1000+n-1 })
+	if err := p.Err(); err != nil {
+		t.Fatalf("publisher failed: %v", err)
+	}
+	frags := streamFragments(t, bus)
+	if len(frags) != n {
+		t.Fatalf("the stream holds %d fragments, want %d", len(frags), n)
+	}
+	for i, f := range frags {
+		if f.Xid != uint32(i) {
+			t.Fatalf("fragment %d in the stream is transaction %d: out of order or duplicated", i, f.Xid)
+		}
+	}
+}
+
+// newTestPublisher starts a publisher on bus with opts (1 MB in flight at
+// most), closed when the test ends.
+func newTestPublisher(t *testing.T, bus *fanout.Bus, opts PublisherOptions) *Publisher {
+	opts.MaxInflightBytes, opts.Stream, opts.Failed = 1<<20, bus.Stream, bus.Failed
+	p := NewPublisher(bus.JS, opts, quietLog(), NewMetrics(nil))
+	t.Cleanup(p.Close)
+	return p
 }

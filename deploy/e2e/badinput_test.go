@@ -489,6 +489,13 @@ func startSecureNATS(t *testing.T, certFile, keyFile string) (host string, port 
 		TLSConfig: tc, TLS: true, TLSTimeout: 2,
 		Username: "fanout", Password: natsPassword,
 	}
+	addr := runNATS(t, opts).Addr().(*net.TCPAddr)
+	return "127.0.0.1", addr.Port
+}
+
+// runNATS starts an embedded NATS server, stopped when the test ends.
+func runNATS(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -496,10 +503,9 @@ func startSecureNATS(t *testing.T, certFile, keyFile string) (host string, port 
 	go srv.Start()
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	if !srv.ReadyForConnections(30 * time.Second) {
-		t.Fatal("TLS NATS server not ready in 30s")
+		t.Fatal("embedded NATS server not ready in 30s")
 	}
-	addr := srv.Addr().(*net.TCPAddr)
-	return "127.0.0.1", addr.Port
+	return srv
 }
 
 // withEnv returns env with key set to value (replaced if present).
@@ -548,13 +554,32 @@ func TestNATSTLSAndAuth(t *testing.T) {
 		t.Errorf("fanoutctl printed the NATS password: %q", errOut)
 	}
 	// A wrong password: refused, and said so.
-	badPass := withEnv(s.env, "FANOUT_NATS_URL", fmt.Sprintf("tls://fanout:wrong@%s:%d", host, port))
-	p := testenv.StartProcess(t, "flushd-bad-password", "flushd", nil, badPass...)
-	if err := p.Wait(20 * time.Second); err == nil || !strings.Contains(p.Output(), "refused the credentials") {
-		t.Errorf("flushd with a wrong password: exit %v, want an error saying the credentials were refused:\n%s", err, tail(p.Output(), 1500))
-	}
+	expectCredentialsRefused(t, "flushd-bad-password", withEnv(s.env, "FANOUT_NATS_URL", fmt.Sprintf("tls://fanout:wrong@%s:%d", host, port)))
 
 	// With the CA and the password: the whole pipeline works.
+	s.runSmallPipeline()
+	for name, p := range s.procs {
+		if strings.Contains(p.Output(), natsPassword) {
+			t.Errorf("%s printed the NATS password", name)
+		}
+	}
+}
+
+// expectCredentialsRefused starts flushd with env and checks that it exits
+// with an error saying NATS refused its credentials.
+func expectCredentialsRefused(t *testing.T, name string, env []string) {
+	t.Helper()
+	p := testenv.StartProcess(t, name, "flushd", nil, env...)
+	if err := p.Wait(20 * time.Second); err == nil || !strings.Contains(p.Output(), "refused the credentials") {
+		t.Errorf("%s: exit %v, want an error saying the credentials were refused:\n%s", name, err, tail(p.Output(), 1500))
+	}
+}
+
+// runSmallPipeline starts flushd, one consumer and ingest, commits 200
+// inserts and an update under two shapes, and waits until both shape logs
+// equal their queries.
+func (s *stack) runSmallPipeline() {
+	s.t.Helper()
 	s.exec(itemsTable)
 	defs := []shapeDef{s.addShape("public.items", "owner = 1"), s.addShape("public.items", "", "id", "title")}
 	s.startFlushd()
@@ -564,11 +589,6 @@ func TestNATSTLSAndAuth(t *testing.T) {
 	s.exec(`INSERT INTO items SELECT g, g % 3, 't' || g, NULL FROM generate_series(1, 200) g`)
 	s.exec(`UPDATE items SET owner = 1 WHERE id % 5 = 0`)
 	s.settle(defs)
-	for name, p := range s.procs {
-		if strings.Contains(p.Output(), natsPassword) {
-			t.Errorf("%s printed the NATS password", name)
-		}
-	}
 }
 
 // TestBadInputStreamFull bounds the FANOUT stream (bus.max_bytes) and runs

@@ -5,15 +5,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
-
-	"github.com/fanout/pipeline/fanout/testenv"
 )
 
 // TestNATSCredsFile runs the pipeline against a NATS server in operator
@@ -29,21 +25,8 @@ func TestNATSCredsFile(t *testing.T) {
 	url := startOperatorNATS(t, op, trusted)
 	s.env = withEnv(withEnv(s.env, "FANOUT_NATS_URL", url), "FANOUT_NATS_CREDS_FILE", trusted.userCreds(t, dir, "fanout"))
 
-	bad := withEnv(s.env, "FANOUT_NATS_CREDS_FILE", untrusted.userCreds(t, dir, "stranger"))
-	p := testenv.StartProcess(t, "flushd-untrusted", "flushd", nil, bad...)
-	if err := p.Wait(20 * time.Second); err == nil || !strings.Contains(p.Output(), "refused the credentials") {
-		t.Errorf("flushd with an untrusted creds file: exit %v, want an error saying the credentials were refused:\n%s", err, tail(p.Output(), 1500))
-	}
-
-	s.exec(itemsTable)
-	defs := []shapeDef{s.addShape("public.items", "owner = 1"), s.addShape("public.items", "", "id", "title")}
-	s.startFlushd()
-	s.startConsumer("c1")
-	s.startIngest()
-	s.waitSlot()
-	s.exec(`INSERT INTO items SELECT g, g % 3, 't' || g, NULL FROM generate_series(1, 200) g`)
-	s.exec(`UPDATE items SET owner = 1 WHERE id % 5 = 0`)
-	s.settle(defs)
+	expectCredentialsRefused(t, "flushd-untrusted-creds", withEnv(s.env, "FANOUT_NATS_CREDS_FILE", untrusted.userCreds(t, dir, "stranger")))
+	s.runSmallPipeline()
 }
 
 // testOperator is an operator signing key, its claims and its system
@@ -142,14 +125,5 @@ func startOperatorNATS(t *testing.T, op *testOperator, accounts ...*testAccount)
 		SystemAccount:    op.system.pub,
 		AccountResolver:  resolver,
 	}
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(30 * time.Second) {
-		t.Fatal("operator-mode NATS server not ready in 30s")
-	}
-	return fmt.Sprintf("nats://%s", srv.Addr().(*net.TCPAddr).String())
+	return fmt.Sprintf("nats://%s", runNATS(t, opts).Addr().(*net.TCPAddr).String())
 }
