@@ -32,6 +32,7 @@ type Router struct {
 	metrics    *Metrics
 	log        *slog.Logger
 	tx         *openTxn
+	routed     []routedChange // one change's shapes, reused: no allocation per change
 }
 
 type openTxn struct {
@@ -88,9 +89,12 @@ func (r *Router) Change(ctx context.Context, c match.RowChange) error {
 		return fmt.Errorf("pgoutput change of %s outside a transaction (protocol violation; ingest restarts from the slot)", c.Table)
 	}
 	r.metrics.Changes.Inc()
-	var routed []routedChange
+	routed := r.routed[:0]
 	r.reg.Route(c, func(s *fanout.Shape, ch fanout.Change) { routed = append(routed, routedChange{s, ch}) })
-	return r.add(ctx, routed)
+	err := r.add(ctx, routed)
+	clear(routed) // the buffers hold what they need; keep no rows alive here
+	r.routed = routed
+	return err
 }
 
 // Truncate implements Handler: every shape of each table is emptied.

@@ -1,6 +1,7 @@
 package match
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/fanout/pipeline/fanout"
@@ -11,6 +12,10 @@ import (
 // (column, value); the rest sit on the table's scan list. A row change
 // evaluates only the shapes in the buckets of its own values plus the scan
 // list, so the cost of equality filters does not grow with their number.
+// A shape whose whole where clause is one such equality (the common case,
+// `owner = 7`) keeps no compiled predicate: finding it in its value's bucket
+// is the answer, which saves its memory and, at hundreds of thousands of
+// shapes, the cache misses of evaluating it.
 
 // tableIndex holds the shapes of one table.
 type tableIndex struct {
@@ -47,30 +52,153 @@ func (t *tableIndex) share(s *fanout.Shape) {
 }
 
 // columnIndex is the buckets of one column compared in one domain.
+// Integer-like domains key their buckets by the value itself: no string to
+// hash or to follow when comparing keys, and a smaller map slot.
 type columnIndex struct {
-	col     string
-	kind    kind
-	dom     domain
-	buckets map[string][]*entry
-	n       int
+	col   string
+	kind  kind
+	dom   domain
+	ints  shapesByKey[int64]  // dInt, dBool, dTime
+	texts shapesByKey[string] // the other domains
+	n     int
 }
 
-// entry is one registered shape and its place in the index.
+func newColumnIndex(col string, k kind, d domain) *columnIndex {
+	return &columnIndex{col: col, kind: k, dom: d, ints: newShapesByKey[int64](), texts: newShapesByKey[string]()}
+}
+
+func (ci *columnIndex) intKeyed() bool { return ci.dom == dInt || ci.dom == dBool || ci.dom == dTime }
+
+// add puts e in k's bucket and returns its position there.
+func (ci *columnIndex) add(k indexKey, e *entry) int {
+	if ci.intKeyed() {
+		return ci.ints.add(k.i, e)
+	}
+	return ci.texts.add(k.s, e)
+}
+
+// removeAt takes position i out of k's bucket, moving the bucket's last
+// shape into it; it returns the moved shape.
+func (ci *columnIndex) removeAt(k indexKey, i int) *entry {
+	if ci.intKeyed() {
+		return ci.ints.removeAt(k.i, i)
+	}
+	return ci.texts.removeAt(k.s, i)
+}
+
+// visit visits the shapes of k's bucket, decided by the index when their
+// where clause is that one equality.
+func (ci *columnIndex) visit(k indexKey, visit func(e *entry, known bool)) {
+	if ci.intKeyed() {
+		ci.ints.each(k.i, visit)
+	} else {
+		ci.texts.each(k.s, visit)
+	}
+}
+
+// visitAll visits every shape indexed on ci, undecided.
+func (ci *columnIndex) visitAll(visit func(e *entry, known bool)) {
+	ci.ints.all(visit)
+	ci.texts.all(visit)
+}
+
+// shapesByKey is the buckets of one column index. Most keys have one shape:
+// it sits in first, in the map's slot itself (16 bytes for an integer key),
+// which saves memory and a cache miss per lookup. The other shapes of a key
+// that several shapes share sit in more, positions 1, 2, ... of its bucket.
+type shapesByKey[K comparable] struct {
+	first map[K]*entry
+	more  map[K][]*entry
+}
+
+func newShapesByKey[K comparable]() shapesByKey[K] {
+	return shapesByKey[K]{first: map[K]*entry{}, more: map[K][]*entry{}}
+}
+
+func (m shapesByKey[K]) add(k K, e *entry) int {
+	if _, ok := m.first[k]; !ok {
+		m.first[k] = e
+		return 0
+	}
+	m.more[k] = append(m.more[k], e)
+	return len(m.more[k])
+}
+
+func (m shapesByKey[K]) removeAt(k K, i int) *entry {
+	more := m.more[k]
+	if len(more) == 0 {
+		moved := m.first[k]
+		delete(m.first, k)
+		return moved
+	}
+	moved := more[len(more)-1]
+	if i == 0 {
+		m.first[k] = moved
+	} else {
+		more[i-1] = moved
+	}
+	more[len(more)-1] = nil
+	if more = more[:len(more)-1]; len(more) == 0 {
+		delete(m.more, k)
+	} else {
+		m.more[k] = more
+	}
+	return moved
+}
+
+func (m shapesByKey[K]) each(k K, visit func(e *entry, known bool)) {
+	e, ok := m.first[k]
+	if !ok {
+		return
+	}
+	visit(e, e.pred == nil)
+	if len(m.more) == 0 {
+		return // no key has a second shape: save the lookup
+	}
+	for _, e := range m.more[k] {
+		visit(e, e.pred == nil)
+	}
+}
+
+func (m shapesByKey[K]) all(visit func(e *entry, known bool)) {
+	for _, e := range m.first {
+		visit(e, false)
+	}
+	for _, more := range m.more {
+		for _, e := range more {
+			visit(e, false)
+		}
+	}
+}
+
+// entry is one registered shape and its place in the index. Route reads the
+// first four words of every shape it finds; they share a cache line.
 type entry struct {
 	shape *fanout.Shape
-	pred  *Predicate
-	proj  []string // projected columns, primary key included; nil: every column
-	mark  uint64   // the Route call that last collected it (dedup without a set)
+	// pred is nil when the where clause is exactly one indexed equality:
+	// then the shape's keys alone decide (see decide).
+	pred *Predicate
+	mark uint64   // the Route call that last collected it (dedup without a set)
+	proj []string // projected columns, primary key included; nil: every column
 
 	allPos  int
 	scanPos int          // -1 when indexed
 	col     *columnIndex // nil when on the scan list
-	keys    []string
-	slots   []int // position in col.buckets[keys[i]]
+	keys    []posting
+}
+
+// posting is one key of an indexed shape and its position in that key's bucket.
+type posting struct {
+	key  indexKey
+	slot int
 }
 
 // equalityConjuncts finds the top-level conjuncts the index can use.
 func equalityConjuncts(root node) []eqConjunct {
+	if eq, ok := asEquality(root); ok {
+		eq.whole = true
+		return []eqConjunct{eq}
+	}
 	var out []eqConjunct
 	var walk func(n node)
 	walk = func(n node) {
@@ -107,12 +235,12 @@ func asEquality(n node) (eqConjunct, bool) {
 		}
 		eq := eqConjunct{col: col.col, kind: col.kind, dom: col.dom}
 		if !cst.cnull { // col = NULL is never true: no keys, never a candidate
-			eq.keys = []string{key(col.dom, cst.c)}
+			eq.keys = []indexKey{key(col.dom, cst.c)}
 		}
 		return eq, true
 	case *orNode:
 		var out eqConjunct
-		seen := map[string]bool{}
+		seen := map[indexKey]bool{}
 		for i, a := range x.args {
 			eq, ok := asEquality(a)
 			if !ok || (i > 0 && (eq.col != out.col || eq.dom != out.dom || eq.kind != out.kind)) {
@@ -133,13 +261,14 @@ func asEquality(n node) (eqConjunct, bool) {
 		if x.x.col == "" {
 			return eqConjunct{}, false
 		}
-		return eqConjunct{col: x.x.col, kind: x.x.kind, dom: dBool, keys: []string{key(dBool, val{i: 1})}}, true
+		return eqConjunct{col: x.x.col, kind: x.x.kind, dom: dBool, keys: []indexKey{key(dBool, val{i: 1})}}, true
 	}
 	return eqConjunct{}, false
 }
 
 // insert places e in t: in the buckets of its most selective equality
-// conjunct (fewest values), else on the scan list.
+// conjunct (fewest values), else on the scan list. When that conjunct is
+// the whole where clause, e keeps no predicate: its keys decide.
 func (t *tableIndex) insert(e *entry) {
 	e.allPos = len(t.all)
 	t.all = append(t.all, e)
@@ -149,19 +278,24 @@ func (t *tableIndex) insert(e *entry) {
 			best = eq
 		}
 	}
-	e.pred.eqs = nil // only needed here; the chosen keys stay in e.keys
 	if best == nil {
+		e.pred.eqs = nil // only needed here
 		e.scanPos = len(t.scan)
 		t.scan = append(t.scan, e)
 		return
 	}
+	eq := *best
+	if eq.whole {
+		e.pred = nil
+	} else {
+		e.pred.eqs = nil
+	}
 	e.scanPos = -1
-	ci := t.column(best.col, best.kind, best.dom)
-	e.col, e.keys = ci, best.keys
-	e.slots = make([]int, len(best.keys))
-	for i, k := range best.keys {
-		e.slots[i] = len(ci.buckets[k])
-		ci.buckets[k] = append(ci.buckets[k], e)
+	ci := t.column(eq.col, eq.kind, eq.dom)
+	e.col = ci
+	e.keys = make([]posting, len(eq.keys))
+	for i, k := range eq.keys {
+		e.keys[i] = posting{key: k, slot: ci.add(k, e)}
 	}
 	ci.n++
 }
@@ -173,7 +307,7 @@ func (t *tableIndex) column(col string, k kind, d domain) *columnIndex {
 			return ci
 		}
 	}
-	ci := &columnIndex{col: col, kind: k, dom: d, buckets: map[string][]*entry{}}
+	ci := newColumnIndex(col, k, d)
 	t.cols = append(t.cols, ci)
 	return ci
 }
@@ -182,30 +316,18 @@ func (t *tableIndex) column(col string, k kind, d domain) *columnIndex {
 func (t *tableIndex) remove(e *entry) {
 	last := t.all[len(t.all)-1]
 	t.all[e.allPos], last.allPos = last, e.allPos
+	t.all[len(t.all)-1] = nil
 	t.all = t.all[:len(t.all)-1]
 	if e.col == nil {
 		last := t.scan[len(t.scan)-1]
 		t.scan[e.scanPos], last.scanPos = last, e.scanPos
+		t.scan[len(t.scan)-1] = nil
 		t.scan = t.scan[:len(t.scan)-1]
 		return
 	}
 	ci := e.col
-	for i, k := range e.keys {
-		b := ci.buckets[k]
-		pos := e.slots[i]
-		moved := b[len(b)-1]
-		b[pos] = moved
-		for j, mk := range moved.keys {
-			if mk == k {
-				moved.slots[j] = pos
-			}
-		}
-		b[len(b)-1] = nil
-		if b = b[:len(b)-1]; len(b) == 0 {
-			delete(ci.buckets, k)
-		} else {
-			ci.buckets[k] = b
-		}
+	for _, p := range e.keys {
+		ci.unlink(p)
 	}
 	if ci.n--; ci.n == 0 {
 		for i, x := range t.cols {
@@ -218,18 +340,26 @@ func (t *tableIndex) remove(e *entry) {
 	e.col = nil
 }
 
+// unlink removes the shape at p from its bucket; the shape moved into its
+// slot learns its new position.
+func (ci *columnIndex) unlink(p posting) {
+	moved := ci.removeAt(p.key, p.slot)
+	for i := range moved.keys {
+		if moved.keys[i].key == p.key {
+			moved.keys[i].slot = p.slot
+		}
+	}
+}
+
 // collect calls visit for every shape of t that row could match: the
 // buckets of row's values, every indexed shape of a column row lacks (its
-// value is unknown), and the scan list.
-func (t *tableIndex) collect(row fanout.Row, visit func(*entry)) {
+// value is unknown), and the scan list. known is true when the index has
+// decided that the shape matches row (see decide).
+func (t *tableIndex) collect(row fanout.Row, visit func(e *entry, known bool)) {
 	for _, ci := range t.cols {
 		p, present := row[ci.col]
 		if !present {
-			for _, b := range ci.buckets {
-				for _, e := range b {
-					visit(e)
-				}
-			}
+			ci.visitAll(visit)
 			continue
 		}
 		if p == nil {
@@ -238,18 +368,35 @@ func (t *tableIndex) collect(row fanout.Row, visit func(*entry)) {
 		v, err := convert(*p, ci.kind, ci.dom)
 		if err != nil {
 			// An unreadable value: let the full evaluation decide and report it.
-			for _, b := range ci.buckets {
-				for _, e := range b {
-					visit(e)
-				}
-			}
+			ci.visitAll(visit)
 			continue
 		}
-		for _, e := range ci.buckets[key(ci.dom, v)] {
-			visit(e)
-		}
+		ci.visit(key(ci.dom, v), visit)
 	}
 	for _, e := range t.scan {
-		visit(e)
+		visit(e, false)
 	}
+}
+
+// decide evaluates the where clause of a shape without a predicate (one
+// equality: col = c, col IN (...) or a bare boolean column) on row: TRUE
+// only when row's value of col has one of the shape's keys. A missing or
+// NULL value is not TRUE; an unreadable one counts as NULL and is returned
+// as an error, as Predicate.EvalErr does.
+func (e *entry) decide(row fanout.Row) (bool, error) {
+	p := row[e.col.col]
+	if p == nil {
+		return false, nil
+	}
+	v, err := convert(*p, e.col.kind, e.col.dom)
+	if err != nil {
+		return false, fmt.Errorf("column %q: row value %w", e.col.col, err)
+	}
+	k := key(e.col.dom, v)
+	for _, p := range e.keys {
+		if p.key == k {
+			return true, nil
+		}
+	}
+	return false, nil
 }

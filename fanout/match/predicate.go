@@ -13,12 +13,14 @@ type Predicate struct {
 }
 
 // eqConjunct is a top-level `col = constant` or `col IN (constants)`: a row
-// can only match when its col has one of keys (in domain dom).
+// can only match when its col has one of keys (in domain dom). When whole,
+// the conjunct is the entire clause: a row matches exactly then.
 type eqConjunct struct {
-	col  string
-	kind kind
-	dom  domain
-	keys []string
+	col   string
+	kind  kind
+	dom   domain
+	keys  []indexKey
+	whole bool
 }
 
 // Eval reports whether row satisfies the clause: true only when the clause

@@ -35,9 +35,9 @@ type Registry struct {
 	tables map[string]*tableIndex
 	onErr  func(s *fanout.Shape, err error)
 
-	visit uint64   // generation of the current Route call, for entry.mark
-	cand  []*entry // reused candidate list
-	evals int      // predicate evaluations so far (tests check the index with it)
+	visit    uint64      // generation of the current Route call, for entry.mark
+	cand     []candidate // reused candidate list
+	examined int         // shapes decided so far, by the index or by evaluation (tests check the index with it)
 }
 
 // Option configures a Registry.

@@ -32,80 +32,104 @@ func (r *Registry) Route(c RowChange, emit func(s *fanout.Shape, ch fanout.Chang
 	}
 	switch c.Op {
 	case fanout.OpInsert:
-		for _, e := range r.candidates(t, c.New, nil) {
-			if r.eval(e, c.New) {
-				emit(e.shape, fanout.Change{Op: fanout.OpInsert, Row: e.project(c.New)})
-			}
-		}
+		r.routeInsert(t, c.New, emit)
 	case fanout.OpDelete:
-		var cands []*entry
-		if c.Old == nil {
-			cands = t.all
-		} else {
-			cands = r.candidates(t, c.Old, nil)
-		}
-		for _, e := range cands {
-			if !e.pred.covers(c.Old) || r.eval(e, c.Old) {
-				emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: e.key(c.Old)})
-			}
-		}
+		r.routeDelete(t, c.Old, emit)
 	case fanout.OpUpdate:
 		r.routeUpdate(t, c, emit)
 	}
 }
 
+func (r *Registry) routeInsert(t *tableIndex, row fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
+	for _, cd := range r.candidates(t, row, nil) {
+		if r.matches(cd, row) {
+			emit(cd.shape, fanout.Change{Op: fanout.OpInsert, Row: cd.project(row)})
+		}
+	}
+}
+
+func (r *Registry) routeDelete(t *tableIndex, old fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
+	if old == nil {
+		for _, e := range t.all {
+			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: e.key(old)})
+		}
+		return
+	}
+	for _, cd := range r.candidates(t, old, nil) {
+		if !cd.covers(old) || r.matches(cd, old) {
+			emit(cd.shape, fanout.Change{Op: fanout.OpDelete, Old: cd.key(old)})
+		}
+	}
+}
+
 func (r *Registry) routeUpdate(t *tableIndex, c RowChange, emit func(s *fanout.Shape, ch fanout.Change)) {
 	newRow := withUnchanged(c.New, c.Old)
-	cands := t.all // without the old row, any shape may have held it
-	if c.Old != nil {
-		cands = r.candidates(t, newRow, c.Old)
+	if c.Old == nil { // without the old row, any shape may have held it
+		for _, e := range t.all {
+			r.updateShape(e, c.Old, newRow, emit)
+		}
+		return
 	}
-	for _, e := range cands {
-		newIn := r.eval(e, newRow)
-		// oldKey is where the row sat: the old key if Old has it (the key
-		// may have changed), else the new row's key.
-		oldKey, keyChanged := e.key(newRow), false
-		if c.Old != nil && e.hasKey(c.Old) {
-			oldKey = e.key(c.Old)
-			keyChanged = !sameValues(oldKey, e.key(newRow))
-		}
-		if !e.pred.covers(c.Old) {
-			if newIn {
-				ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow)}
-				if keyChanged {
-					ch.Old = oldKey
-				}
-				emit(e.shape, ch)
-			} else {
-				emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
-			}
-			continue
-		}
-		oldIn := r.eval(e, c.Old)
-		switch {
-		case oldIn && newIn:
+	for _, cd := range r.candidates(t, newRow, c.Old) {
+		r.updateShape(cd.entry, c.Old, newRow, emit)
+	}
+}
+
+// updateShape routes an update of old (nil when unknown) to newRow to e's
+// shape: an update, a move in or a move out.
+func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
+	newIn := r.eval(e, newRow)
+	// oldKey is where the row sat: the old key if old has it (the key may
+	// have changed), else the new row's key.
+	oldKey, keyChanged := e.key(newRow), false
+	if old != nil && e.hasKey(old) {
+		oldKey = e.key(old)
+		keyChanged = !sameValues(oldKey, e.key(newRow))
+	}
+	if !e.covers(old) {
+		if newIn {
 			ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow)}
 			if keyChanged {
 				ch.Old = oldKey
 			}
 			emit(e.shape, ch)
-		case newIn:
-			emit(e.shape, fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)})
-		case oldIn:
+		} else {
 			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
 		}
+		return
 	}
+	oldIn := r.eval(e, old)
+	switch {
+	case oldIn && newIn:
+		ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow)}
+		if keyChanged {
+			ch.Old = oldKey
+		}
+		emit(e.shape, ch)
+	case newIn:
+		emit(e.shape, fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)})
+	case oldIn:
+		emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
+	}
+}
+
+// candidate is a shape a row could match. known: the index has already
+// decided that it matches (see tableIndex.collect).
+type candidate struct {
+	*entry
+	known bool
 }
 
 // candidates collects, without duplicates, the shapes of t that a or b
 // (either may be nil) could match, into a list reused by the next call.
-func (r *Registry) candidates(t *tableIndex, a, b fanout.Row) []*entry {
+// known is kept only for one row: with two it would not say which matched.
+func (r *Registry) candidates(t *tableIndex, a, b fanout.Row) []candidate {
 	r.visit++
 	r.cand = r.cand[:0]
-	visit := func(e *entry) {
+	visit := func(e *entry, known bool) {
 		if e.mark != r.visit {
 			e.mark = r.visit
-			r.cand = append(r.cand, e)
+			r.cand = append(r.cand, candidate{e, known && b == nil})
 		}
 	}
 	if a != nil {
@@ -117,12 +141,38 @@ func (r *Registry) candidates(t *tableIndex, a, b fanout.Row) []*entry {
 	return r.cand
 }
 
+// matches reports whether cd's shape matches row, from the index when it knows.
+func (r *Registry) matches(cd candidate, row fanout.Row) bool {
+	if cd.known {
+		r.examined++
+		return true
+	}
+	return r.eval(cd.entry, row)
+}
+
+// eval evaluates e's where clause on row.
 func (r *Registry) eval(e *entry, row fanout.Row) bool {
-	r.evals++
-	ok, err := e.pred.EvalErr(row)
+	r.examined++
+	var ok bool
+	var err error
+	if e.pred == nil {
+		ok, err = e.decide(row)
+	} else {
+		ok, err = e.pred.EvalErr(row)
+	}
 	if err != nil {
 		r.onErr(e.shape, err)
 	}
+	return ok
+}
+
+// covers reports whether row holds every column e's where clause reads, so
+// that evaluating it gives the real answer.
+func (e *entry) covers(row fanout.Row) bool {
+	if e.pred != nil {
+		return e.pred.covers(row)
+	}
+	_, ok := row[e.col.col]
 	return ok
 }
 

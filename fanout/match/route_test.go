@@ -275,21 +275,21 @@ func TestIndexTouchesOnlyMatchingShapes(t *testing.T) {
 	if err := r.Add(shape("scan", "title LIKE 'a%'")); err != nil {
 		t.Fatal(err)
 	}
-	before := r.evals
+	before := r.examined
 	got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: item(1, 4242, "abc")})
 	if want := []string{"s4242 insert row" + full(1, 4242, "abc"), "scan insert row" + full(1, 4242, "abc")}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v want %v", got, want)
 	}
-	if evals := r.evals - before; evals != 2 {
-		t.Fatalf("insert evaluated %d predicates, want 2 (its bucket and the scan list)", evals)
+	if evals := r.examined - before; evals != 2 {
+		t.Fatalf("insert examined %d shapes, want 2 (its bucket and the scan list)", evals)
 	}
-	before = r.evals
+	before = r.examined
 	got = route(t, r, RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: item(1, 10, "x"), New: item(1, 20, "x")})
 	if want := []string{"s10 delete old{id=1}", "s20 insert row" + full(1, 20, "x")}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v want %v", got, want)
 	}
-	if evals := r.evals - before; evals != 6 { // 3 candidates, old and new row each
-		t.Fatalf("update evaluated %d predicates, want 6", evals)
+	if evals := r.examined - before; evals != 6 { // 3 candidates, old and new row each
+		t.Fatalf("update examined %d shapes, want 6", evals)
 	}
 	for i := 0; i < n; i += 2 {
 		r.Remove(fmt.Sprintf("s%d", i))
@@ -334,3 +334,38 @@ func benchRoute(b *testing.B, n int) {
 // BenchmarkRoute1K and BenchmarkRoute300K should cost the same per change.
 func BenchmarkRoute1K(b *testing.B)   { benchRoute(b, 1_000) }
 func BenchmarkRoute300K(b *testing.B) { benchRoute(b, 300_000) }
+
+// TestIndexDecidesOneEquality: a shape whose where clause is one equality
+// keeps no predicate, and its keys give the predicate's answer (and error)
+// on every row, NULLs, missing and unreadable values included.
+func TestIndexDecidesOneEquality(t *testing.T) {
+	wheres := []string{"owner = 7", "owner IN (1, 7, NULL)", "owner = NULL", "flag", "flag = false",
+		"title = 'x'", "price = 1.5", "owner = 7.0", "created = '2024-01-02 05:04:05+02'"}
+	rows := []fanout.Row{item(1, 7, "x"), item(1, 1, "y"), item(1, 8, "-"), without(item(1, 7, "x"), "owner"),
+		{"id": str("1"), "owner": nil, "flag": nil, "price": nil, "title": nil, "created": nil}}
+	odd := item(1, 7, "x")
+	odd["owner"], odd["flag"], odd["price"], odd["created"] = str("seven"), str("maybe"), str("1.50"), str("2024-01-02 03:04:05+00")
+	rows = append(rows, odd)
+	for i, w := range wheres {
+		r := NewRegistry()
+		if err := r.Add(shape("a", w)); err != nil {
+			t.Fatal(err)
+		}
+		e := r.shapes["a"]
+		if e.pred != nil {
+			t.Errorf("%q keeps a predicate; the index should decide", w)
+			continue
+		}
+		p, err := Compile(w, itemsSchema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, row := range rows {
+			got, gotErr := e.decide(row)
+			want, wantErr := p.EvalErr(row)
+			if got != want || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Errorf("%d %q on row %d %s: index says %v (%v), predicate %v (%v)", i, w, j, render(row), got, gotErr, want, wantErr)
+			}
+		}
+	}
+}

@@ -108,31 +108,48 @@ func compare(d domain, a, b val) int {
 	}
 }
 
-// key is the equality-index key of v: equal values in d have equal keys.
-func key(d domain, v val) string {
+// indexKey is the equality-index key of a value: equal values in a domain
+// have equal keys, and unequal values different ones. Integer-like domains
+// keep the value itself, so finding a bucket neither formats a string nor
+// follows a pointer to compare keys; the other domains keep a canonical text.
+type indexKey struct {
+	i int64
+	s string
+}
+
+// String renders k for messages.
+func (k indexKey) String() string {
+	if k.s == "" {
+		return strconv.FormatInt(k.i, 10)
+	}
+	return k.s
+}
+
+// key is the equality-index key of v in domain d.
+func key(d domain, v val) indexKey {
 	switch d {
 	case dInt, dBool, dTime:
-		return strconv.FormatInt(v.i, 10)
+		return indexKey{i: v.i}
 	case dNumeric:
 		switch v.n.special {
 		case 2:
-			return "NaN"
+			return indexKey{s: "NaN"}
 		case 1:
-			return "Infinity"
+			return indexKey{s: "Infinity"}
 		case -1:
-			return "-Infinity"
+			return indexKey{s: "-Infinity"}
 		}
-		return v.n.r.RatString()
+		return indexKey{s: v.n.r.RatString()}
 	case dFloat:
 		if math.IsNaN(v.f) {
-			return "NaN"
+			return indexKey{s: "NaN"}
 		}
 		if v.f == 0 {
-			return "0" // -0 = 0
+			return indexKey{s: "0"} // -0 = 0
 		}
-		return strconv.FormatFloat(v.f, 'g', -1, 64)
+		return indexKey{s: strconv.FormatFloat(v.f, 'g', -1, 64)}
 	default:
-		return v.s
+		return indexKey{s: v.s}
 	}
 }
 
@@ -188,8 +205,7 @@ func (n num) float() float64 {
 }
 
 func parseInt(s string, k kind) (int64, error) {
-	bits := map[kind]int{kInt2: 16, kInt4: 32, kInt8: 64}[k]
-	i, err := strconv.ParseInt(strings.TrimSpace(s), 10, bits)
+	i, err := strconv.ParseInt(strings.TrimSpace(s), 10, intBits(k))
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
 			return 0, fmt.Errorf("%q is out of range for type %s", s, k)
@@ -197,6 +213,17 @@ func parseInt(s string, k kind) (int64, error) {
 		return 0, fmt.Errorf("%q is not a valid %s", s, k)
 	}
 	return i, nil
+}
+
+// intBits is the size of an integer kind (a switch: parseInt runs per row value).
+func intBits(k kind) int {
+	switch k {
+	case kInt2:
+		return 16
+	case kInt4:
+		return 32
+	}
+	return 64
 }
 
 // maxNumericExponent bounds the exponent of numeric input, so that a literal
