@@ -319,6 +319,12 @@ func benchRoute(b *testing.B, n int) {
 	for i := range rows {
 		rows[i] = item(i, rand.Intn(n), "abc")
 	}
+	routeInserts(b, r, rows)
+}
+
+// routeInserts routes b.N inserts of rows, in turn, through r, each of
+// which must reach exactly one shape.
+func routeInserts(b *testing.B, r *Registry, rows []fanout.Row) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	emitted := 0

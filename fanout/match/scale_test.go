@@ -68,16 +68,7 @@ func BenchmarkRouteOwners(b *testing.B) {
 				ownerRegistries[c.shapes] = r
 			}
 			rows := ownerRows(4096, c.owners, c.shapes)
-			b.ReportAllocs()
-			b.ResetTimer()
-			emitted := 0
-			for i := 0; i < b.N; i++ {
-				r.Route(RowChange{Table: "public.items", Op: fanout.OpInsert, New: rows[i%len(rows)]},
-					func(*fanout.Shape, fanout.Change) { emitted++ })
-			}
-			if emitted != b.N {
-				b.Fatalf("emitted %d for %d inserts", emitted, b.N)
-			}
+			routeInserts(b, r, rows)
 			b.ReportMetric(float64(distinctOwners(rows)), "shapes-touched")
 		})
 	}
