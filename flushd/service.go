@@ -137,10 +137,15 @@ func (s *Service) onHeartbeat(e jetstream.KeyValueEntry, ok bool, loaded *bool) 
 		s.log.Warn("ignoring invalid heartbeat", "key", e.Key(), "err", err)
 		return nil
 	}
-	if excused := s.live.Observe(*h, time.Now()); excused > 0 {
-		// Nobody could ack either: the stall clock stops too.
+	now := time.Now()
+	if excused := s.live.Observe(*h, now); excused > 0 {
+		// Nobody could ack either: the stall clock stops too, for the part
+		// of the silence since the oldest fragment became the oldest.
 		if !s.oldestSince.IsZero() {
 			s.oldestSince = s.oldestSince.Add(excused)
+			if s.oldestSince.After(now) {
+				s.oldestSince = now
+			}
 		}
 		s.log.Warn("no heartbeat from any consumer arrived for a while (a NATS outage or failover, or flushd was blocked); that time does not count towards the heartbeat timeout or stall grace",
 			"silence", excused.Round(time.Millisecond), "first_back", h.Consumer)

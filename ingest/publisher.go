@@ -292,12 +292,8 @@ func (p *Publisher) streamLastSeq(ctx context.Context) (uint64, error) {
 			return 0, fmt.Errorf("read the last sequence of stream %s failed %d times, last: %w (check that NATS runs and ingest may read stream info)", fanout.StreamName, attempt, err)
 		}
 		p.log.Warn("reading the stream's last sequence failed; retrying", "attempt", attempt, "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-p.abandon:
-			return 0, fmt.Errorf("read the last sequence of stream %s abandoned at shutdown: %w", fanout.StreamName, err)
+		if err := p.pause(ctx, backoff, "read the last sequence of stream "+fanout.StreamName, err); err != nil {
+			return 0, err
 		}
 		backoff = min(2*backoff, p.opts.MaxBackoff)
 	}
@@ -437,12 +433,8 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 		p.metrics.PublishRetries.Inc()
 		p.log.Warn("publish to JetStream failed; retrying", "subject", msg.Subject,
 			"msg_id", msg.Header.Get(fanout.HeaderMsgID), "attempt", attempt, "of", p.opts.MaxRetries, "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-p.abandon:
-			return fmt.Errorf("publish %s abandoned at shutdown: %w", msg.Header.Get(fanout.HeaderMsgID), err)
+		if err := p.pause(ctx, backoff, "publish "+msg.Header.Get(fanout.HeaderMsgID), err); err != nil {
+			return err
 		}
 		backoff = min(2*backoff, p.opts.MaxBackoff)
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -458,6 +450,19 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 	}
 	return fmt.Errorf("publish %s to JetStream failed %d times, last: %w (%s; ingest exits and resumes from the slot when restarted)",
 		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
+}
+
+// pause waits d between two attempts at what, whose last failure was last.
+// It fails when ctx ends, or when Close abandons the retries.
+func (p *Publisher) pause(ctx context.Context, d time.Duration, what string, last error) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.abandon:
+		return fmt.Errorf("%s abandoned at shutdown: %w", what, last)
+	}
 }
 
 // isStreamFull recognises the stream's MaxBytes + DiscardNew refusal.
