@@ -80,11 +80,11 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		case e, ok := <-beats.Updates():
 			if err := s.onHeartbeat(e, ok, &beatsLoaded); err != nil {
-				return err
+				return unlessStopping(ctx, err)
 			}
 		case e, ok := <-binds.Updates():
 			if !ok {
-				return errors.New("binding watch closed by NATS")
+				return unlessStopping(ctx, errors.New("binding watch closed by NATS"))
 			}
 			if e == nil {
 				bindsLoaded = true
@@ -98,9 +98,12 @@ func (s *Service) Run(ctx context.Context) error {
 			// Judge liveness on every heartbeat already received: after a
 			// slow NATS call, some may be waiting in the channel.
 			if err := s.drainHeartbeats(beats, &beatsLoaded); err != nil {
-				return err
+				return unlessStopping(ctx, err)
 			}
 			if err := s.tick(ctx, beatsLoaded && bindsLoaded); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopping: the NATS call was cancelled
+				}
 				failures++
 				s.ready.Set(false, err.Error())
 				if failures%50 == 1 {
@@ -117,6 +120,15 @@ func (s *Service) Run(ctx context.Context) error {
 			s.ready.Set(true, "")
 		}
 	}
+}
+
+// unlessStopping drops err when ctx has ended: the watches close with ctx,
+// and select may see a closed watch before it sees ctx.Done.
+func unlessStopping(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // onHeartbeat takes one update of the heartbeat watch (ok false: the watch
