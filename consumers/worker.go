@@ -305,7 +305,7 @@ func (w *worker) recoverFetch(idle context.Context, ferr error, failingSince *ti
 		*failingSince = time.Now()
 	}
 	for {
-		ctx, cancel := context.WithTimeout(idle, 5*time.Second)
+		ctx, cancel := context.WithTimeout(idle, busAttemptTimeout)
 		cons, err := w.s.bus.Stream.Consumer(ctx, w.name)
 		cancel()
 		switch {

@@ -41,8 +41,14 @@ func (s *Service) writeProgressOnce(ctx context.Context) {
 	}
 }
 
+// progressPutTimeout bounds one write of the published LSN. A put answers in
+// milliseconds when NATS is healthy; one sent to a node that just failed
+// gets no answer, and the next tick should try again soon rather than hold
+// flushd's view of ingest still.
+const progressPutTimeout = 2 * time.Second
+
 func (s *Service) putProgress(ctx context.Context, p pglogrepl.LSN) error {
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, progressPutTimeout)
 	defer cancel()
 	_, err := s.bus.State.Put(pctx, fanout.KeyIngestPublished, fanout.EncodeJSON(&fanout.IngestProgress{PublishedLSN: p, Updated: time.Now().UTC()}))
 	return err

@@ -163,8 +163,9 @@ func (c *chaos) topology() string {
 
 // run performs episodes of faults until the duration is over. An episode
 // is one to three faults, one to three seconds apart, so that their
-// recoveries overlap; after it the pipeline must recover within the
-// episode's detection window (see recoveryWindow) before the next begins.
+// recoveries overlap; after it confirmed_flush_lsn may stand still no longer
+// than the episode's detection window (see recoveryWindow), and must pass
+// the WAL written by the episode's end before the next begins.
 // Without the pause faults would chain for the whole run, and the WAL a
 // fault may hold back could not be told from the WAL a chain holds back.
 func (c *chaos) run() {
@@ -196,6 +197,7 @@ type episode struct {
 	faults     int           // how many
 	server     bool          // Postgres, the NATS server or a NATS node was restarted
 	recovery   time.Duration // from end until confirmed_flush_lsn passed the WAL written by then
+	stillest   time.Duration // the longest confirmed_flush_lsn stood still after end
 }
 
 func (e episode) span() time.Duration { return e.end.Sub(e.start) }
@@ -206,12 +208,14 @@ func (c *chaos) recoveries() string {
 		return "no fault episodes"
 	}
 	var ds []time.Duration
+	var stillest time.Duration
 	for _, ep := range c.episodes {
 		ds = append(ds, ep.recovery)
+		stillest = max(stillest, ep.stillest)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return fmt.Sprintf("fault episodes %d, recovery after an episode median %s, max %s",
-		len(ds), ds[len(ds)/2].Round(10*time.Millisecond), ds[len(ds)-1].Round(10*time.Millisecond))
+	return fmt.Sprintf("fault episodes %d, recovery after an episode median %s, max %s, longest stand-still of confirmed_flush_lsn after an episode %s",
+		len(ds), ds[len(ds)/2].Round(10*time.Millisecond), ds[len(ds)-1].Round(10*time.Millisecond), stillest.Round(10*time.Millisecond))
 }
 
 // recoveryWindow is how long after an episode's last fault the slot may
@@ -244,37 +248,48 @@ func (e episode) recoveryWindow() (time.Duration, []string) {
 }
 
 // awaitRecovery waits until confirmed_flush_lsn passes the WAL written up
-// to the end of the episode, and fails the test if that takes longer than
-// the episode's recovery window. It waits (bounded) past a failure too, so
-// that one slow recovery does not chain into the next episode.
+// to the end of the episode. What it asserts is guarantee 3: after the
+// episode, confirmed_flush_lsn may stand still no longer than the episode's
+// recovery window (a pinned slot). Once it moves again, passing the target
+// also takes catching up on the backlog the faults built, at whatever
+// capacity the saturated machine has to spare; that time is reported, and
+// the WAL it retains is judged by the run's WAL bound. The wait is bounded:
+// the target must be passed within the window plus two minutes.
 func (c *chaos) awaitRecovery(ep *episode) {
 	window, terms := ep.recoveryWindow()
-	target := int64(-1)
-	saidLate := false
+	target, confirmed := int64(-1), int64(-1)
+	var movedAt time.Time // when confirmed_flush_lsn last advanced (or was first read)
+	pinned := false
 	for time.Since(ep.end) < window+2*time.Minute {
-		if !saidLate && time.Since(ep.end) > window {
-			saidLate = true
-			out, errOut, _ := testenv.Run(c.t, "fanoutctl", []string{"status"}, c.s.env...)
-			c.logf("not recovered within %s; fanoutctl status:\n%s%s", window, out, errOut)
-		}
 		if smp, ok := c.s.walSampleQuiet(); ok {
-			switch confirmed := smp.lsn - smp.retained; {
-			case target < 0:
+			if now := smp.lsn - smp.retained; now > confirmed {
+				confirmed, movedAt = now, smp.at
+			}
+			if target < 0 {
 				target = smp.lsn
-			case confirmed >= target:
+			}
+			if confirmed >= target {
 				ep.recovery = time.Since(ep.end)
-				c.logf("recovered %s after an episode of %d faults", ep.recovery.Round(time.Millisecond), ep.faults)
+				caughtUp := ""
 				if ep.recovery > window {
-					c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn took %s to pass the WAL written by then, over the %s window (%s): something held the slot back longer than detection allows; look at the chaos actions before that time and at flushd's log (stalls, rebinds)",
-						ep.end.Format("15:04:05.000"), ep.recovery.Round(time.Millisecond), window, strings.Join(terms, " + "))
+					caughtUp = fmt.Sprintf(" (over the %s detection window: catching up on the backlog)", window)
 				}
+				c.logf("recovered %s after an episode of %d faults%s", ep.recovery.Round(time.Millisecond), ep.faults, caughtUp)
 				return
+			}
+			still := time.Since(movedAt)
+			ep.stillest = max(ep.stillest, still)
+			if still > window && !pinned {
+				pinned = true
+				out, errOut, _ := testenv.Run(c.t, "fanoutctl", []string{"status"}, c.s.env...)
+				c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn stood still for %s, over the %s window (%s): something pinned the slot longer than detection allows; fanoutctl status:\n%s%s",
+					ep.end.Format("15:04:05.000"), still.Round(time.Millisecond), window, strings.Join(terms, " + "), out, errOut)
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	ep.recovery = time.Since(ep.end)
-	c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn did not pass the WAL written by then in %s (window %s): the slot is pinned; see flushd's status below",
+	c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn did not pass the WAL written by then in %s (window %s): the slot is pinned or the pipeline cannot catch up; see flushd's status below",
 		ep.end.Format("15:04:05.000"), ep.recovery.Round(time.Second), window)
 	c.t.Logf("status:\n%s", c.s.ctl("status"))
 }
