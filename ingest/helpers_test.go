@@ -115,7 +115,6 @@ func published(t *testing.T, bus *fanout.Bus) pglogrepl.LSN {
 	return p.PublishedLSN
 }
 
-// setSafe acts as flushd.
 // standInFlushd publishes ingest's published LSN as the safe LSN every
 // 100 ms while ok says so, until the test ends: nothing consumes in these
 // tests, so what is in the stream counts as persisted.
@@ -145,6 +144,7 @@ func standInFlushd(t *testing.T, bus *fanout.Bus, ok func(context.Context) bool)
 	}()
 }
 
+// setSafe acts as flushd.
 func setSafe(t *testing.T, bus *fanout.Bus, lsn pglogrepl.LSN) {
 	t.Helper()
 	if _, err := bus.State.Put(context.Background(), fanout.KeySafeLSN, fanout.EncodeJSON(&fanout.SafeLSN{LSN: lsn, Computed: time.Now()})); err != nil {

@@ -214,10 +214,7 @@ func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *f
 	out.Header.Set(fanout.HeaderDeadSubject, msg.Subject)
 	out.Data = body
 	// The Nats-Msg-Id is kept: after a restart the same dead letter is stored once.
-	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = p.js.PublishMsg(actx, out)
-	cancel()
-	if err != nil {
+	if err = p.publishSync(ctx, out); err != nil {
 		if err = p.retry(ctx, out, err); err != nil {
 			return fmt.Errorf("dead-letter oversized fragment %s: %w", fanout.MsgID(f.Shape, f), err)
 		}
@@ -421,9 +418,7 @@ func (p *Publisher) setRetrying(on bool) {
 // them wait in line; backoff starts only if the resend fails too.
 func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error {
 	msg.Header.Del(jetstream.ExpectedLastSeqHeader)
-	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err := p.js.PublishMsg(actx, msg)
-	cancel()
+	err := p.publishSync(ctx, msg)
 	if err == nil {
 		return nil
 	}
@@ -437,10 +432,7 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 			return err
 		}
 		backoff = min(2*backoff, p.opts.MaxBackoff)
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = p.js.PublishMsg(actx, msg)
-		cancel()
-		if err == nil {
+		if err = p.publishSync(ctx, msg); err == nil {
 			return nil
 		}
 	}
@@ -450,6 +442,14 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) error
 	}
 	return fmt.Errorf("publish %s to JetStream failed %d times, last: %w (%s; ingest exits and resumes from the slot when restarted)",
 		msg.Header.Get(fanout.HeaderMsgID), p.opts.MaxRetries, err, hint)
+}
+
+// publishSync publishes msg and waits for JetStream's ack, at most 10 s.
+func (p *Publisher) publishSync(ctx context.Context, msg *nats.Msg) error {
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := p.js.PublishMsg(actx, msg)
+	return err
 }
 
 // pause waits d between two attempts at what, whose last failure was last.

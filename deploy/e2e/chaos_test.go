@@ -281,9 +281,8 @@ func (c *chaos) awaitRecovery(ep *episode) {
 			ep.stillest = max(ep.stillest, still)
 			if still > window && !pinned {
 				pinned = true
-				out, errOut, _ := testenv.Run(c.t, "fanoutctl", []string{"status"}, c.s.env...)
-				c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn stood still for %s, over the %s window (%s): something pinned the slot longer than detection allows; fanoutctl status:\n%s%s",
-					ep.end.Format("15:04:05.000"), still.Round(time.Millisecond), window, strings.Join(terms, " + "), out, errOut)
+				c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn stood still for %s, over the %s window (%s): something pinned the slot longer than detection allows; fanoutctl status:\n%s",
+					ep.end.Format("15:04:05.000"), still.Round(time.Millisecond), window, strings.Join(terms, " + "), c.status())
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -291,7 +290,15 @@ func (c *chaos) awaitRecovery(ep *episode) {
 	ep.recovery = time.Since(ep.end)
 	c.t.Errorf("after the faults ending at %s, confirmed_flush_lsn did not pass the WAL written by then in %s (window %s): the slot is pinned or the pipeline cannot catch up; see flushd's status below",
 		ep.end.Format("15:04:05.000"), ep.recovery.Round(time.Second), window)
-	c.t.Logf("status:\n%s", c.s.ctl("status"))
+	c.t.Logf("status:\n%s", c.status())
+}
+
+// status is fanoutctl status for a failure message. It does not end the
+// test when fanoutctl itself fails (NATS may be recovering): the run goes
+// on to its oracle, and what fanoutctl printed is shown either way.
+func (c *chaos) status() string {
+	out, errOut, _ := testenv.Run(c.t, "fanoutctl", []string{"status"}, c.s.env...)
+	return out + errOut
 }
 
 func (c *chaos) logf(format string, args ...any) {
