@@ -41,7 +41,27 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 	if w.stopCtx.Err() != nil {
 		return nil // the partition moved while persisting: the next owner acks
 	}
-	return w.ack(msgs)
+	if err := w.ack(msgs); err != nil {
+		return err
+	}
+	w.announce(frags)
+	return nil
+}
+
+// announce tells readers (the HTTP API's held live requests) which shape
+// logs grew, one core NATS notice per shape of the batch, after the batch is
+// durable and acked. A notice is a hint that may be lost; a failure to send
+// one is counted, not retried.
+func (w *worker) announce(frags []*fanout.Fragment) {
+	last := map[string]fanout.Position{}
+	for _, f := range frags {
+		last[f.Shape] = f.Position()
+	}
+	for shape, pos := range last {
+		if err := w.s.nc.Publish(fanout.NoticeSubject(shape), []byte(pos.String())); err != nil {
+			w.s.m.noticeErrors.Inc()
+		}
+	}
 }
 
 // classify decodes a message; a non-empty reason means it must be dead-lettered.

@@ -12,6 +12,8 @@ type metrics struct {
 	removedDrop prometheus.Counter
 	owned       prometheus.Gauge
 	fsync       prometheus.Histogram
+	// noticeErrors counts log-grew notices that could not be sent.
+	noticeErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,7 +35,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fanout_consumer_batch_persist_seconds",
 			Help:    "Time to append and fsync one batch.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		noticeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_notice_errors_total",
+			Help: "Notices that a shape log grew (for the HTTP API's live requests) that could not be sent."}),
 	}
-	reg.MustRegister(m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync)
+	reg.MustRegister(m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
 	return m
 }

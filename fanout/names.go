@@ -83,6 +83,17 @@ func ParseSubject(subject string) (partition int, shape string, err error) {
 	return partition, parts[2], nil
 }
 
+// NoticeSubjectPrefix starts the core NATS subjects (not a stream) on which a
+// consumer announces, after each durable append, that a shape's log grew. The
+// HTTP API holds live requests and wakes them on these notices; one
+// subscription to NoticeSubjectPrefix+".>" covers every shape.
+const NoticeSubjectPrefix = "fanout_notice"
+
+// NoticeSubject is where a consumer announces that the log of shape grew. The
+// message body is the log's last persisted position, "0/16B3748#3"
+// (Position.String); a notice is a hint: a reader re-reads the log.
+func NoticeSubject(shape string) string { return NoticeSubjectPrefix + "." + shape }
+
 // DeadLetterSubject is where a shape's unprocessable fragments go.
 func DeadLetterSubject(partition int, shape string) string {
 	return DeadLetterSubjectPrefix + "." + strconv.Itoa(partition) + "." + shape

@@ -18,6 +18,9 @@ type Shape struct {
 	Table string `json:"table"`
 	// Where is a SQL boolean expression over the table's columns; empty means every row.
 	Where string `json:"where,omitempty"`
+	// Params are the values of the where clause's $1, $2, ... placeholders
+	// (Params[0] is $1), as text, typed by the context they appear in.
+	Params []string `json:"params,omitempty"`
 	// Columns is the projection; empty means every column. It always
 	// includes the primary key.
 	Columns []string `json:"columns,omitempty"`
