@@ -13,9 +13,12 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// Materialize replays the log of handle under dir and returns the shape's
-// current rows sorted by primary key pk. It reads what is durable and stops
-// at a torn tail without changing the file. A shape without a log has no rows.
+// Materialize replays the shape handle under dir and returns its current
+// rows sorted by primary key pk: the rows of its current complete snapshot
+// (CurrentSnapshot), if any, then the log's transactions that snapshot did
+// not see (Snapshot.Seen). It reads what is durable and stops at a torn tail
+// without changing the file. A shape with neither a log nor a snapshot has
+// no rows (HasData tells that case apart from an empty shape).
 //
 // Replay follows fanout.Change: insert puts Row; update removes the row keyed
 // by Old when Old is set, then puts Row over what the row held (so a column
@@ -28,16 +31,30 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 	if len(pk) == 0 {
 		return nil, fmt.Errorf("materialize shape %s: no primary key columns given", handle)
 	}
+	snap, err := CurrentSnapshot(dir, handle)
+	if err != nil {
+		return nil, err
+	}
+	t := table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
+	if snap != nil {
+		if err := snap.EachRow(func(row fanout.Row) error {
+			if err := t.apply(fanout.Change{Op: fanout.OpInsert, Row: row}); err != nil {
+				return fmt.Errorf("snapshot of shape %s: %w", handle, err)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
 	f, err := os.Open(logPath(dir, handle))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return t.sorted(), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	defer f.Close()
 
-	t := table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
 	var acc acceptor
 	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
 		epoch, fr, err := decodeRecord(payload)
@@ -46,6 +63,9 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 		}
 		if !acc.accept(epoch, fr.Position()) {
 			return nil
+		}
+		if snap != nil && snap.Seen(fr) {
+			return nil // already in the snapshot's rows
 		}
 		for i, c := range fr.Changes {
 			if err := t.apply(c); err != nil {
@@ -58,6 +78,22 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 		return nil, err
 	}
 	return t.sorted(), nil
+}
+
+// HasData reports whether dir holds anything of shape handle: a log or a
+// complete snapshot. A shape registered with the bus but without data in dir
+// is most likely read from the wrong storage directory.
+func HasData(dir, handle string) (bool, error) {
+	if err := fanout.ValidateHandle(handle); err != nil {
+		return false, err
+	}
+	if _, err := os.Stat(logPath(dir, handle)); err == nil {
+		return true, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("shape %s: %w", handle, err)
+	}
+	snap, err := CurrentSnapshot(dir, handle)
+	return snap != nil, err
 }
 
 // table is a shape's rows keyed by primary key.

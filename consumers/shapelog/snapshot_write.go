@@ -1,0 +1,207 @@
+package shapelog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+	"unicode/utf8"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/visibility"
+)
+
+// SnapshotWriter writes one generation of a shape's snapshot as chunk files,
+// streaming: it holds one chunk's buffer, never the shape. Nothing it writes
+// is visible to CurrentSnapshot until Complete.
+type SnapshotWriter struct {
+	s          Snapshot
+	chunkRows  int64
+	chunkBytes int64
+	f          *os.File
+	bw         *bufio.Writer
+	cur        SnapshotChunk
+	line       []byte
+}
+
+// NewSnapshotWriter starts generation gen of handle's snapshot with columns
+// in that order. It removes every incomplete generation (a crashed runner's
+// leftovers) and any earlier files of gen itself.
+func NewSnapshotWriter(dir, handle string, gen uint64, columns, pk []string, chunkRows, chunkBytes int) (*SnapshotWriter, error) {
+	if err := fanout.ValidateHandle(handle); err != nil {
+		return nil, err
+	}
+	gens, err := snapshotGenerations(dir, handle)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range gens {
+		gd := generationDir(dir, handle, g)
+		if _, err := os.Stat(filepath.Join(gd, manifestName)); err != nil || g == gen {
+			if err := os.RemoveAll(gd); err != nil {
+				return nil, fmt.Errorf("snapshot of shape %s: remove incomplete generation %d: %w", handle, g, err)
+			}
+		}
+	}
+	gdir := generationDir(dir, handle, gen)
+	if err := os.MkdirAll(gdir, 0o755); err != nil {
+		return nil, fmt.Errorf("snapshot of shape %s: create %s: %w (check storage.dir)", handle, gdir, err)
+	}
+	w := &SnapshotWriter{
+		s:         Snapshot{Handle: handle, Generation: gen, Columns: columns, PrimaryKey: pk, Chunks: []SnapshotChunk{}, dir: gdir},
+		chunkRows: int64(max(chunkRows, 1)), chunkBytes: int64(max(chunkBytes, 1)),
+	}
+	return w, nil
+}
+
+// Add appends a row (values of the writer's columns; a missing column is NULL).
+func (w *SnapshotWriter) Add(row fanout.Row) error {
+	if w.f == nil {
+		f, err := os.Create(filepath.Join(w.s.dir, chunkName(len(w.s.Chunks))))
+		if err != nil {
+			return fmt.Errorf("snapshot of shape %s: create chunk: %w", w.s.Handle, err)
+		}
+		w.f, w.bw, w.cur = f, bufio.NewWriterSize(f, 256<<10), SnapshotChunk{}
+	}
+	w.line = appendRow(w.line[:0], w.s.Columns, row)
+	if _, err := w.bw.Write(w.line); err != nil {
+		return fmt.Errorf("snapshot of shape %s: write chunk: %w", w.s.Handle, err)
+	}
+	w.cur.Rows++
+	w.cur.Bytes += int64(len(w.line))
+	w.s.Rows++
+	w.s.Bytes += int64(len(w.line))
+	if w.cur.Rows >= w.chunkRows || w.cur.Bytes >= w.chunkBytes {
+		return w.closeChunk()
+	}
+	return nil
+}
+
+// Progress is what the writer has written so far.
+func (w *SnapshotWriter) Progress() (rows, bytes int64, chunks int) {
+	n := len(w.s.Chunks)
+	if w.f != nil {
+		n++
+	}
+	return w.s.Rows, w.s.Bytes, n
+}
+
+func (w *SnapshotWriter) closeChunk() error {
+	if w.f == nil {
+		return nil
+	}
+	err := w.bw.Flush()
+	if err == nil {
+		err = w.f.Sync()
+	}
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	w.f = nil
+	if err != nil {
+		return fmt.Errorf("snapshot of shape %s: finish chunk %d: %w", w.s.Handle, len(w.s.Chunks), err)
+	}
+	w.s.Chunks = append(w.s.Chunks, w.cur)
+	return nil
+}
+
+// Complete makes the generation durable and current: chunks synced, then the
+// manifest written and renamed into place, then older generations removed.
+func (w *SnapshotWriter) Complete(snap visibility.Snapshot) (*Snapshot, error) {
+	if err := w.closeChunk(); err != nil {
+		return nil, err
+	}
+	w.s.Snapshot = snap
+	w.s.Completed = time.Now().UTC()
+	data, err := json.Marshal(&w.s)
+	if err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(w.s.dir, manifestName+".tmp")
+	if err := writeSynced(tmp, data); err != nil {
+		return nil, fmt.Errorf("snapshot of shape %s: write manifest: %w", w.s.Handle, err)
+	}
+	if err := syncDir(w.s.dir); err != nil { // the chunks' names
+		return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, w.s.dir, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(w.s.dir, manifestName)); err != nil {
+		return nil, fmt.Errorf("snapshot of shape %s: publish manifest: %w", w.s.Handle, err)
+	}
+	if err := syncDir(w.s.dir); err != nil {
+		return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, w.s.dir, err)
+	}
+	for _, d := range []string{filepath.Dir(w.s.dir), filepath.Dir(filepath.Dir(w.s.dir))} {
+		if err := syncDir(d); err != nil {
+			return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, d, err)
+		}
+	}
+	dir := filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(w.s.dir)))) // <dir>/shapes/<h>/snapshot/g<N>
+	gens, _ := snapshotGenerations(dir, w.s.Handle)
+	for _, g := range gens {
+		if g < w.s.Generation {
+			os.RemoveAll(generationDir(dir, w.s.Handle, g)) // best effort: a newer one is current
+		}
+	}
+	s := w.s
+	return &s, nil
+}
+
+// Abort removes the generation's files.
+func (w *SnapshotWriter) Abort() {
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
+	}
+	os.RemoveAll(w.s.dir)
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// appendRow encodes a row as a JSON array of its values in column order.
+func appendRow(b []byte, cols []string, row fanout.Row) []byte {
+	b = append(b, '[')
+	for i, c := range cols {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		v := row[c]
+		if v == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		b = appendJSONString(b, *v)
+	}
+	return append(b, ']', '\n')
+}
+
+// appendJSONString quotes s; plain text (the common case) is copied as is.
+func appendJSONString(b []byte, s string) []byte {
+	plain := utf8.ValidString(s)
+	for i := 0; plain && i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' {
+			plain = false
+		}
+	}
+	if plain {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	q, _ := json.Marshal(s)
+	return append(b, q...)
+}
