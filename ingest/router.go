@@ -18,10 +18,14 @@ type Sink interface {
 }
 
 // Router turns decoded transactions into per-shape fragments. It buffers each
-// touched shape's changes and publishes a fragment when a buffer is full,
-// when all buffers together are over MaxBufferedBytes (the largest goes), and
-// at commit. Flush points depend only on the data, so a transaction read
-// again after a restart yields the same fragments and Nats-Msg-Ids.
+// touched shape's changes and publishes a fragment when that shape's buffer
+// is full, at every checkpoint of the transaction (each MaxFragmentChanges
+// decoded changes, or MaxBufferedBytes of decoded change data, whichever
+// comes first: every buffer goes), and at commit. A shape's cut points are
+// a function of its own changes and their index in the transaction, never
+// of which other shapes exist, and shape-set changes apply only between
+// transactions: a transaction read again after a restart yields the same
+// fragments and Nats-Msg-Ids for every shape routed both times.
 // It implements Handler and is used by one goroutine.
 type Router struct {
 	reg        *match.Registry
@@ -33,13 +37,20 @@ type Router struct {
 	log        *slog.Logger
 	tx         *openTxn
 	routed     []routedChange // one change's shapes, reused: no allocation per change
+
+	pending    []ShapeUpdate // updates that arrived inside a transaction
+	appliedRev uint64        // highest shapes-bucket revision applied
+	decoded    *decodedXids  // transactions routed so far (the snapshot hand-off)
 }
 
 type openTxn struct {
 	begin Begin
 	txn   *Txn
 	bufs  map[string]*shapeBuf
-	total int // bytes buffered over all shapes
+	// Since the last checkpoint: decoded changes and their size, counted
+	// whether or not any shape takes them.
+	sinceChanges int
+	sinceBytes   int
 }
 
 type shapeBuf struct {
@@ -51,17 +62,41 @@ type shapeBuf struct {
 
 // NewRouter routes with reg (owned by the router from now on).
 func NewRouter(reg *match.Registry, partitions int, limits Limits, tracker *Tracker, sink Sink, m *Metrics, log *slog.Logger) *Router {
-	return &Router{reg: reg, partitions: partitions, limits: limits, tracker: tracker, sink: sink, metrics: m, log: log}
+	return &Router{reg: reg, partitions: partitions, limits: limits, tracker: tracker, sink: sink, metrics: m, log: log, decoded: newDecodedXids(decodedXidsKept)}
 }
 
 // ShapeUpdate adds or replaces a shape, or removes it when Shape is nil.
 type ShapeUpdate struct {
 	Handle string
 	Shape  *fanout.Shape
+	// Revision is the shapes-bucket revision of the update (0: unknown).
+	Revision uint64
 }
 
-// Apply changes the shape set; changes decoded after it see the new set.
+// Apply changes the shape set. Inside a transaction the update waits for
+// its end: a transaction is routed with one shape set.
 func (r *Router) Apply(u ShapeUpdate) {
+	if r.tx != nil {
+		r.pending = append(r.pending, u)
+		return
+	}
+	r.apply(u)
+}
+
+// Applied is the highest shapes-bucket revision in effect, and how many
+// transactions had been routed when it took effect.
+func (r *Router) Applied() (revision, routedTxns uint64) { return r.appliedRev, r.decoded.count() }
+
+func (r *Router) applyPending() {
+	for _, u := range r.pending {
+		r.apply(u)
+	}
+	clear(r.pending)
+	r.pending = r.pending[:0]
+}
+
+func (r *Router) apply(u ShapeUpdate) {
+	r.appliedRev = max(r.appliedRev, u.Revision)
 	if u.Shape == nil {
 		r.reg.Remove(u.Handle)
 		r.log.Info("shape removed", "shape", u.Handle)
@@ -89,6 +124,9 @@ func (r *Router) Change(ctx context.Context, c match.RowChange) error {
 		return fmt.Errorf("pgoutput change of %s outside a transaction (protocol violation; ingest restarts from the slot)", c.Table)
 	}
 	r.metrics.Changes.Inc()
+	if err := r.checkpoint(ctx, changeSize(fanout.Change{Row: c.New, Old: c.Old})); err != nil {
+		return err
+	}
 	routed := r.routed[:0]
 	r.reg.Route(c, func(s *fanout.Shape, ch fanout.Change) { routed = append(routed, routedChange{s, ch}) })
 	err := r.add(ctx, routed)
@@ -105,6 +143,9 @@ func (r *Router) Truncate(ctx context.Context, tables []string) error {
 	var routed []routedChange
 	for _, table := range tables {
 		r.metrics.Changes.Inc()
+		if err := r.checkpoint(ctx, changeSize(fanout.Change{})); err != nil {
+			return err
+		}
 		r.reg.ShapesOf(table, func(s *fanout.Shape) {
 			routed = append(routed, routedChange{s, fanout.Change{Op: fanout.OpTruncate}})
 		})
@@ -134,11 +175,17 @@ func (r *Router) Commit(ctx context.Context, c Commit) error {
 	r.tx = nil
 	tx.txn.Commit(c.EndLSN)
 	r.metrics.Transactions.Inc()
+	r.decoded.add(tx.begin.Xid)
+	r.applyPending()
 	return nil
 }
 
-// Abort forgets the open transaction (the session broke; it comes again).
-func (r *Router) Abort() { r.tx = nil }
+// Abort forgets the open transaction (the session broke; it comes again,
+// routed with the updates that waited for its end).
+func (r *Router) Abort() {
+	r.tx = nil
+	r.applyPending()
+}
 
 type routedChange struct {
 	shape  *fanout.Shape
@@ -163,26 +210,36 @@ func (r *Router) add(ctx context.Context, routed []routedChange) error {
 		}
 		b.changes = append(b.changes, rc.change)
 		b.bytes += size
-		tx.total += size
-	}
-	for tx.total > r.limits.MaxBufferedBytes {
-		if err := r.flush(ctx, tx.largest(), false, 0); err != nil {
-			return err
-		}
 	}
 	return nil
 }
 
-// largest is the buffer holding the most bytes; ties go to the smaller
-// handle, so the choice depends only on the data.
-func (tx *openTxn) largest() *shapeBuf {
-	var best *shapeBuf
-	for _, b := range tx.bufs {
-		if best == nil || b.bytes > best.bytes || (b.bytes == best.bytes && b.shape.Handle < best.shape.Handle) {
-			best = b
+// checkpoint counts one decoded change of size bytes and, when the
+// transaction reaches a checkpoint, publishes every buffered shape's
+// changes. The checkpoints depend only on the transaction, so each shape's
+// cut points do too; buffered memory stays within a checkpoint's worth of
+// routed changes.
+func (r *Router) checkpoint(ctx context.Context, size int) error {
+	tx := r.tx
+	if tx.sinceChanges < r.limits.MaxFragmentChanges && tx.sinceBytes+size <= r.limits.MaxBufferedBytes {
+		tx.sinceChanges++
+		tx.sinceBytes += size
+		return nil
+	}
+	handles := make([]string, 0, len(tx.bufs))
+	for h, b := range tx.bufs {
+		if len(b.changes) > 0 {
+			handles = append(handles, h)
 		}
 	}
-	return best
+	sort.Strings(handles)
+	for _, h := range handles {
+		if err := r.flush(ctx, tx.bufs[h], false, 0); err != nil {
+			return err
+		}
+	}
+	tx.sinceChanges, tx.sinceBytes = 1, size
+	return nil
 }
 
 // flush publishes b's buffered changes as its next fragment. end is the
@@ -206,7 +263,6 @@ func (r *Router) flush(ctx context.Context, b *shapeBuf, last bool, end pglogrep
 	if err := r.sink.Publish(ctx, tx.txn, fanout.Partition(b.shape.Handle, r.partitions), f); err != nil {
 		return err
 	}
-	tx.total -= b.bytes
 	b.seq++
 	b.changes = nil
 	b.bytes = 0

@@ -89,8 +89,8 @@ func TestRouterSplitsAtFragmentLimit(t *testing.T) {
 	}
 }
 
-// Buffers of all shapes together stay under max_buffered_bytes: the largest
-// is published early, and a rerun of the same transaction gives the same
+// Buffered changes stay within a checkpoint (max_buffered_bytes of decoded
+// changes): every buffer is published there, and a rerun of the same transaction gives the same
 // fragments (same Nats-Msg-Ids).
 func TestRouterBoundsBufferedBytesDeterministically(t *testing.T) {
 	limits := Limits{MaxFragmentChanges: 1000, MaxFragmentBytes: 1 << 20, MaxBufferedBytes: 2000}
@@ -109,5 +109,78 @@ func TestRouterBoundsBufferedBytesDeterministically(t *testing.T) {
 	}
 	if fmt.Sprint(first) != fmt.Sprint(second) {
 		t.Fatalf("fragments differ between runs:\n%v\n%v", first, second)
+	}
+}
+
+// fragmentsOf lists one shape's fragments as msg-id/changes.
+func fragmentsOf(sink *sinkRecorder, shape string) []string {
+	var out []string
+	for _, f := range sink.frags {
+		if f.Shape == shape {
+			out = append(out, fmt.Sprintf("%s/%d", fanout.MsgID(f.Shape, f), len(f.Changes)))
+		}
+	}
+	return out
+}
+
+// Issue 19 item 5: a shape's cut points do not depend on which other shapes
+// exist (a transaction re-read after a reconnect with a different shape set
+// must give the same fragments for the shapes routed both times).
+func TestRouterCutPointsIgnoreOtherShapes(t *testing.T) {
+	limits := Limits{MaxFragmentChanges: 1000, MaxFragmentBytes: 1 << 20, MaxBufferedBytes: 2000}
+	alone, aloneSink, _ := testRouter(t, limits, "sa")
+	runTxn(t, alone, 100)
+	crowd, crowdSink, _ := testRouter(t, limits, "sa", "sb", "sc", "sd")
+	runTxn(t, crowd, 100)
+	a, c := fragmentsOf(aloneSink, "sa"), fragmentsOf(crowdSink, "sa")
+	if len(a) < 3 {
+		t.Fatalf("only %d fragments: the checkpoints did not cut", len(a))
+	}
+	if fmt.Sprint(a) != fmt.Sprint(c) {
+		t.Fatalf("shape sa is cut differently with other shapes present:\nalone %v\nwith  %v", a, c)
+	}
+}
+
+// Issue 19 item 5: a shape added inside a transaction takes effect after it.
+func TestRouterAppliesShapesBetweenTransactions(t *testing.T) {
+	r, sink, _ := testRouter(t, Limits{MaxFragmentChanges: 1000, MaxFragmentBytes: 1 << 20, MaxBufferedBytes: 1 << 30})
+	ctx := context.Background()
+	if err := r.Begin(ctx, Begin{Xid: 7, FinalLSN: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	r.Change(ctx, insert(1))
+	sb := &fanout.Shape{Handle: "sb", Table: "public.items", PrimaryKey: []string{"id"},
+		Schema: []fanout.Column{{Name: "id", Type: "integer", OID: 23}, {Name: "v", Type: "text", OID: 25}}}
+	r.Apply(ShapeUpdate{Handle: "sb", Shape: sb, Revision: 9})
+	if rev, _ := r.Applied(); rev != 0 {
+		t.Fatalf("revision %d applied inside a transaction", rev)
+	}
+	r.Change(ctx, insert(2))
+	if err := r.Commit(ctx, Commit{CommitLSN: 1000, EndLSN: 1100}); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.frags) != 0 {
+		t.Fatalf("shape added mid-transaction got %d fragments of it", len(sink.frags))
+	}
+	if rev, n := r.Applied(); rev != 9 || n != 1 {
+		t.Fatalf("Applied() = %d, %d; want revision 9 after 1 routed transaction", rev, n)
+	}
+	if !r.decoded.routedWithin(7, 1) || r.decoded.routedWithin(7, 0) {
+		t.Fatal("xid 7 not remembered as the first routed transaction")
+	}
+}
+
+func TestDecodedXidsForgetsOldest(t *testing.T) {
+	d := newDecodedXids(3)
+	for x := uint32(1); x <= 5; x++ {
+		d.add(x)
+	}
+	for x, want := range map[uint32]bool{1: false, 2: false, 3: true, 5: true} {
+		if got := d.routedWithin(x, 5); got != want {
+			t.Errorf("routedWithin(%d) = %v, want %v", x, got, want)
+		}
+	}
+	if d.routedWithin(5, 4) {
+		t.Error("xid 5 counted within the first 4")
 	}
 }

@@ -51,6 +51,7 @@ type Service struct {
 	decoder   *Decoder
 	safe      *SafeHolder
 	shapes    chan shapeEvent
+	handoff   *handoff
 
 	confirmed atomic.Uint64 // last position sent to Postgres
 }
@@ -107,9 +108,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 	s.decoder = NewDecoder(log)
 	s.router = NewRouter(match.NewRegistry(), cfg.Bus.Partitions, cfg.Ingest, nil, nil, s.metrics, log)
+	if s.handoff, err = newHandoff(ctx, js, cfg, s.router.decoded, log); err != nil {
+		return err
+	}
+	goWorker("snapshot hand-off", s.handoff.run)
 	if err := s.loadShapes(ctx, workerErr); err != nil {
 		return err
 	}
+	s.handoff.applied(s.router.Applied())
 	err = s.replicate(ctx, workerErr, goWorker)
 	if s.publisher != nil {
 		s.publisher.Close()
@@ -300,7 +306,8 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 			return progressed, errFatal{s.publisher.Err()}
 		case ev := <-s.shapes:
 			if !ev.initialDone {
-				s.router.Apply(ev.update)
+				s.router.Apply(ev.update) // waits for the end of an open transaction
+				s.handoff.applied(s.router.Applied())
 			}
 		case m := <-msgs:
 			progressed = true
@@ -319,6 +326,7 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 				}
 				return progressed, err
 			}
+			s.handoff.applied(s.router.Applied()) // a commit may have applied waiting updates
 		}
 	}
 }

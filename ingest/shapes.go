@@ -54,7 +54,7 @@ func (w *shapeWatcher) run(ctx context.Context) error {
 		case e == nil:
 			ev.initialDone = true
 		case e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge:
-			ev.update = ShapeUpdate{Handle: e.Key()}
+			ev.update = ShapeUpdate{Handle: e.Key(), Revision: e.Revision()}
 		default:
 			s, err := fanout.DecodeShape(e.Value())
 			if err != nil {
@@ -66,7 +66,7 @@ func (w *shapeWatcher) run(ctx context.Context) error {
 				continue
 			}
 			w.ensureFull(ctx, s.Table)
-			ev.update = ShapeUpdate{Handle: s.Handle, Shape: s}
+			ev.update = ShapeUpdate{Handle: s.Handle, Shape: s, Revision: e.Revision()}
 		}
 		select {
 		case w.out <- ev:
