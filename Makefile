@@ -39,8 +39,12 @@ chaos: build
 	FANOUT_CHAOS_CLUSTER=1 $(GO) test -run TestNATSClusterNodeRestart -count 1 ./fanout/testenv/
 	FANOUT_CHAOS_DURATION=5m FANOUT_CHAOS_SERVERS=1 FANOUT_CHAOS_CLUSTER=1 $(GO) test -run TestChaos -v -count 1 -timeout 60m ./deploy/e2e/
 
+# make's child is bin/devstack itself, not go run (a SIGTERM that make passes
+# on would stop go run and orphan devstack): Ctrl-C, SIGTERM or a closed
+# terminal stop every service and the private Postgres; after Ctrl-C make exits 0.
 run: build
-	$(GO) run ./deploy/devstack
+	$(GO) build -o bin/devstack ./deploy/devstack
+	bin/devstack
 
 clean:
 	rm -rf bin

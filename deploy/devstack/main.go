@@ -2,7 +2,9 @@
 // starts an embedded NATS JetStream server, a private Postgres cluster in a
 // scratch folder (or uses FANOUT_POSTGRES_URL), flushd, two consumers and
 // ingest from ./bin, adds a few shapes on a demo table, runs a demo load and
-// prints progress every second. Ctrl-C stops everything.
+// prints progress every second, with commands that show the demo shapes.
+// Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops everything and
+// exits 0.
 package main
 
 import (
@@ -31,23 +33,45 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	restore := takeTerminal()
+	err := run()
+	restore()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "make run:", err)
 		os.Exit(1)
 	}
 }
 
+// stopSignals end the demo: Ctrl-C, Ctrl-\, kill, and a closed terminal
+// (SIGHUP). The services and Postgres run in their own process groups, so
+// devstack stops them itself, whichever signal came.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
 func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
-	work, err := filepath.Abs(".run")
+	// A closed terminal or pipe must not kill devstack before it has
+	// stopped what it started: writes to stdout then fail, and are ignored.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	suspend := make(chan os.Signal, 1)
+	signal.Notify(suspend, syscall.SIGTSTP)
+	go func() {
+		for range suspend {
+			fmt.Println("\n(make run cannot be suspended: Ctrl-C stops it)")
+		}
+	}()
+
+	root, err := os.Getwd()
 	if err != nil {
 		return err
 	}
+	work := filepath.Join(root, ".run")
+	bin := filepath.Join(root, "bin")
 	os.RemoveAll(work)
 	if err := os.MkdirAll(filepath.Join(work, "logs"), 0o755); err != nil {
 		return err
 	}
+	storage := filepath.Join(work, "shapes")
 
 	pgURL := os.Getenv("FANOUT_POSTGRES_URL")
 	if pgURL == "" {
@@ -61,8 +85,14 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		defer pg.Close()
+		defer func() {
+			pg.Close()
+			fmt.Println("stopped Postgres")
+		}()
 		pgURL = pg.URL
+		fmt.Printf("  postgres: %s   (data in %s)\n", pgURL, pg.DataDir)
+	} else {
+		fmt.Printf("  postgres: %s\n", pgURL)
 	}
 	fmt.Println("starting an embedded NATS JetStream server...")
 	ns, err := testenv.NewNATS("127.0.0.1", 0)
@@ -70,8 +100,8 @@ func run() error {
 		return err
 	}
 	defer ns.Close()
-	fmt.Printf("  postgres: %s\n  nats:     %s   (try: nats --server %s stream info FANOUT)\n  logs:     %s\n",
-		pgURL, ns.URL, ns.URL, filepath.Join(work, "logs"))
+	fmt.Printf("  nats:     %s   (try: nats --server %s stream info FANOUT)\n  logs:     %s\n",
+		ns.URL, ns.URL, filepath.Join(work, "logs"))
 
 	nc, err := nats.Connect(ns.URL)
 	if err != nil {
@@ -91,58 +121,123 @@ func run() error {
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, owner int NOT NULL, title text, done bool NOT NULL DEFAULT false)`); err != nil {
 		return fmt.Errorf("create demo table: %w", err)
 	}
+	var demo []demoShape
 	for _, where := range []string{"owner = 1", "owner = 2", "owner IN (3, 4) AND NOT done", "title LIKE 'urgent%'"} {
 		s, err := shapes.Add(ctx, bus, conn, "public.items", where, nil)
 		if err != nil {
 			return fmt.Errorf("add demo shape %q: %w", where, err)
 		}
-		fmt.Printf("  shape %s: items WHERE %s   (fanoutctl --nats.url %s shape rows %s)\n", s.Handle, where, ns.URL, s.Handle)
+		demo = append(demo, demoShape{handle: s.Handle, table: "public.items", where: where})
 	}
 
 	env := append(os.Environ(),
 		"FANOUT_POSTGRES_URL="+pgURL,
 		"FANOUT_NATS_URL="+ns.URL,
-		"FANOUT_STORAGE_DIR="+filepath.Join(work, "shapes"),
+		"FANOUT_STORAGE_DIR="+storage,
 		"FANOUT_HTTP_ADDR=127.0.0.1:0",
 	)
 	var procs []*exec.Cmd
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].Process.Signal(syscall.SIGTERM)
-		}
-		for _, p := range procs {
-			done := make(chan struct{})
-			go func() { p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				p.Process.Kill()
-			}
-		}
-		fmt.Println("stopped all services")
-	}()
+	defer func() { stopServices(procs) }()
 	for _, svc := range []struct{ name, bin, id string }{
 		{"flushd", "flushd", ""}, {"consumer-1", "consumer", "consumer-1"}, {"consumer-2", "consumer", "consumer-2"}, {"ingest", "ingest", ""},
 	} {
-		cmd, err := startService(work, svc.name, svc.bin, svc.id, env)
+		cmd, err := startService(work, bin, svc.name, svc.bin, svc.id, env)
 		if err != nil {
 			return err
 		}
 		procs = append(procs, cmd)
 	}
+	api, err := startAPI(ctx, work, bin, env)
+	if err != nil {
+		return err
+	}
+	if api.cmd != nil {
+		procs = append(procs, api.cmd)
+	}
 
 	var changes atomic.Int64
 	loadDone := make(chan error, 1)
 	go func() { loadDone <- demoLoad(ctx, pgURL, &changes) }()
-	fmt.Println("running; Ctrl-C stops everything")
+
+	ctl := fanoutctl{bin: filepath.Join(bin, "fanoutctl"), natsURL: ns.URL, storage: storage}
+	fmt.Println("demo shapes (every command below runs as printed, from any directory):")
+	for _, d := range demo {
+		fmt.Printf("  shape %s: items WHERE %s\n", d.handle, d.where)
+		if api.base != "" {
+			fmt.Printf("    rows:  %s\n", api.snapshotCommand(d))
+		}
+		fmt.Printf("    rows:  %s\n", ctl.rowsCommand(d.handle))
+	}
+	watch := demo[0]
+	if api.base != "" {
+		live, err := api.liveCommand(ctx, watch)
+		if err == nil {
+			fmt.Printf("watch shape %s (items WHERE %s) change live, in another terminal:\n  %s\n", watch.handle, watch.where, live)
+		} else if ctx.Err() == nil {
+			fmt.Printf("shapeapi did not serve shape %s (%v); see %s\n", watch.handle, err, filepath.Join(work, "logs", "shapeapi.log"))
+			api.base = ""
+		}
+	}
+	if api.base == "" {
+		fmt.Printf("watch shape %s (items WHERE %s) change, in another terminal (bin/shapeapi is not built, so this polls fanoutctl every second):\n  %s\n",
+			watch.handle, watch.where, ctl.watchCommand(watch.handle))
+	}
+	fmt.Println("running; Ctrl-C (or closing this terminal) stops everything")
 	return progress(ctx, bus, pgURL, &changes, loadDone)
 }
 
-func startService(work, name, bin, id string, env []string) (*exec.Cmd, error) {
-	path, err := filepath.Abs(filepath.Join("bin", bin))
-	if err != nil {
-		return nil, err
+// demoShape is one shape make run adds, and how to ask for it.
+type demoShape struct{ handle, table, where string }
+
+// stopServices sends SIGTERM to every service (they drain), newest first,
+// and kills one that has not exited after 15 s.
+func stopServices(procs []*exec.Cmd) {
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Process.Signal(syscall.SIGTERM)
 	}
+	for _, p := range procs {
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			p.Process.Kill()
+			<-done
+		}
+	}
+	fmt.Println("stopped all services")
+}
+
+// fanoutctl prints fanoutctl command lines with every flag they need.
+type fanoutctl struct{ bin, natsURL, storage string }
+
+func (c fanoutctl) rowsCommand(handle string) string {
+	return strings.Join([]string{shellQuote(c.bin), "--nats.url", shellQuote(c.natsURL), "--storage.dir", shellQuote(c.storage), "shape", "rows", handle}, " ")
+}
+
+// watchCommand shows the shape's three highest keys every second: the demo
+// load inserts ever higher ids, so new rows appear there.
+func (c fanoutctl) watchCommand(handle string) string {
+	return "while :; do " + c.rowsCommand(handle) + " | tail -n 3; echo; sleep 1; done"
+}
+
+// shellQuote quotes s for sh when it holds anything but safe characters.
+func shellQuote(s string) string {
+	safe := true
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@=,+%", r)) {
+			safe = false
+			break
+		}
+	}
+	if safe && s != "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func startService(work, binDir, name, bin, id string, env []string) (*exec.Cmd, error) {
+	path := filepath.Join(binDir, bin)
 	logFile, err := os.Create(filepath.Join(work, "logs", name+".log"))
 	if err != nil {
 		return nil, err
@@ -154,7 +249,9 @@ func startService(work, name, bin, id string, env []string) (*exec.Cmd, error) {
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches devstack only; it stops them in order
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	logFile.Close() // the service has its own copy
+	if err != nil {
 		return nil, fmt.Errorf("start %s (run make build first): %w", path, err)
 	}
 	return cmd, nil
