@@ -8,8 +8,12 @@ import (
 	"github.com/jackc/pglogrepl"
 )
 
-// Binding says which consumer owns a partition, and at which epoch. Epochs of a
-// partition only grow; a consumer acting on an older epoch is a zombie and is fenced.
+// Binding says which consumer owns a partition, and at which epoch. The epoch
+// is the fencing token of the shape logs: flushd hands every new binding an
+// epoch above every epoch ever used in the deployment (any partition, any
+// partition count, see flushd.Assign), because a shape's log compares the
+// epochs of its writers whatever partition they came from. A consumer acting
+// on an older epoch is a zombie and is fenced.
 type Binding struct {
 	Partition int    `json:"partition"`
 	Consumer  string `json:"consumer"`
@@ -26,6 +30,11 @@ type Heartbeat struct {
 	Draining bool `json:"draining,omitempty"`
 	// Owned lists the partitions the consumer currently pulls, at their epochs.
 	Owned map[int]uint64 `json:"owned,omitempty"`
+	// StorageEpoch is the highest owner epoch the consumer's storage holds
+	// (read at start, raised by the epochs it takes since). flushd binds
+	// above it, so epochs never restart below what the logs recorded, even
+	// when the bindings bucket is lost.
+	StorageEpoch uint64 `json:"storage_epoch,omitempty"`
 }
 
 // IngestProgress is written by ingest: every transaction whose commit LSN is

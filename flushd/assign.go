@@ -9,13 +9,24 @@ import (
 // Assign returns the bindings to write so that every partition 0..n-1 is
 // owned by a live consumer and the load is even (owners differ by at most
 // one partition). A partition keeps its owner while that owner is live and
-// not above its share, so bindings move only when they must. Every changed
-// binding gets its partition's epoch + 1; moved (if set) forces a partition
-// off its current owner, for stalls.
-func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]bool) []fanout.Binding {
+// not above its share, so bindings move only when they must. moved (if set)
+// forces a partition off its current owner, for stalls.
+//
+// Every changed binding gets its own epoch above floor and above every epoch
+// in current, including partitions at or beyond n (bindings left by a larger
+// partition count). The epoch is the shape logs' fencing token, and a shape
+// keeps its log when a partition-count change moves it to another partition:
+// its new writer must be above every writer it ever had. floor is the
+// highest epoch known from elsewhere (storage, deleted bindings).
+func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]bool, floor uint64) []fanout.Binding {
 	if len(live) == 0 {
 		return nil // nobody to give partitions to; keep the bindings for when one returns
 	}
+	last := floor
+	for _, b := range current {
+		last = max(last, b.Epoch)
+	}
+	nextEpoch := func() uint64 { last++; return last }
 	isLive := map[string]bool{}
 	for _, c := range live {
 		isLive[c] = true
@@ -80,7 +91,7 @@ func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]
 				if current[q].Consumer == best && !moved[q] && isLive[stalled] {
 					owned[best] = append(owned[best][:i:i], owned[best][i+1:]...)
 					owned[stalled] = append(owned[stalled], q)
-					changes = append(changes, fanout.Binding{Partition: q, Consumer: stalled, Epoch: current[q].Epoch + 1})
+					changes = append(changes, fanout.Binding{Partition: q, Consumer: stalled, Epoch: nextEpoch()})
 					break
 				}
 			}
@@ -89,7 +100,7 @@ func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]
 		if old, ok := current[p]; ok && old.Consumer == best && !moved[p] {
 			continue
 		}
-		changes = append(changes, fanout.Binding{Partition: p, Consumer: best, Epoch: current[p].Epoch + 1})
+		changes = append(changes, fanout.Binding{Partition: p, Consumer: best, Epoch: nextEpoch()})
 	}
 	return changes
 }

@@ -27,7 +27,7 @@ func loads(b map[int]fanout.Binding) map[string]int {
 }
 
 func TestAssignBindsEveryPartitionEvenly(t *testing.T) {
-	b := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil))
+	b := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil, 0))
 	if len(b) != 64 {
 		t.Fatalf("%d partitions bound, want 64", len(b))
 	}
@@ -37,27 +37,21 @@ func TestAssignBindsEveryPartitionEvenly(t *testing.T) {
 			t.Fatalf("consumer %s owns %d partitions, want 21 or 22 (%v)", c, n, l)
 		}
 	}
-	for p, x := range b {
-		if x.Epoch != 1 {
-			t.Fatalf("partition %d epoch %d, want 1", p, x.Epoch)
-		}
-	}
-	if again := Assign(b, []string{"c1", "c2", "c3"}, 64, nil); len(again) != 0 {
+	checkFreshEpochs(t, nil, 0, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil, 0))
+	if again := Assign(b, []string{"c1", "c2", "c3"}, 64, nil, 0); len(again) != 0 {
 		t.Fatalf("a balanced assignment moved %d partitions", len(again))
 	}
 }
 
 func TestAssignMovesOnlyTheDeadConsumersPartitionsWithNewEpochs(t *testing.T) {
-	b := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil))
-	changes := Assign(b, []string{"c1", "c3"}, 64, nil)
+	b := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil, 0))
+	changes := Assign(b, []string{"c1", "c3"}, 64, nil, 0)
 	for _, c := range changes {
 		if b[c.Partition].Consumer != "c2" {
 			t.Fatalf("partition %d of live %s moved", c.Partition, b[c.Partition].Consumer)
 		}
-		if c.Epoch != b[c.Partition].Epoch+1 {
-			t.Fatalf("partition %d epoch %d, want %d", c.Partition, c.Epoch, b[c.Partition].Epoch+1)
-		}
 	}
+	checkFreshEpochs(t, b, 0, changes)
 	after := apply(b, changes)
 	if l := loads(after); l["c2"] != 0 || l["c1"] != 32 || l["c3"] != 32 {
 		t.Fatalf("loads after c2 died: %v", l)
@@ -65,8 +59,8 @@ func TestAssignMovesOnlyTheDeadConsumersPartitionsWithNewEpochs(t *testing.T) {
 }
 
 func TestAssignRebalancesWhenAConsumerJoins(t *testing.T) {
-	b := apply(nil, Assign(nil, []string{"c1"}, 64, nil))
-	changes := Assign(b, []string{"c1", "c2"}, 64, nil)
+	b := apply(nil, Assign(nil, []string{"c1"}, 64, nil, 0))
+	changes := Assign(b, []string{"c1", "c2"}, 64, nil, 0)
 	if len(changes) != 32 {
 		t.Fatalf("%d partitions moved to the new consumer, want 32", len(changes))
 	}
@@ -76,26 +70,85 @@ func TestAssignRebalancesWhenAConsumerJoins(t *testing.T) {
 }
 
 func TestAssignKeepsBindingsWhenNobodyIsLive(t *testing.T) {
-	b := apply(nil, Assign(nil, []string{"c1"}, 8, nil))
-	if changes := Assign(b, nil, 8, nil); len(changes) != 0 {
+	b := apply(nil, Assign(nil, []string{"c1"}, 8, nil, 0))
+	if changes := Assign(b, nil, 8, nil, 0); len(changes) != 0 {
 		t.Fatalf("bindings changed with no live consumer: %v", changes)
 	}
 }
 
 func TestAssignMovesAStalledPartitionEvenWhenBalanced(t *testing.T) {
-	b := apply(nil, Assign(nil, []string{"c1", "c2"}, 4, nil))
+	b := apply(nil, Assign(nil, []string{"c1", "c2"}, 4, nil, 0))
 	stalled := 0
 	owner := b[stalled].Consumer
-	changes := Assign(b, []string{"c1", "c2"}, 4, map[int]bool{stalled: true})
+	changes := Assign(b, []string{"c1", "c2"}, 4, map[int]bool{stalled: true}, 0)
 	after := apply(b, changes)
-	if after[stalled].Consumer == owner || after[stalled].Epoch != b[stalled].Epoch+1 {
+	checkFreshEpochs(t, b, 0, changes)
+	if after[stalled].Consumer == owner {
 		t.Fatalf("stalled partition stayed: %+v (was %+v)", after[stalled], b[stalled])
 	}
 	// The move is a swap, so the next round has nothing to even out; an
 	// uneven result would be trimmed straight back onto the stalled owner.
-	if again := Assign(after, []string{"c1", "c2"}, 4, nil); len(again) != 0 {
+	if again := Assign(after, []string{"c1", "c2"}, 4, nil, 0); len(again) != 0 {
 		t.Fatalf("the round after the stall moves %+v", again)
 	}
+}
+
+// checkFreshEpochs fails unless every change has its own epoch, above floor
+// and above every epoch of cur.
+func checkFreshEpochs(t *testing.T, cur map[int]fanout.Binding, floor uint64, changes []fanout.Binding) {
+	t.Helper()
+	top := floor
+	for _, b := range cur {
+		top = max(top, b.Epoch)
+	}
+	seen := map[uint64]int{}
+	for _, c := range changes {
+		if c.Epoch <= top {
+			t.Fatalf("partition %d bound at epoch %d, not above %d (the highest epoch used)", c.Partition, c.Epoch, top)
+		}
+		if q, dup := seen[c.Epoch]; dup {
+			t.Fatalf("partitions %d and %d both bound at epoch %d", q, c.Partition, c.Epoch)
+		}
+		seen[c.Epoch] = c.Partition
+	}
+}
+
+// After bus.partitions goes from 64 to 16, the bindings of partitions 16..63
+// are still there; shapes of those partitions now hash below 16, and their
+// logs recorded the old epochs. Every new binding is above all of them.
+func TestAssignAfterAPartitionCountChangeIsAboveTheOldPartitionsEpochs(t *testing.T) {
+	old := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil, 0))
+	old = apply(old, Assign(old, []string{"c1", "c3"}, 64, nil, 0)) // c2 died: more epochs
+	changes := Assign(old, []string{"c4", "c5"}, 16, nil, 0)         // all replaced at the new count
+	if len(changes) != 16 {
+		t.Fatalf("%d partitions rebound, want 16", len(changes))
+	}
+	checkFreshEpochs(t, old, 0, changes)
+	for _, c := range changes {
+		if c.Partition >= 16 {
+			t.Fatalf("partition %d bound beyond the count 16", c.Partition)
+		}
+	}
+}
+
+// With the bindings bucket lost, the floor (what storage reported) is all
+// that says which epochs the logs hold.
+func TestAssignWithoutBindingsStartsAboveTheFloor(t *testing.T) {
+	changes := Assign(nil, []string{"c1", "c2"}, 8, nil, 900)
+	if len(changes) != 8 {
+		t.Fatalf("%d partitions bound, want 8", len(changes))
+	}
+	checkFreshEpochs(t, nil, 900, changes)
+}
+
+// A stall move that swaps gives both partitions fresh epochs.
+func TestAssignStallSwapGivesFreshEpochs(t *testing.T) {
+	b := apply(nil, Assign(nil, []string{"c1", "c2"}, 2, nil, 40))
+	changes := Assign(b, []string{"c1", "c2"}, 2, map[int]bool{0: true}, 40)
+	if len(changes) != 2 {
+		t.Fatalf("stall swap changed %v, want both partitions", changes)
+	}
+	checkFreshEpochs(t, b, 40, changes)
 }
 
 func TestLivenessTimesOutAndDrains(t *testing.T) {

@@ -32,6 +32,15 @@ type Service struct {
 	ready   *observe.Readiness
 	live    *Liveness
 	binding map[int]fanout.Binding
+	// rev is the KV revision of each partition's binding key as last seen,
+	// and put whether that entry is a value (not a delete): bindings are
+	// written with compare-and-set on it, so two flushd instances (a
+	// rolling deploy) never both hand out a partition's next epoch.
+	rev map[int]uint64
+	put map[int]bool
+	// epochFloor is the highest epoch heard of outside the current
+	// bindings: consumers' storage and partitions, deleted bindings.
+	epochFloor uint64
 
 	lastSafe      *fanout.SafeLSN
 	lastSafePut   time.Time
@@ -47,6 +56,7 @@ func New(cfg Config, bus *fanout.Bus, log *slog.Logger, reg prometheus.Registere
 		cfg: cfg, log: log, bus: bus, m: newMetrics(reg), ready: ready,
 		live:    NewLiveness(cfg.Flushd.HeartbeatTimeout),
 		binding: map[int]fanout.Binding{},
+		rev:     map[int]uint64{}, put: map[int]bool{},
 	}
 }
 
@@ -149,6 +159,10 @@ func (s *Service) onHeartbeat(e jetstream.KeyValueEntry, ok bool, loaded *bool) 
 		s.log.Warn("ignoring invalid heartbeat", "key", e.Key(), "err", err)
 		return nil
 	}
+	s.raiseFloor(h.StorageEpoch)
+	for _, epoch := range h.Owned {
+		s.raiseFloor(epoch)
+	}
 	now := time.Now()
 	if excused := s.live.Observe(*h, now); excused > 0 {
 		// Nobody could ack either: the stall clock stops too, for the part
@@ -185,6 +199,9 @@ func (s *Service) onBinding(e jetstream.KeyValueEntry) {
 		s.log.Warn("ignoring foreign key in bindings bucket", "key", e.Key())
 		return
 	}
+	if e.Revision() >= s.rev[p] {
+		s.rev[p], s.put[p] = e.Revision(), e.Operation() == jetstream.KeyValuePut
+	}
 	if e.Operation() != jetstream.KeyValuePut {
 		// Keep the last epoch: epochs must only grow, even if a key is deleted by hand.
 		return
@@ -199,10 +216,47 @@ func (s *Service) onBinding(e jetstream.KeyValueEntry) {
 		}
 		return
 	}
+	s.raiseFloor(b.Epoch)
 	if old, ok := s.binding[p]; ok && old.Epoch > b.Epoch {
 		return
 	}
 	s.binding[p] = *b
+}
+
+func (s *Service) raiseFloor(epoch uint64) {
+	s.epochFloor = max(s.epochFloor, epoch)
+}
+
+// writeBinding writes b with compare-and-set on the revision flushd last
+// saw. lost is true when another writer (a second flushd) got there first;
+// flushd then holds what KV holds, and the caller decides again next tick.
+func (s *Service) writeBinding(ctx context.Context, b fanout.Binding) (lost bool, err error) {
+	key := fanout.BindingKey(b.Partition)
+	var rev uint64
+	if s.put[b.Partition] {
+		rev, err = s.bus.Bindings.Update(ctx, key, fanout.EncodeJSON(b), s.rev[b.Partition])
+	} else {
+		rev, err = s.bus.Bindings.Create(ctx, key, fanout.EncodeJSON(b)) // also over a deleted key
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		e, gerr := s.bus.Bindings.Get(ctx, key)
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound):
+			s.put[b.Partition] = false // deleted since: the next write creates it
+		case gerr != nil:
+			return true, fmt.Errorf("re-read binding of partition %d after losing a write to another flushd: %w", b.Partition, gerr)
+		default:
+			s.onBinding(e)
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("write binding of partition %d: %w", b.Partition, err)
+	}
+	s.rev[b.Partition], s.put[b.Partition] = rev, true
+	s.binding[b.Partition] = b
+	s.raiseFloor(b.Epoch)
+	return false, nil
 }
 
 func (s *Service) tick(ctx context.Context, loaded bool) error {
@@ -217,12 +271,19 @@ func (s *Service) tick(ctx context.Context, loaded bool) error {
 	}
 	s.forgetDead(ctx, now)
 	moved := s.detectStall(now, live)
-	for _, b := range Assign(s.binding, live, s.cfg.Bus.Partitions, moved) {
+	for _, b := range Assign(s.binding, live, s.cfg.Bus.Partitions, moved, s.epochFloor) {
 		old, had := s.binding[b.Partition]
-		if _, err := s.bus.Bindings.Put(ctx, fanout.BindingKey(b.Partition), fanout.EncodeJSON(b)); err != nil {
-			return fmt.Errorf("write binding of partition %d: %w", b.Partition, err)
+		lost, err := s.writeBinding(ctx, b)
+		if err != nil {
+			return err
 		}
-		s.binding[b.Partition] = b
+		if lost {
+			// The rest of this round was decided from a view that is now
+			// stale (the other flushd wrote it too): decide again next tick.
+			s.log.Info("another flushd wrote this partition's binding first; deciding again from what it wrote",
+				"partition", b.Partition, "wanted", b.Consumer, "epoch", b.Epoch, "holds", s.binding[b.Partition])
+			return nil
+		}
 		s.m.rebinds.Inc()
 		if had {
 			s.log.Info("partition rebound", "partition", b.Partition, "consumer", b.Consumer, "epoch", b.Epoch, "from", old.Consumer)
