@@ -119,7 +119,7 @@ func checkFreshEpochs(t *testing.T, cur map[int]fanout.Binding, floor uint64, ch
 func TestAssignAfterAPartitionCountChangeIsAboveTheOldPartitionsEpochs(t *testing.T) {
 	old := apply(nil, Assign(nil, []string{"c1", "c2", "c3"}, 64, nil, 0))
 	old = apply(old, Assign(old, []string{"c1", "c3"}, 64, nil, 0)) // c2 died: more epochs
-	changes := Assign(old, []string{"c4", "c5"}, 16, nil, 0)         // all replaced at the new count
+	changes := Assign(old, []string{"c4", "c5"}, 16, nil, 0)        // all replaced at the new count
 	if len(changes) != 16 {
 		t.Fatalf("%d partitions rebound, want 16", len(changes))
 	}
