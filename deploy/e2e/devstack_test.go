@@ -99,7 +99,7 @@ type devstack struct {
 	t    *testing.T
 	root string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *sharedOutput
 	done chan struct{}
 	err  error
 	// pgData is the private cluster's data folder, as printed.
@@ -110,7 +110,7 @@ type devstack struct {
 
 func startDevstack(t *testing.T, root string) *devstack {
 	t.Helper()
-	d := &devstack{t: t, root: root, out: &lockedBuffer{}, done: make(chan struct{})}
+	d := &devstack{t: t, root: root, out: &sharedOutput{}, done: make(chan struct{})}
 	d.cmd = exec.Command(filepath.Join(root, "bin", "devstack"))
 	d.cmd.Dir = root
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
@@ -209,7 +209,7 @@ func (d *devstack) watchLive(dir, line string) {
 	t := d.t
 	cmd := exec.Command("sh", "-c", line)
 	cmd.Dir = dir
-	out := &lockedBuffer{}
+	out := &sharedOutput{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -279,7 +279,7 @@ func makeRunCtrlC(t *testing.T, root string) {
 		t.Fatal(err)
 	}
 	slave.Close()
-	out := &lockedBuffer{}
+	out := &sharedOutput{}
 	copied := make(chan struct{})
 	go func() { readAll(master, out); close(copied) }()
 	done := make(chan error, 1)
@@ -345,7 +345,7 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 
 // readAll copies r into w until r fails (a pty's master reads EIO once
 // every slave is closed).
-func readAll(r *os.File, w *lockedBuffer) {
+func readAll(r *os.File, w *sharedOutput) {
 	buf := make([]byte, 4096)
 	for {
 		n, err := r.Read(buf)
@@ -431,14 +431,24 @@ func processesWhere(match func(argv []string) bool) []int {
 
 // alive is true for a process that exists and is not a zombie.
 func alive(pid int) bool {
+	st := processState(pid)
+	return st != 0 && st != 'Z'
+}
+
+// processState is the state letter of /proc/PID/stat (R, S, T, Z...), or 0
+// when there is no such process.
+func processState(pid int) byte {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return false
+		return 0
 	}
 	// pid (comm) state ...: the state follows the last ')'.
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+	if i < 0 || i+2 >= len(s) {
+		return 0
+	}
+	return s[i+2]
 }
 
 func cmdline(pid int) string {
@@ -463,19 +473,19 @@ func truncateText(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// lockedBuffer is an io.Writer that several goroutines write and read.
-type lockedBuffer struct {
+// sharedOutput is an io.Writer that several goroutines write and read.
+type sharedOutput struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *sharedOutput) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *sharedOutput) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()

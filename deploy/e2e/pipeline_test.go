@@ -3,13 +3,16 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
@@ -36,6 +39,7 @@ func (s *stack) drain() {
 func TestShapeLogsEqualTheirQueries(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
+	s.recordHistory("public.items")
 	defs := itemShapes(s)
 	s.startFlushd()
 	s.startConsumer("c1")
@@ -125,6 +129,7 @@ func (s *stack) boundTo(id string) int {
 func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
+	s.recordHistory("public.items")
 	defs := itemShapes(s)
 	s.startFlushd()
 	c1 := s.startConsumer("c1")
@@ -161,6 +166,7 @@ func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
 func TestZombieConsumerCannotCorruptLogs(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
+	s.recordHistory("public.items")
 	defs := itemShapes(s)
 	s.startFlushd()
 	zombie := s.startConsumer("c1")
@@ -173,22 +179,122 @@ func TestZombieConsumerCannotCorruptLogs(t *testing.T) {
 
 	stop := make(chan struct{})
 	wg := s.load(stop, 1)
-	time.Sleep(time.Second)
-	zombie.Signal(syscall.SIGSTOP)
+	testenv.Eventually(t, 30*time.Second, "load to be confirmed", func() bool { return s.confirmedFlush() > 0 })
+	held := s.freezeHoldingFragments(zombie, "c1")
+	frozenAt := s.currentWAL()
 	testenv.Eventually(t, 30*time.Second, "the stopped consumer's partitions to move", func() bool { return s.boundTo("c1") == 0 })
-	time.Sleep(time.Second)
-	zombie.Signal(syscall.SIGCONT) // it wakes up believing it still owns its partitions
-	time.Sleep(2 * time.Second)
+	s.waitConfirmed(frozenAt, 60*time.Second) // the new owners write past what the zombie holds
+	zombie.Signal(syscall.SIGCONT)            // it wakes up mid-batch, believing it still owns its partitions
+	testenv.Eventually(t, 30*time.Second, "the woken consumer to report that it lost its partitions", func() bool {
+		return fencedMessage(zombie.Output()) != ""
+	})
+	t.Logf("the zombie was frozen holding %d unacked fragments and, woken, said: %s", held, fencedMessage(zombie.Output()))
 	close(stop)
 	wg.Wait()
 
 	s.drain()
 	s.checkShapes(defs)
+	logs := scanShapeLogs(t, s.storageDir())
+	t.Logf("%s", logs)
+	if logs.brokenTxns > 0 {
+		t.Errorf("%d transactions in the shape logs lack or repeat a fragment", logs.brokenTxns)
+	}
+}
+
+// fencedMessage is the line in which a consumer says it stopped writing a
+// partition that was bound away from it, or "".
+func fencedMessage(output string) string {
+	for _, line := range strings.Split(output, "\n") {
+		if strings.Contains(line, "owned by a newer epoch") || strings.Contains(line, "partition moved away") {
+			return line
+		}
+	}
+	return ""
+}
+
+// freezeHoldingFragments SIGSTOPs consumer id at a moment it holds
+// delivered, unacked fragments of a partition it owns (so it wakes up
+// mid-batch), and returns how many. The stop is confirmed by the kernel
+// (state T) and the fragments by JetStream, three reads in a row after the
+// stop, so an ack in flight at the stop cannot pass for work held. Bounded:
+// it fails the test after 50 tries.
+func (s *stack) freezeHoldingFragments(p *testenv.Process, id string) int {
+	s.t.Helper()
+	_, js := s.nats.Connect(s.t)
+	ctx := context.Background()
+	pending := func() int {
+		n := 0
+		for _, b := range s.bindings() {
+			if b.Consumer != id {
+				continue
+			}
+			c, err := js.Consumer(ctx, fanout.StreamName, fanout.ConsumerGroupName(b.Partition, b.Epoch))
+			if err != nil {
+				continue
+			}
+			if info, err := c.Info(ctx); err == nil {
+				n += info.NumAckPending
+			}
+		}
+		return n
+	}
+	for attempt := 0; attempt < 50; attempt++ {
+		if pending() == 0 {
+			time.Sleep(20 * time.Millisecond) // poll for the next batch in flight
+			continue
+		}
+		p.Signal(syscall.SIGSTOP)
+		testenv.Eventually(s.t, 5*time.Second, p.Name+" to be stopped", func() bool { return processState(p.Pid()) == 'T' })
+		held := pending()
+		for i := 0; i < 2 && held > 0; i++ {
+			time.Sleep(50 * time.Millisecond)
+			held = min(held, pending())
+		}
+		if held > 0 {
+			return held
+		}
+		p.Signal(syscall.SIGCONT)
+	}
+	s.t.Fatalf("could not freeze %s while it held unacked fragments in 50 tries", id)
+	return 0
+}
+
+// bindings are the partition bindings fanoutctl status reports.
+func (s *stack) bindings() []fanout.Binding {
+	s.t.Helper()
+	var st struct {
+		Bindings []fanout.Binding `json:"bindings"`
+	}
+	if err := json.Unmarshal([]byte(s.ctl("status", "--json")), &st); err != nil {
+		s.t.Fatal(err)
+	}
+	return st.Bindings
+}
+
+// publishedLSN is ingest's published LSN (everything below it is in
+// JetStream), as fanoutctl status reports it.
+func (s *stack) publishedLSN() pglogrepl.LSN {
+	s.t.Helper()
+	var st struct {
+		Ingest *fanout.IngestProgress `json:"ingest"`
+	}
+	if err := json.Unmarshal([]byte(s.ctl("status", "--json")), &st); err != nil {
+		s.t.Fatal(err)
+	}
+	if st.Ingest == nil {
+		return 0
+	}
+	lsn, err := pglogrepl.ParseLSN(st.Ingest.Published)
+	if err != nil {
+		s.t.Fatalf("status: ingest published LSN %q: %v", st.Ingest.Published, err)
+	}
+	return lsn
 }
 
 func TestKilledIngestResumesWithoutLossOrDuplicates(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
+	s.recordHistory("public.items")
 	defs := itemShapes(s)
 	s.startFlushd()
 	s.startConsumer("c1")
@@ -197,11 +303,22 @@ func TestKilledIngestResumesWithoutLossOrDuplicates(t *testing.T) {
 
 	stop := make(chan struct{})
 	wg := s.load(stop, 1)
-	time.Sleep(1500 * time.Millisecond)
+	testenv.Eventually(t, 30*time.Second, "load to be confirmed", func() bool { return s.confirmedFlush() > 0 })
+	// Kill ingest with work in flight: changes published to JetStream but
+	// not yet confirmed to Postgres (read and published again after the
+	// restart: duplicates), and changes committed but not yet published.
+	testenv.Eventually(t, 30*time.Second, "ingest to have published changes Postgres has not confirmed", func() bool {
+		return s.publishedLSN() > s.confirmedFlush()
+	})
 	ingest.Kill()
-	time.Sleep(500 * time.Millisecond)
+	published, confirmed, committed := s.publishedLSN(), s.confirmedFlush(), s.currentWAL()
+	// Nothing confirms while ingest is dead: these are what it left.
+	if !(confirmed < published && published < committed) {
+		t.Fatalf("at the kill confirmed_flush_lsn %s, published %s, committed WAL %s: want confirmed < published < committed (work in flight)", confirmed, published, committed)
+	}
+	t.Logf("killed ingest with %d bytes of WAL published but unconfirmed and %d committed but unpublished", published-confirmed, committed-published)
 	s.startIngest()
-	time.Sleep(1500 * time.Millisecond)
+	s.waitConfirmed(committed, 60*time.Second) // the new ingest resumed past the kill
 	close(stop)
 	wg.Wait()
 

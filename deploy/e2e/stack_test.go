@@ -43,6 +43,7 @@ type stack struct {
 	dir     string
 	env     []string
 	procs   map[string]*testenv.Process
+	history []string // tables whose changes Postgres records (recordHistory)
 
 	sampleMu sync.Mutex
 	sampler  *pgx.Conn // the chaos WAL sampler's own connection
@@ -319,6 +320,9 @@ func (s *stack) checkShapes(defs []shapeDef) {
 			s.t.Errorf("shape %s (%s WHERE %s) differs from its query:\n--- shape rows\n%s--- SELECT\n%s", d.handle, d.table, d.where, got, want)
 		}
 	}
+	// Equal final rows can hide a change applied twice: compare each
+	// log's operations with what Postgres committed too.
+	s.checkLogsFollowHistory(defs)
 }
 
 func TestMain(m *testing.M) {
