@@ -14,17 +14,27 @@ import (
 // watch missed something (a watch lags after a NATS restart until it resets).
 const resyncInterval = 5 * time.Second
 
-// bindingState remembers the newest revision applied per partition, so an
-// update that arrives late (watch vs re-read) never undoes a newer one.
+// bindingState is the bindings goroutine's: the newest revision applied per
+// partition, so an update that arrives late (watch vs re-read) never undoes
+// a newer one, and the partitions whose old worker is still finishing.
 type bindingState struct {
 	rev map[int]uint64
+	// want is the latest binding of each partition whose old worker is
+	// still finishing (nil: unbound); it is applied once that worker ends,
+	// which freed reports.
+	want  map[int]*fanout.Binding
+	freed chan int
+}
+
+func newBindingState() *bindingState {
+	return &bindingState{rev: map[int]uint64{}, want: map[int]*fanout.Binding{}, freed: make(chan int)}
 }
 
 // watchBindings starts and stops partition workers as flushd binds
 // partitions, until ctx ends. Workers drain when drain ends and stop at once
 // when work ends.
 func (s *Service) watchBindings(ctx, drain, work context.Context) error {
-	st := &bindingState{rev: map[int]uint64{}}
+	st := newBindingState()
 	tick := time.NewTicker(resyncInterval)
 	defer tick.Stop()
 	for {
@@ -51,8 +61,12 @@ func (s *Service) watchBindings(ctx, drain, work context.Context) error {
 					break watch
 				}
 				if e != nil { // nil: the initial values are all in
-					s.applyEntry(st, e, drain, work)
+					s.applyEntry(ctx, st, e, drain, work)
 				}
+			case p := <-st.freed:
+				b := st.want[p]
+				delete(st.want, p)
+				s.applyBinding(ctx, st, p, b, drain, work)
 			case <-tick.C:
 				s.resyncBindings(ctx, st, drain, work)
 			}
@@ -63,7 +77,7 @@ func (s *Service) watchBindings(ctx, drain, work context.Context) error {
 }
 
 // applyEntry applies one KV entry of the bindings bucket.
-func (s *Service) applyEntry(st *bindingState, e jetstream.KeyValueEntry, drain, work context.Context) {
+func (s *Service) applyEntry(ctx context.Context, st *bindingState, e jetstream.KeyValueEntry, drain, work context.Context) {
 	p, err := fanout.ParseBindingKey(e.Key())
 	if err != nil {
 		s.log.Warn("ignoring a key of the bindings bucket", "key", e.Key(), "err", err)
@@ -80,7 +94,7 @@ func (s *Service) applyEntry(st *bindingState, e jetstream.KeyValueEntry, drain,
 			return
 		}
 	}
-	s.applyBinding(p, b, drain, work)
+	s.applyBinding(ctx, st, p, b, drain, work)
 }
 
 // resyncBindings re-reads every binding; failures are logged and retried at
@@ -110,16 +124,22 @@ func (s *Service) resyncBindings(ctx context.Context, st *bindingState, drain, w
 		return
 	}
 	for _, e := range entries {
-		s.applyEntry(st, e, drain, work)
+		s.applyEntry(ctx, st, e, drain, work)
 	}
 }
 
 // applyBinding makes the worker of partition p match binding b (nil: unbound).
-// Only the bindings watch goroutine calls it. s.mu is not held while an old
-// worker finishes its batch: that can take a while (a log rescan, an fsync),
-// and heartbeats, which read the owned partitions, must not wait for it, or
-// flushd would take this consumer for dead and move every partition.
-func (s *Service) applyBinding(p int, b *fanout.Binding, drain, work context.Context) {
+// Only the bindings watch goroutine calls it, and it never waits for a
+// worker: an old worker finishing its batch can take a while (a log rescan,
+// a hung fsync), and neither other partitions' binding changes nor
+// heartbeats, which read the owned partitions, may wait for it. The old
+// worker is stopped, and b is applied when it has ended (st.freed), so a
+// partition's new worker still starts only after its old one finished.
+func (s *Service) applyBinding(ctx context.Context, st *bindingState, p int, b *fanout.Binding, drain, work context.Context) {
+	if _, finishing := st.want[p]; finishing {
+		st.want[p] = b // the latest binding wins once the old worker ends
+		return
+	}
 	mine := b != nil && b.Consumer == s.id
 	s.mu.Lock()
 	cur := s.workers[p]
@@ -139,7 +159,19 @@ func (s *Service) applyBinding(p int, b *fanout.Binding, drain, work context.Con
 				s.log.Info("partition moved away; stopping its worker (no more writes or acks)", "partition", p, "epoch", cur.epoch)
 			}
 			cur.stop()
-			<-cur.done
+			st.want[p] = b
+			go func() { // ends with the worker, or with the bindings goroutine
+				select {
+				case <-cur.done:
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case st.freed <- p:
+				case <-ctx.Done():
+				}
+			}()
+			return
 		}
 		s.mu.Lock()
 		delete(s.workers, p)
