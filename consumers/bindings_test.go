@@ -110,7 +110,7 @@ func TestAHungWorkerDoesNotHoldUpOtherPartitionsBindings(t *testing.T) {
 		_, held := h.Owned[pb]
 		return h != nil && !held
 	})
-	e.bind(pa, "c1", 5) // back to c1: must wait for the stuck worker of epoch 1
+	e.bind(pa, "c1", 5)                // back to c1: must wait for the stuck worker of epoch 1
 	time.Sleep(500 * time.Millisecond) // a wrong start would show within a few heartbeats
 	if h := e.heartbeat("c1"); h.Owned[pa] == 5 {
 		t.Fatalf("the new worker of partition %d started while the old one was still in Append (owned %v)", pa, h.Owned)
