@@ -78,8 +78,27 @@ func (x *Txn) Commit(end pglogrepl.LSN) {
 	x.t.mu.Lock()
 	defer x.t.mu.Unlock()
 	x.committed, x.end = true, end
+	x.t.coalesce(x)
 	x.t.advance()
 }
+
+// coalesce folds x, when it is the newest entry and complete (it touched no
+// shape, or all its publishes are acked), into the complete entry before it:
+// both only wait for the same earlier transaction. Behind a publish that is
+// being retried the queue then holds one entry per run of such transactions,
+// not one per transaction. Called with mu held.
+func (t *Tracker) coalesce(x *Txn) {
+	n := len(t.queue)
+	if n < 2 || t.queue[n-1] != x || !x.complete() || !t.queue[n-2].complete() {
+		return
+	}
+	prev := t.queue[n-2]
+	prev.end = max(prev.end, x.end)
+	t.queue[n-1] = nil
+	t.queue = t.queue[:n-1]
+}
+
+func (x *Txn) complete() bool { return x.committed && x.outstanding == 0 }
 
 // Idle moves published to walEnd (a keepalive's server WAL end) when no
 // transaction is open or awaiting acks: everything before walEnd was sent
@@ -113,7 +132,7 @@ func (t *Tracker) Abandon() {
 // advance pops the completed prefix. Called with mu held.
 func (t *Tracker) advance() {
 	n := 0
-	for n < len(t.queue) && t.queue[n].committed && t.queue[n].outstanding == 0 {
+	for n < len(t.queue) && t.queue[n].complete() {
 		if t.queue[n].end > t.published {
 			t.set(t.queue[n].end)
 		}

@@ -113,3 +113,34 @@ func TestConfirmNeverPassesSafe(t *testing.T) {
 		}
 	}
 }
+
+// While one transaction's publish is being retried, every transaction after
+// it that touched no shape is complete at once; they must not pile up one
+// entry each (a busy database commits thousands a second).
+func TestTrackerCoalescesCompleteTransactionsBehindARetriedOne(t *testing.T) {
+	tr := NewTracker(0)
+	stuck := tr.Begin()
+	stuck.Add() // its publish is being retried
+	stuck.Commit(100)
+	for i := 1; i <= 10000; i++ {
+		tr.Begin().Commit(pglogrepl.LSN(100 + i))
+	}
+	if n := tr.Open(); n > 2 {
+		t.Fatalf("%d transactions queued behind the retried one, want them coalesced into one", n)
+	}
+	if got := tr.Published(); got != 0 {
+		t.Fatalf("published = %s with the first transaction unacked, want 0/0", got)
+	}
+	// A transaction with a publish of its own keeps its place behind them.
+	x := tr.Begin()
+	x.Add()
+	x.Commit(20000)
+	stuck.Done()
+	if got := tr.Published(); got != 10100 {
+		t.Fatalf("published = %s after the retried publish was acked, want %s", got, pglogrepl.LSN(10100))
+	}
+	x.Done()
+	if got := tr.Published(); got != 20000 || tr.Open() != 0 {
+		t.Fatalf("published = %s, open %d after every ack; want %s, 0", got, tr.Open(), pglogrepl.LSN(20000))
+	}
+}
