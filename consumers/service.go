@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/consumers/snapshot"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/observe"
 )
@@ -100,6 +101,12 @@ func (s *Service) Run(ctx context.Context) error {
 			s.fail(err)
 		}
 	}()
+
+	// Initial snapshots: this replica takes its share (consumers/snapshot).
+	if err := snapshot.Start(bg, &wg, snapshot.Deps{JS: js, Shapes: s.bus.Shapes, Dir: s.cfg.Storage.Dir,
+		ID: s.id, Replicas: s.cfg.Bus.Replicas, Reg: s.reg, Log: s.log}); err != nil {
+		return err
+	}
 
 	s.shapes = newShapeCache(s.bus.Shapes, s.log, s.cfg.Consumer.BusRetryTimeout, s.removeShape)
 	primed := make(chan struct{})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
+	"github.com/fanout/pipeline/fanout/shapestate"
 )
 
 // ErrUnknownShape is wrapped by the errors of Get and Remove for a handle
@@ -61,6 +62,12 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	if _, err := bus.Shapes.Create(ctx, s.Handle, s.Encode()); err != nil {
 		return nil, fmt.Errorf("store shape %s in KV bucket %s: %w", s.Handle, fanout.ShapesBucket, err)
 	}
+	// The shape starts creating: a snapshot runner takes its initial
+	// snapshot once ingest routes it. A missing state means the same, so
+	// this write may fail without harm.
+	if kv, err := shapestate.Open(ctx, bus.JS); err == nil {
+		shapestate.Swap(ctx, kv, &shapestate.State{Handle: s.Handle, Phase: shapestate.Creating}, 0)
+	}
 	return s, nil
 }
 
@@ -74,6 +81,9 @@ func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
 	}
 	if err := bus.Shapes.Delete(ctx, handle); err != nil {
 		return fmt.Errorf("delete shape %s from KV bucket %s: %w", handle, fanout.ShapesBucket, err)
+	}
+	if kv, err := shapestate.Open(ctx, bus.JS); err == nil {
+		kv.Delete(ctx, handle) // snapshot runners clear it too
 	}
 	if err := bus.Stream.Purge(ctx, jetstream.WithPurgeSubject(fanout.ShapeFilter(handle))); err != nil {
 		return fmt.Errorf("shape %s is removed, but purging its fragments from stream %s failed: %w (run: nats stream purge %s --subject '%s')",

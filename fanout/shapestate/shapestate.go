@@ -216,3 +216,20 @@ func PutRouting(ctx context.Context, kv jetstream.KeyValue, r Routing) error {
 	}
 	return nil
 }
+
+// Open returns the bucket, creating it (with the replicas of the shapes
+// bucket) if no service has yet.
+func Open(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err == nil {
+		return kv, nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("open KV bucket %s: %w", Bucket, err)
+	}
+	replicas := 1
+	if st, err := js.Stream(ctx, "KV_fanout_shapes"); err == nil {
+		replicas = st.CachedInfo().Config.Replicas
+	}
+	return Ensure(ctx, js, replicas, false)
+}

@@ -3,16 +3,20 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapes"
+	"github.com/fanout/pipeline/fanout/shapestate"
 )
 
 func shapeAdd(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error {
@@ -49,25 +53,46 @@ func shapeRm(ctx context.Context, bus *fanout.Bus, cmd command) error {
 	return nil
 }
 
+// listedShape is a shape as `shape ls --json` prints it: its definition and
+// its snapshot state.
+type listedShape struct {
+	*fanout.Shape
+	State *shapestate.State `json:"state"`
+}
+
 func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command) error {
 	list, err := shapes.List(ctx, bus)
 	if err != nil {
 		return err
 	}
-	if cmd.json {
-		if list == nil {
-			list = []*fanout.Shape{}
+	states := map[string]*shapestate.State{}
+	if kv, err := shapestate.Open(ctx, bus.JS); err == nil {
+		if states, err = shapestate.List(ctx, kv); err != nil {
+			return err
 		}
-		return printJSON(list)
+	}
+	stateOf := func(h string) *shapestate.State {
+		if st := states[h]; st != nil {
+			return st
+		}
+		return &shapestate.State{Handle: h, Phase: shapestate.Creating}
+	}
+	if cmd.json {
+		out := []listedShape{}
+		for _, s := range list {
+			out = append(out, listedShape{s, stateOf(s.Handle)})
+		}
+		return printJSON(out)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "HANDLE\tTABLE\tWHERE\tCOLUMNS")
+	fmt.Fprintln(w, "HANDLE\tTABLE\tWHERE\tCOLUMNS\tSTATE\tROWS")
 	for _, s := range list {
 		cols := "*"
 		if len(s.Columns) > 0 {
 			cols = strings.Join(s.Columns, ",")
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Handle, s.Table, s.Where, cols)
+		st := stateOf(s.Handle)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\n", s.Handle, s.Table, s.Where, cols, st.Phase, st.Rows)
 	}
 	return w.Flush()
 }
@@ -75,12 +100,35 @@ func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command) error {
 // shapeRows prints the materialized rows, one JSON object per line, sorted by
 // primary key. Values are in Postgres text format, as in the shape log.
 func shapeRows(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error {
+	return shapeRowsWait(ctx, cfg, bus, cmd, 0)
+}
+
+// shapeRowsWait is shapeRows that first waits up to wait for the shape to
+// be ready (wait 0: a shape that is not ready is an error).
+func shapeRowsWait(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command, wait time.Duration) error {
 	if len(cmd.args) != 1 {
 		return fmt.Errorf("shape rows needs exactly one HANDLE")
 	}
 	s, err := shapes.Get(ctx, bus, cmd.args[0])
 	if err != nil {
 		return err
+	}
+	st, err := awaitReady(ctx, bus, s.Handle, wait)
+	if err != nil {
+		return err
+	}
+	dir, _ := filepath.Abs(cfg.Storage.Dir)
+	has, err := shapelog.HasData(cfg.Storage.Dir, s.Handle)
+	if err != nil {
+		return err
+	}
+	if !has {
+		return fmt.Errorf("shape %s is registered, but storage directory %s holds no log and no snapshot of it: the consumers keep their shape logs elsewhere (pass their directory with --storage.dir or FANOUT_STORAGE_DIR)", s.Handle, dir)
+	}
+	if snap, err := shapelog.CurrentSnapshot(cfg.Storage.Dir, s.Handle); err != nil {
+		return err
+	} else if st != nil && (snap == nil || snap.Generation != st.Generation) {
+		return fmt.Errorf("shape %s is ready at snapshot generation %d, but storage directory %s does not hold that generation (wrong --storage.dir?)", s.Handle, st.Generation, dir)
 	}
 	rows, err := shapelog.Materialize(cfg.Storage.Dir, s.Handle, s.PrimaryKey)
 	if err != nil {
@@ -93,6 +141,46 @@ func shapeRows(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) er
 		}
 	}
 	return nil
+}
+
+// awaitReady returns the shape's state once ready, waiting up to wait. A
+// shape from before snapshots existed has no state and is read as it is:
+// nil state, no error... except that every shape added now has one.
+func awaitReady(ctx context.Context, bus *fanout.Bus, handle string, wait time.Duration) (*shapestate.State, error) {
+	kv, err := shapestate.Open(ctx, bus.JS)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		st, _, err := shapestate.Get(ctx, kv, handle)
+		if err != nil {
+			return nil, err
+		}
+		switch st.Phase {
+		case shapestate.Ready:
+			return st, nil
+		case shapestate.Failed:
+			return nil, fmt.Errorf("shape %s failed its initial snapshot (generation %d, %d attempts): %s", handle, st.Generation, st.Attempts, st.Error)
+		}
+		if !time.Now().Before(deadline) {
+			msg := fmt.Sprintf("shape %s is not ready: it is %s", handle, st.Phase)
+			if st.Phase == shapestate.Snapshotting {
+				msg += fmt.Sprintf(" (generation %d on %s, %d rows so far)", st.Generation, st.Owner, st.Rows)
+			} else {
+				msg += " (waiting for a consumer with postgres.url to take its snapshot, after ingest routes it)"
+			}
+			if wait > 0 {
+				return nil, errors.New(msg + fmt.Sprintf("; waited %s", wait))
+			}
+			return nil, errors.New(msg + "; run again when `fanoutctl shape ls` shows it ready, or pass --wait 1m")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("shape %s: %w while waiting for it to be ready", handle, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func printJSON(v any) error {

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/shapes"
+	"github.com/fanout/pipeline/fanout/shapestate"
 	"github.com/fanout/pipeline/flushd"
 )
 
@@ -28,6 +30,15 @@ type Status struct {
 	Consumers       []ConsumerStatus       `json:"consumers"`
 	Bindings        []fanout.Binding       `json:"bindings"`
 	Failed          []fanout.ShapeFailure  `json:"failed_shapes"`
+	Snapshots       SnapshotStatus         `json:"snapshots"`
+}
+
+// SnapshotStatus counts the shapes by snapshot state and lists those not
+// ready: the ones being snapshotted (with progress) and the failed ones.
+type SnapshotStatus struct {
+	Counts  map[shapestate.Phase]int `json:"counts"`
+	NotDone []*shapestate.State      `json:"not_ready"`
+	Error   string                   `json:"error,omitempty"`
 }
 
 // ConsumerStatus is one consumer as its last heartbeat shows it.
@@ -86,6 +97,7 @@ func status(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error
 	}); err != nil {
 		return err
 	}
+	st.Snapshots = snapshotStatus(ctx, bus)
 	if cmd.json {
 		return printJSON(st)
 	}
@@ -134,6 +146,55 @@ func printStatus(st Status) {
 	for _, f := range st.Failed {
 		fmt.Fprintf(w, "failed shape %s\tpartition %d\t%s (commit %s)\n", f.Shape, f.Partition, f.Reason, f.CommitLSN)
 	}
+	sn := st.Snapshots
+	if sn.Error != "" {
+		fmt.Fprintf(w, "snapshots\tunknown\t%s\n", sn.Error)
+	} else {
+		fmt.Fprintf(w, "snapshots\t%d ready\t%d creating, %d snapshotting, %d failed\n",
+			sn.Counts[shapestate.Ready], sn.Counts[shapestate.Creating], sn.Counts[shapestate.Snapshotting], sn.Counts[shapestate.Failed])
+	}
+	for _, x := range sn.NotDone {
+		switch x.Phase {
+		case shapestate.Snapshotting:
+			fmt.Fprintf(w, "snapshotting %s\tgeneration %d on %s\t%d rows, %d bytes, %d chunks, started %s ago\n",
+				x.Handle, x.Generation, x.Owner, x.Rows, x.Bytes, x.Chunks, time.Since(x.Started).Round(100*time.Millisecond))
+		case shapestate.Failed:
+			fmt.Fprintf(w, "snapshot failed %s\tgeneration %d\t%s\n", x.Handle, x.Generation, x.Error)
+		default:
+			fmt.Fprintf(w, "snapshot due %s\t%s\t\n", x.Handle, x.Phase)
+		}
+	}
+}
+
+// snapshotStatus reads every registered shape's snapshot state.
+func snapshotStatus(ctx context.Context, bus *fanout.Bus) SnapshotStatus {
+	out := SnapshotStatus{Counts: map[shapestate.Phase]int{}, NotDone: []*shapestate.State{}}
+	list, err := shapes.List(ctx, bus)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	kv, err := shapestate.Open(ctx, bus.JS)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	states, err := shapestate.List(ctx, kv)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	for _, s := range list {
+		st := states[s.Handle]
+		if st == nil {
+			st = &shapestate.State{Handle: s.Handle, Phase: shapestate.Creating}
+		}
+		out.Counts[st.Phase]++
+		if st.Phase != shapestate.Ready {
+			out.NotDone = append(out.NotDone, st)
+		}
+	}
+	return out
 }
 
 // eachValue calls f for every key of a bucket.

@@ -1,0 +1,66 @@
+package snapshot
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	pg "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// sessionSettings make snapshot values print as pgoutput prints them.
+var sessionSettings = map[string]string{
+	"DateStyle":          "ISO",
+	"TimeZone":           "UTC",
+	"bytea_output":       "hex",
+	"extra_float_digits": "1",
+	"IntervalStyle":      "iso_8601",
+}
+
+// selectSQL is the snapshot query of s: every column of the table's schema
+// (the matcher needs them to post-filter; the projection is applied in Go),
+// with the where clause rendered again from its Postgres parse tree, so the
+// user's text never reaches the SQL as written. The SQL filter only narrows
+// what is read; membership is decided by the compiled matcher.
+func selectSQL(s *fanout.Shape) (string, []string, error) {
+	cols := make([]string, len(s.Schema))
+	quoted := make([]string, len(s.Schema))
+	for i, c := range s.Schema {
+		cols[i] = c.Name
+		quoted[i] = pgx.Identifier{c.Name}.Sanitize()
+	}
+	schema, name := fanout.SplitTable(s.Table)
+	q := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{schema, name}.Sanitize()
+	if strings.TrimSpace(s.Where) != "" {
+		where, err := deparseWhere(s.Where)
+		if err != nil {
+			return "", nil, err
+		}
+		q += " WHERE (" + where + ")"
+	}
+	return q, cols, nil
+}
+
+const wherePrefix = "SELECT 1 WHERE "
+
+// deparseWhere parses the clause (as the matcher does) and prints the tree.
+func deparseWhere(where string) (string, error) {
+	tree, err := pg.Parse(wherePrefix + where)
+	if err != nil {
+		return "", fmt.Errorf("where clause does not parse: %w", err)
+	}
+	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
+		return "", fmt.Errorf("where clause is not one boolean expression")
+	}
+	out, err := pg.Deparse(tree)
+	if err != nil {
+		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
+	}
+	rest, ok := strings.CutPrefix(out, wherePrefix)
+	if !ok {
+		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
+	}
+	return rest, nil
+}

@@ -1,0 +1,26 @@
+package snapshot
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+func TestSelectSQLQuotesAndRendersTheParsedClause(t *testing.T) {
+	s := &fanout.Shape{Table: "public.Items", Where: "owner = 5 AND \"Title\" LIKE 'a%' -- x", Schema: []fanout.Column{{Name: "id"}, {Name: "owner"}, {Name: "Title"}}}
+	q, cols, err := selectSQL(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `SELECT "id", "owner", "Title" FROM "public"."Items" WHERE (owner = 5 AND "Title" LIKE 'a%')`
+	if q != want || strings.Join(cols, ",") != "id,owner,Title" {
+		t.Fatalf("got  %s\nwant %s", q, want)
+	}
+	for _, bad := range []string{"1=1; DROP TABLE x", "owner = (SELECT"} {
+		s.Where = bad
+		if q, _, err := selectSQL(s); err == nil {
+			t.Errorf("clause %q gave SQL %s", bad, q)
+		}
+	}
+}
