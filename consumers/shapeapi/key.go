@@ -1,0 +1,44 @@
+package shapeapi
+
+import (
+	"strings"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// Relation is what the messages of one shape say about its table.
+type Relation struct {
+	Schema, Table string
+	// PK is the primary key, in key order; rows are keyed by it.
+	PK []string
+}
+
+// NewRelation is the relation of a shape.
+func NewRelation(s *fanout.Shape) Relation {
+	schema, table := fanout.SplitTable(s.Table)
+	return Relation{Schema: schema, Table: table, PK: s.PrimaryKey}
+}
+
+// Key is a row's message key: "schema"."table"/"<pk1>"/"<pk2>", with a
+// "/" inside a value doubled and NULL written _, as Electric keys rows.
+func (r Relation) Key(row fanout.Row) string {
+	var b strings.Builder
+	b.WriteString(quoteIdent(r.Schema))
+	b.WriteByte('.')
+	b.WriteString(quoteIdent(r.Table))
+	for _, c := range r.PK {
+		b.WriteByte('/')
+		v := row[c]
+		if v == nil {
+			b.WriteByte('_')
+			continue
+		}
+		b.WriteByte('"')
+		b.WriteString(strings.ReplaceAll(*v, "/", "//"))
+		b.WriteByte('"')
+	}
+	return b.String()
+}
+
+// quoteIdent quotes a Postgres identifier.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }

@@ -1,0 +1,272 @@
+package shapeapi
+
+import (
+	"encoding/json"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+func str(s string) *string { return &s }
+
+func TestParseOffset(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Offset
+		now  bool
+		bad  bool
+	}{
+		{in: "-1", want: StartOffset},
+		{in: "now", now: true},
+		{in: "0_0", want: Offset{}},
+		{in: "22419920_16777880", want: Offset{Tx: 22419920, Op: 16777880}},
+		{in: "1_", bad: true},
+		{in: "_1", bad: true},
+		{in: "abc", bad: true},
+		{in: "-2", bad: true},
+		{in: "1_2_3", bad: true},
+	} {
+		got, now, err := ParseOffset(tc.in)
+		if (err != nil) != tc.bad || now != tc.now || (!tc.bad && got != tc.want) {
+			t.Errorf("ParseOffset(%q) = %v %v %v, want %v %v bad=%v", tc.in, got, now, err, tc.want, tc.now, tc.bad)
+		}
+		if !tc.bad && !tc.now && got.String() != tc.in {
+			t.Errorf("%q prints as %q", tc.in, got.String())
+		}
+	}
+}
+
+func TestOffsetOrder(t *testing.T) {
+	ordered := []Offset{StartOffset, {}, {Op: 3}, {Tx: 5}, {Tx: 5, Op: 2}, {Tx: 6}}
+	for i := range ordered {
+		for j := range ordered {
+			if got := ordered[i].Compare(ordered[j]); (got < 0) != (i < j) || (got == 0) != (i == j) {
+				t.Errorf("%v compared to %v = %d", ordered[i], ordered[j], got)
+			}
+		}
+	}
+	// Every op of a fragment lies between FirstOp and LastOp, and fragments do not overlap.
+	p := fanout.Position{CommitLSN: 100, Seq: 2}
+	q := fanout.Position{CommitLSN: 100, Seq: 3}
+	if !FirstOp(q).After(LastOp(p)) || LastOp(p).Compare(FirstOp(p)) <= 0 {
+		t.Errorf("fragment op ranges overlap: %v..%v then %v", FirstOp(p), LastOp(p), FirstOp(q))
+	}
+}
+
+func TestKey(t *testing.T) {
+	rel := Relation{Schema: "public", Table: `we"ird`, PK: []string{"a", "b"}}
+	for _, tc := range []struct {
+		row  fanout.Row
+		want string
+	}{
+		{fanout.Row{"a": str("1"), "b": str("x")}, `"public"."we""ird"/"1"/"x"`},
+		{fanout.Row{"a": str("a/b"), "b": nil}, `"public"."we""ird"/"a//b"/_`},
+	} {
+		if got := rel.Key(tc.row); got != tc.want {
+			t.Errorf("Key(%v) = %s, want %s", tc.row, got, tc.want)
+		}
+	}
+}
+
+func TestEncodeFragment(t *testing.T) {
+	rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}}
+	f := &fanout.Fragment{Xid: 77, CommitLSN: 1000, Seq: 1, Last: true, Changes: []fanout.Change{
+		{Op: fanout.OpInsert, Row: fanout.Row{"id": str("1"), "t": str("a")}},
+		{Op: fanout.OpUpdate, Row: fanout.Row{"id": str("1"), "t": str("b")}},
+		{Op: fanout.OpUpdate, Old: fanout.Row{"id": str("1")}, Row: fanout.Row{"id": str("2"), "t": str("b")}},
+		{Op: fanout.OpDelete, Old: fanout.Row{"id": str("2")}},
+	}}
+	entries, truncated := EncodeFragment(rel, f)
+	if truncated {
+		t.Fatal("no truncate here")
+	}
+	type msg struct {
+		Key     string            `json:"key"`
+		Value   map[string]string `json:"value"`
+		Headers map[string]any    `json:"headers"`
+	}
+	base := uint64(1) << opBits
+	want := []struct {
+		op, key string
+		at      uint64
+		last    bool
+	}{
+		{"insert", `"public"."items"/"1"`, base, false},
+		{"update", `"public"."items"/"1"`, base + 2, false},
+		{"delete", `"public"."items"/"1"`, base + 4, false}, // a key change: delete the old key...
+		{"insert", `"public"."items"/"2"`, base + 5, false}, // ...then insert the new row
+		{"delete", `"public"."items"/"2"`, base + 6, true},
+	}
+	if len(entries) != len(want) {
+		t.Fatalf("%d entries, want %d", len(entries), len(want))
+	}
+	for i, e := range entries {
+		var m msg
+		if err := json.Unmarshal(e.JSON, &m); err != nil {
+			t.Fatal(err)
+		}
+		w := want[i]
+		last, _ := m.Headers["last"].(bool)
+		if m.Headers["operation"] != w.op || m.Key != w.key || e.Offset != (Offset{Tx: 1000, Op: w.at}) || last != w.last ||
+			m.Headers["lsn"] != "1000" || !reflect.DeepEqual(m.Headers["txids"], []any{77.0}) || m.Headers["op_position"] != float64(w.at) {
+			t.Errorf("entry %d: %s at %v, want %+v", i, e.JSON, e.Offset, w)
+		}
+	}
+	if _, truncated := EncodeFragment(rel, &fanout.Fragment{CommitLSN: 5, Changes: []fanout.Change{{Op: fanout.OpTruncate}}}); !truncated {
+		t.Error("a truncate must rotate the shape")
+	}
+}
+
+func TestChunkCutsAtTheLimitButAlwaysProgresses(t *testing.T) {
+	big := Entry{Offset: Offset{Tx: 1}, JSON: []byte(`"` + strings.Repeat("x", 100) + `"`)}
+	c := NewChunk(50, StartOffset)
+	if !c.Add(big) {
+		t.Fatal("the first entry must always fit")
+	}
+	if c.Add(Entry{Offset: Offset{Tx: 2}, JSON: []byte(`1`)}) {
+		t.Fatal("a full chunk took another entry")
+	}
+	c.Control([]byte(`{"headers":{}}`))
+	if got := string(c.Bytes()); !strings.HasPrefix(got, `["x`) || !strings.HasSuffix(got, `",{"headers":{}}]`) || c.Last() != (Offset{Tx: 1}) {
+		t.Fatalf("chunk %s ends at %v", got, c.Last())
+	}
+	if got := string(NewChunk(10, StartOffset).Bytes()); got != "[]" {
+		t.Fatalf("empty chunk %s", got)
+	}
+}
+
+func TestWatermark(t *testing.T) {
+	for _, tc := range []struct{ last, safe, want pglogrepl.LSN }{
+		{0, 0, 0},
+		{100, 0, 101},   // past the log's last commit: resuming at <w>_0 skips all of it
+		{100, 50, 101},  // the safe LSN is behind the log
+		{100, 500, 499}, // every transaction below 500 is persisted
+	} {
+		if got := Watermark(tc.last, tc.safe); got != tc.want {
+			t.Errorf("Watermark(%d, %d) = %d, want %d", tc.last, tc.safe, got, tc.want)
+		}
+	}
+}
+
+func TestNextCursor(t *testing.T) {
+	now := cursorEpoch.Add(1001 * time.Second)
+	if got := NextCursor(now, ""); got != "1020" {
+		t.Errorf("cursor %s, want 1020", got)
+	}
+	if got := NextCursor(now, "1020"); got <= "1020" || len(got) < 4 {
+		t.Errorf("cursor %s after a request's 1020 must be larger", got)
+	}
+}
+
+func TestCacheControlAndETag(t *testing.T) {
+	for k, want := range map[Kind]string{
+		KindInitial: "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746",
+		KindCatchUp: "public, max-age=60, stale-while-revalidate=300",
+		KindLive:    "public, max-age=5, stale-while-revalidate=5",
+		KindSSE:     "public, max-age=59",
+		KindRefetch: "public, max-age=60, must-revalidate",
+		KindError:   "no-store",
+	} {
+		if got := CacheControl(k, 60*time.Second, 300*time.Second); got != want {
+			t.Errorf("kind %d: %q, want %q", k, got, want)
+		}
+	}
+	if got := ETag("h", StartOffset, Offset{}); got != `"h:-1:0_0"` {
+		t.Errorf("etag %s", got)
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	ok := func(q string) *Request {
+		t.Helper()
+		v, _ := url.ParseQuery(q)
+		r, bad := ParseRequest(v)
+		if bad != nil {
+			t.Fatalf("%s: %v", q, bad)
+		}
+		return r
+	}
+	r := ok(`table=electric_test."Issues for x"&offset=-1&columns="id","Title"&params[1]=a&params[2]=b&replica=full&cache-buster=1`)
+	if r.Def.Schema != "electric_test" || r.Def.Table != "Issues for x" || !reflect.DeepEqual(r.Def.Columns, []string{"id", "Title"}) ||
+		!reflect.DeepEqual(r.Def.Params, []string{"a", "b"}) || r.Def.Replica != "full" || !r.Offset.Start {
+		t.Fatalf("parsed %+v", r.Def)
+	}
+	r = ok(`table=Items&offset=5_2&handle=h&live=true&experimental_live_sse=true&columns=id,Title&cursor=20`)
+	if r.Def.Schema != "public" || r.Def.Table != "items" || !reflect.DeepEqual(r.Def.Columns, []string{"id", "title"}) ||
+		!r.Live || !r.SSE || r.Cursor != "20" || r.Offset != (Offset{Tx: 5, Op: 2}) {
+		t.Fatalf("parsed %+v %+v", r, r.Def)
+	}
+	if a, b := ok(`table=items&offset=-1&where=x = 1`).Def.Key(), ok(`table=public.items&offset=-1&where=x = 1&handle=z`).Def.Key(); a != b {
+		t.Error("the same definition must have the same key")
+	}
+	if a, b := ok(`table=items&offset=-1`).Def.Key(), ok(`table=items&offset=-1&replica=full`).Def.Key(); a == b {
+		t.Error("replica is part of the definition")
+	}
+	for q, param := range map[string]string{
+		`offset=-1`:                          "table",
+		`table=items`:                        "offset",
+		`table=items&offset=x`:               "offset",
+		`table=items&offset=1_1`:             "handle",
+		`table=items&offset=-1&live=true`:    "live",
+		`table=a.b.c&offset=-1`:              "table",
+		`table="open&offset=-1`:              "table",
+		`table=items&offset=-1&params[2]=x`:  "params",
+		`table=items&offset=-1&replica=half`: "replica",
+		`table=items&offset=-1&columns=a,,b`: "columns",
+	} {
+		v, _ := url.ParseQuery(q)
+		_, bad := ParseRequest(v)
+		if bad == nil || bad.Errors[param] == nil {
+			t.Errorf("%s: errors %v, want one on %s", q, bad, param)
+			continue
+		}
+		var body struct {
+			Message string              `json:"message"`
+			Errors  map[string][]string `json:"errors"`
+		}
+		if err := json.Unmarshal(bad.Body(), &body); err != nil || body.Message != "Invalid request" {
+			t.Errorf("400 body %s", bad.Body())
+		}
+	}
+}
+
+func TestSchemaHeader(t *testing.T) {
+	cols := []ColumnInfo{{Name: "id", Type: "int4", NotNull: true}, {Name: "tags", Type: "text", Dims: 1}, {Name: "x", Type: "text"}}
+	got := SchemaHeader(cols, []string{"id", "tags"}, []string{"id"})
+	want := `{"id":{"type":"int4","dims":0,"pk_index":0,"not_null":true},"tags":{"type":"text","dims":1}}`
+	if got != want {
+		t.Fatalf("schema %s, want %s", got, want)
+	}
+}
+
+func TestHubWakesOnlyItsShape(t *testing.T) {
+	h := newHub()
+	a, cancelA := h.register("a")
+	b, cancelB := h.register("b")
+	defer cancelB()
+	h.wake("a")
+	h.wake("a") // coalesced into the pending signal
+	select {
+	case <-a:
+	default:
+		t.Fatal("a was not woken")
+	}
+	select {
+	case <-b:
+		t.Fatal("b was woken by a's notice")
+	default:
+	}
+	if h.held() != 2 {
+		t.Fatalf("held %d", h.held())
+	}
+	cancelA()
+	if h.held() != 1 {
+		t.Fatalf("held %d after cancel", h.held())
+	}
+}

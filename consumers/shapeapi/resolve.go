@@ -1,0 +1,222 @@
+package shapeapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/shapes"
+	"github.com/fanout/pipeline/fanout/shapestate"
+)
+
+// definitionValue is the APIDefinitionsBucket value of a definition: the
+// handle serving it, or none while one replica registers it.
+type definitionValue struct {
+	Handle  string    `json:"handle,omitempty"`
+	Pending time.Time `json:"pending,omitzero"`
+}
+
+// pendingTimeout is how long a registration may stay pending before
+// another replica takes it over (its registrar died).
+const pendingTimeout = 30 * time.Second
+
+// errNotReady means the shape exists but cannot be served yet: 503.
+var errNotReady = errors.New("shape is not ready")
+
+// resolve returns the handle serving def, registering a new shape (validated
+// as fanoutctl shape add validates it) when the definition is new or its
+// shape was removed. Two requests for a new definition, in this replica or
+// another, create one shape: the registrar is whoever wins a
+// compare-and-set on the definition's key.
+func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
+	key := def.Key()
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return "", fmt.Errorf("%w: %v", errNotReady, err)
+		}
+		e, err := s.defs.Get(ctx, key)
+		var rev uint64
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		case err != nil:
+			return "", fmt.Errorf("%w: read KV bucket %s: %v", errNotReady, fanout.APIDefinitionsBucket, err)
+		default:
+			rev = e.Revision()
+			var v definitionValue
+			if json.Unmarshal(e.Value(), &v) == nil {
+				if v.Handle != "" && s.shapes.exists(ctx, v.Handle) {
+					return v.Handle, nil
+				}
+				if v.Handle == "" && time.Since(v.Pending) < pendingTimeout {
+					// Another request registers it: wait for its handle.
+					if !sleep(ctx, 50*time.Millisecond) {
+						return "", fmt.Errorf("%w: %v", errNotReady, ctx.Err())
+					}
+					continue
+				}
+			}
+		}
+		pending, _ := json.Marshal(definitionValue{Pending: time.Now()})
+		if rev == 0 {
+			rev, err = s.defs.Create(ctx, key, pending)
+		} else {
+			rev, err = s.defs.Update(ctx, key, pending, rev)
+		}
+		if err != nil {
+			if attempt > 50 {
+				return "", fmt.Errorf("%w: could not claim definition %s in KV bucket %s: %v", errNotReady, key, fanout.APIDefinitionsBucket, err)
+			}
+			continue // another request won: read again
+		}
+		sh, err := s.register(ctx, def)
+		if err != nil {
+			_ = s.defs.Delete(context.Background(), key, jetstream.LastRevision(rev))
+			return "", err
+		}
+		done, _ := json.Marshal(definitionValue{Handle: sh.Handle})
+		if _, err := s.defs.Update(ctx, key, done, rev); err != nil {
+			// Taken over meanwhile (we were slower than pendingTimeout):
+			// the other registrar's shape serves; drop ours.
+			_ = shapes.Remove(context.Background(), s.bus, sh.Handle)
+			continue
+		}
+		s.shapes.put(sh)
+		s.log.Info("registered a shape for a new definition", "shape", sh.Handle, "table", sh.Table, "where", sh.Where, "columns", sh.Columns)
+		return sh.Handle, nil
+	}
+}
+
+// register validates and adds the shape of def.
+func (s *Server) register(ctx context.Context, def Definition) (*fanout.Shape, error) {
+	if len(def.Params) > 0 {
+		return nil, Invalid("params", "where-clause parameters are not supported by this build's where-clause compiler yet")
+	}
+	var sh *fanout.Shape
+	err := s.pg.with(ctx, func(conn *pgx.Conn) error {
+		var err error
+		sh, err = shapes.Add(ctx, s.bus, conn, def.Qualified(), def.Where, def.Columns)
+		return err
+	})
+	if err != nil {
+		return nil, classifyAddError(err)
+	}
+	return sh, nil
+}
+
+// classifyAddError turns a validation failure of shapes.Add into a 400 on
+// the parameter it is about, and leaves storage or connection failures as
+// they are (503).
+func classifyAddError(err error) error {
+	var pgErr interface{ SQLState() string }
+	msg := err.Error()
+	switch {
+	case errors.As(err, &pgErr), strings.Contains(msg, "store shape"), strings.Contains(msg, "read the "),
+		strings.Contains(msg, "connect to Postgres"):
+		return fmt.Errorf("%w: %v", errNotReady, err)
+	case strings.Contains(msg, "does not exist"), strings.Contains(msg, "is not a table"), strings.Contains(msg, "no primary key"):
+		return Invalid("table", msg)
+	case strings.Contains(msg, "column"):
+		return Invalid("columns", msg)
+	}
+	return Invalid("where", msg)
+}
+
+// awaitReady waits, up to the ready timeout, until handle's initial
+// snapshot is complete, and returns it.
+func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, error) {
+	if v := s.readyCache(handle); v != nil {
+		return v, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.API.ReadyTimeout)
+	defer cancel()
+	w, err := s.states.Watch(ctx, handle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: watch KV bucket %s: %v", errNotReady, shapestate.Bucket, err)
+	}
+	defer w.Stop()
+	for {
+		st, _, err := shapestate.Get(ctx, s.states, handle)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errNotReady, err)
+		}
+		switch st.Phase {
+		case shapestate.Failed:
+			return nil, fmt.Errorf("%w: the initial snapshot of shape %s failed: %s (it is retried; fanoutctl status shows it)", errNotReady, handle, st.Error)
+		case shapestate.Ready:
+			if v, err := s.loadSnapshot(handle, st.Generation); err != nil || v != nil {
+				return v, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: the initial snapshot of shape %s is not complete after %s (state %s)", errNotReady, handle, s.cfg.API.ReadyTimeout, st.Phase)
+		case <-w.Updates():
+		}
+	}
+}
+
+// shapeSet knows which shapes exist, from a watch of the shapes bucket,
+// falling back to the bucket for a handle the watch has not shown yet.
+type shapeSet struct {
+	kv      *fanout.Bus
+	mu      sync.RWMutex
+	known   map[string]*fanout.Shape
+	removed map[string]bool
+	primed  chan struct{}
+	onGone  func(handle string)
+}
+
+func (ss *shapeSet) put(sh *fanout.Shape) {
+	ss.mu.Lock()
+	if !ss.removed[sh.Handle] {
+		ss.known[sh.Handle] = sh
+	}
+	ss.mu.Unlock()
+}
+
+func (ss *shapeSet) remove(handle string) {
+	ss.mu.Lock()
+	delete(ss.known, handle)
+	ss.removed[handle] = true
+	ss.mu.Unlock()
+	ss.onGone(handle)
+}
+
+// get returns the shape of handle, or nil when it does not exist.
+func (ss *shapeSet) get(ctx context.Context, handle string) *fanout.Shape {
+	ss.mu.RLock()
+	sh, gone := ss.known[handle], ss.removed[handle]
+	ss.mu.RUnlock()
+	if sh != nil || gone {
+		return sh
+	}
+	sh, err := shapes.Get(ctx, ss.kv, handle)
+	if err != nil {
+		return nil
+	}
+	ss.put(sh)
+	return sh
+}
+
+func (ss *shapeSet) exists(ctx context.Context, handle string) bool {
+	return ss.get(ctx, handle) != nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,337 @@
+package shapeapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/observe"
+	"github.com/fanout/pipeline/fanout/shapes"
+	"github.com/fanout/pipeline/fanout/shapestate"
+)
+
+// Server is the HTTP shape API over the shape logs of a storage directory.
+// It keeps no state that matters: any number of replicas serve the same
+// answers (caches of log positions and column types only).
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	nc     *nats.Conn
+	bus    *fanout.Bus
+	defs   jetstream.KeyValue
+	states jetstream.KeyValue
+	pg     *pgLink
+	shapes *shapeSet
+	hub    *hub
+	safe   atomic.Uint64 // flushd's safe LSN
+	ready  atomic.Bool
+	reg    *prometheus.Registry
+	rdy    *observe.Readiness
+
+	mu      sync.Mutex
+	indexes map[string]*logIndex
+	columns map[string][]ColumnInfo
+	snaps   map[string]*snapshotView
+
+	requests *prometheus.CounterVec
+	heldG    prometheus.GaugeFunc
+}
+
+// New connects to NATS and prepares the server; Run serves.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	nc, err := fanout.Connect(fanout.ConnectOptions{URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, CAFile: cfg.NATS.CAFile, Name: "shapeapi"}, log)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("JetStream: %w", err)
+	}
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	bus, err := fanout.EnsureBus(bctx, js, cfg.Bus.BusConfig())
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	defs, err := js.CreateOrUpdateKeyValue(bctx, jetstream.KeyValueConfig{Bucket: fanout.APIDefinitionsBucket,
+		Description: "HTTP API shape definition (hashed) -> handle", History: 1, Replicas: max(cfg.Bus.Replicas, 1)})
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("create KV bucket %s: %w", fanout.APIDefinitionsBucket, err)
+	}
+	states, err := shapestate.Ensure(bctx, js, cfg.Bus.Replicas, false)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
+		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
+		indexes: map[string]*logIndex{}, columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{}}
+	s.shapes = &shapeSet{kv: bus, known: map[string]*fanout.Shape{}, removed: map[string]bool{}, primed: make(chan struct{}), onGone: s.forget}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
+		Help: "Shape API responses by status code."}, []string{"code"})
+	s.reg.MustRegister(s.requests, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
+		Help: "Live requests waiting for their shape's log to grow."}, func() float64 { return float64(s.hub.held()) }))
+	return s, nil
+}
+
+// forget drops what the server caches of a removed shape and wakes its
+// held requests (they answer 409).
+func (s *Server) forget(handle string) {
+	s.mu.Lock()
+	delete(s.indexes, handle)
+	delete(s.columns, handle)
+	delete(s.snaps, handle)
+	s.mu.Unlock()
+	s.hub.wake(handle)
+}
+
+// Run serves until ctx ends, then drains: held requests answer at once.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.nc.Close()
+	defer s.pg.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		err := shapes.Watch(ctx, s.bus.Shapes, s.shapes.put, s.shapes.remove, s.log, shapes.WithReady(func() { close(s.shapes.primed) }))
+		if err != nil {
+			errs <- err
+		}
+	})
+	wg.Go(func() {
+		if err := s.watchSafeLSN(ctx); err != nil {
+			errs <- err
+		}
+	})
+	sub, err := s.nc.Subscribe(fanout.NoticeSubjectPrefix+".>", func(m *nats.Msg) {
+		s.hub.wake(m.Subject[len(fanout.NoticeSubjectPrefix)+1:])
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to %s.>: %w", fanout.NoticeSubjectPrefix, err)
+	}
+	defer sub.Unsubscribe()
+	wg.Go(func() {
+		if err := observe.Serve(ctx, s.cfg.HTTP.Addr, s.reg, s.rdy, s.log); err != nil {
+			errs <- err
+		}
+	})
+	ln, err := net.Listen("tcp", s.cfg.API.Addr)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("listen on api.addr %s: %w (is another process using the port?)", s.cfg.API.Addr, err)
+	}
+	srv := &http.Server{Handler: s.Handler(ctx), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("serve api.addr %s: %w", s.cfg.API.Addr, err)
+		}
+	})
+	select {
+	case <-s.shapes.primed:
+		s.ready.Store(true)
+		s.rdy.Set(true, "")
+		s.log.Info("serving the shape API", "addr", ln.Addr().String())
+	case err := <-errs:
+		cancel()
+		srv.Close()
+		wg.Wait()
+		return err
+	case <-ctx.Done():
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	srv.Shutdown(sctx)
+	wg.Wait()
+	return runErr
+}
+
+// watchSafeLSN follows flushd's safe LSN, the watermark of up-to-date messages.
+func (s *Server) watchSafeLSN(ctx context.Context) error {
+	for {
+		w, err := s.bus.State.Watch(ctx, fanout.KeySafeLSN)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("cannot watch the safe LSN; retrying", "err", err)
+			if !sleep(ctx, time.Second) {
+				return nil
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			if v, err := fanout.DecodeSafeLSN(e.Value()); err == nil && uint64(v.LSN) > s.safe.Load() {
+				s.safe.Store(uint64(v.LSN))
+			}
+		}
+		w.Stop()
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+func (s *Server) index(handle string) *logIndex {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix := s.indexes[handle]
+	if ix == nil {
+		ix = &logIndex{}
+		s.indexes[handle] = ix
+	}
+	return ix
+}
+
+// columnInfo returns (and caches) the column types of a shape's table.
+func (s *Server) columnInfo(ctx context.Context, sh *fanout.Shape) ([]ColumnInfo, error) {
+	s.mu.Lock()
+	cols := s.columns[sh.Handle]
+	s.mu.Unlock()
+	if cols != nil {
+		return cols, nil
+	}
+	schema, table := fanout.SplitTable(sh.Table)
+	err := s.pg.with(ctx, func(conn *pgx.Conn) error {
+		var err error
+		cols, err = LoadColumns(ctx, conn, schema, table)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.columns[sh.Handle] = cols
+	s.mu.Unlock()
+	return cols, nil
+}
+
+// snapshotView is a shape's served initial snapshot.
+type snapshotView struct {
+	snap *shapelog.Snapshot // nil: the shape has no snapshot rows
+}
+
+func (s *Server) readyCache(handle string) *snapshotView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snaps[handle]
+}
+
+// loadSnapshot returns the complete snapshot of generation gen, or nil
+// (and no error) when it is not on disk yet.
+func (s *Server) loadSnapshot(handle string, gen uint64) (*snapshotView, error) {
+	snap, err := shapelog.CurrentSnapshot(s.cfg.Storage.Dir, handle)
+	if err != nil {
+		return nil, err
+	}
+	if snap == nil || snap.Generation != gen {
+		return nil, nil
+	}
+	v := &snapshotView{snap: snap}
+	s.mu.Lock()
+	s.snaps[handle] = v
+	s.mu.Unlock()
+	return v, nil
+}
+
+// pgLink is one Postgres connection for the rare queries of the API
+// (validating a new shape, reading column types), reconnected when broken.
+type pgLink struct {
+	url  string
+	mu   sync.Mutex
+	conn *pgx.Conn
+}
+
+func (p *pgLink) with(ctx context.Context, fn func(*pgx.Conn) error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn == nil || p.conn.IsClosed() {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := pgx.Connect(cctx, p.url)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("connect to Postgres: %w (check postgres.url)", err)
+		}
+		p.conn = conn
+	}
+	err := fn(p.conn)
+	if err != nil && p.conn.IsClosed() {
+		p.conn = nil
+	}
+	return err
+}
+
+func (p *pgLink) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		p.conn.Close(context.Background())
+		p.conn = nil
+	}
+}
+
+// authorized compares the secret in constant time.
+func (s *Server) authorized(r *http.Request) bool {
+	if s.cfg.API.Secret == "" {
+		return true
+	}
+	got := r.URL.Query().Get("secret")
+	if got == "" {
+		got = r.URL.Query().Get("api_secret")
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.API.Secret)) == 1
+}
+
+func writeJSON(w http.ResponseWriter, code int, body []byte) {
+	w.Header().Set("content-type", "application/json")
+	w.Header().Set("content-length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	w.Write(body)
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+func errorBody(msg string) []byte {
+	b, _ := json.Marshal(map[string]string{"message": msg})
+	return b
+}
+
+// watermark is the global_last_seen_lsn for a log read to its end whose
+// last transaction committed at last; safe was read before the log.
+func watermark(last fanout.Position, hasLast bool, safe uint64) pglogrepl.LSN {
+	var l pglogrepl.LSN
+	if hasLast {
+		l = last.CommitLSN
+	}
+	return Watermark(l, pglogrepl.LSN(safe))
+}
