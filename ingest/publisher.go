@@ -68,6 +68,18 @@ type Publisher struct {
 	// happen before the message is proposed. Guarded by mu.
 	nextLast  uint64
 	resync    bool // nextLast is unknown (start, or after a retry)
+	// dupsAhead counts the next publishes that the stream already holds
+	// (ingest restarted, or Postgres sent a stretch of WAL again): they are
+	// sent without the expected-last-sequence header and do not advance
+	// nextLast, since JetStream deduplicates them (Nats-Msg-Id) without
+	// moving its sequence. Chaining them would have each next publish
+	// refused (10071) and sent again alone: catch-up at one round trip per
+	// fragment. See probe. Guarded by mu.
+	dupsAhead uint64
+	// resyncs and resent count resyncs and publishes sent again alone
+	// after the stream refused or lost them (each one a round trip with
+	// nothing else in flight). Guarded by mu.
+	resyncs, resent uint64
 	ackerDone chan struct{}
 	abandon   chan struct{} // closed by Close: stop retrying
 	closeOnce sync.Once
@@ -78,7 +90,17 @@ type pendingPub struct {
 	msg    *nats.Msg
 	txn    *Txn
 	size   int
+	kind   sendKind
 }
+
+// sendKind is how a publish is checked against the stream's sequence.
+type sendKind int
+
+const (
+	chained     sendKind = iota // expects the previous publish's sequence
+	probe                       // first after a resync: chained, and awaited before the next is sent
+	presumedDup                 // the stream holds it already: no expectation
+)
 
 // NewPublisher starts the goroutine that awaits acks; Close stops it.
 func NewPublisher(js jetstream.JetStream, opts PublisherOptions, log *slog.Logger, m *Metrics) *Publisher {
@@ -136,14 +158,15 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 	if err := p.reserve(ctx, size); err != nil {
 		return err
 	}
-	if err := p.expectLast(ctx, msg); err != nil {
+	kind, err := p.expectLast(ctx, msg)
+	if err != nil {
 		p.release(size)
 		return err
 	}
 	txn.Add()
 	fut, err := p.js.PublishMsgAsync(msg)
 	if errors.Is(err, nats.ErrMaxPayload) {
-		p.unexpect() // refused before sending: the stream's sequence did not move
+		p.unexpect(kind) // refused before sending: the stream's sequence did not move
 		// Retrying cannot help, and failing would pin WAL for ever (the
 		// same change comes again after every restart): dead-letter it.
 		err = p.deadLetterOversized(ctx, partition, f, msg)
@@ -178,11 +201,14 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 		return nil
 	}
 	select {
-	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size}:
-		return nil
+	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size, kind: kind}:
 	case <-p.failed:
 		return p.Err()
 	}
+	if kind == probe {
+		return p.awaitIdle(ctx) // its ack says whether duplicates lie ahead
+	}
+	return nil
 }
 
 // deadLetterOversized handles a fragment over the NATS server's
@@ -237,36 +263,107 @@ func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *f
 
 // expectLast sets msg's Nats-Expected-Last-Sequence; at the start and after
 // a retry it first waits until nothing else is in flight and reads the
-// stream's last sequence.
-func (p *Publisher) expectLast(ctx context.Context, msg *nats.Msg) error {
+// stream's last sequence, and msg is then the probe: its ack, awaited before
+// anything else is sent, tells whether the stream held it already. If it
+// did, at sequence s, while the stream's last sequence is l, the next l-s
+// publishes are what ingest published after it the last time (ingest is
+// the stream's only publisher, and cuts the same WAL into the same
+// fragments), so they are sent as presumed duplicates.
+func (p *Publisher) expectLast(ctx context.Context, msg *nats.Msg) (sendKind, error) {
 	p.mu.Lock()
 	resync := p.resync
+	if !resync && p.dupsAhead > 0 {
+		p.dupsAhead--
+		p.mu.Unlock()
+		return presumedDup, nil
+	}
 	p.mu.Unlock()
+	kind := chained
 	if resync {
+		kind = probe
+		p.mu.Lock()
+		p.resyncs++
+		p.mu.Unlock()
 		if err := p.awaitEarlier(ctx); err != nil {
-			return err
+			return 0, err
 		}
 		last, err := p.streamLastSeq(ctx)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		p.mu.Lock()
-		p.nextLast, p.resync = last, false
+		p.nextLast, p.resync, p.dupsAhead = last, false, 0
 		p.mu.Unlock()
 	}
 	p.mu.Lock()
 	msg.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(p.nextLast, 10))
 	p.nextLast++
 	p.mu.Unlock()
-	return nil
+	return kind, nil
 }
 
-// unexpect takes back the sequence expectLast counted for a message that
-// was not sent.
-func (p *Publisher) unexpect() {
+// unexpect takes back what expectLast counted for a message that was not
+// sent. A probe that was not sent told nothing: the next publish probes.
+func (p *Publisher) unexpect(kind sendKind) {
 	p.mu.Lock()
-	p.nextLast--
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	switch kind {
+	case presumedDup:
+		p.dupsAhead++ // it was not in the stream the last time either
+	case probe:
+		p.nextLast--
+		p.resync = true
+	default:
+		p.nextLast--
+	}
+}
+
+// acked takes what JetStream said of a resolved publish of kind into account.
+func (p *Publisher) acked(kind sendKind, msg *nats.Msg, ack *jetstream.PubAck) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case kind == probe && ack.Duplicate:
+		p.nextLast-- // the stream did not move
+		if p.nextLast > ack.Sequence {
+			p.dupsAhead = p.nextLast - ack.Sequence
+			p.log.Info("the stream already holds what ingest sends now (a restart, or WAL sent again); sending those publishes as duplicates without a sequence check",
+				"duplicates_ahead", p.dupsAhead, "from_msg_id", msg.Header.Get(fanout.HeaderMsgID))
+		}
+	case kind == chained && ack.Duplicate:
+		// The stream did not move: the publishes chained after this one
+		// expect one too many and are refused and sent again; the next
+		// one resyncs and probes.
+		p.resync = true
+	case kind == presumedDup && !ack.Duplicate:
+		// The stream did not hold it: this run cuts the WAL differently
+		// from the last (or another publisher wrote to the stream). The
+		// chain is off by this one; resync before the next publish.
+		p.log.Warn("a publish presumed to be a duplicate was new to the stream; resyncing the sequence chain",
+			"msg_id", msg.Header.Get(fanout.HeaderMsgID), "sequence", ack.Sequence)
+		p.resync, p.dupsAhead = true, 0
+	}
+}
+
+// awaitIdle waits until nothing is in flight.
+func (p *Publisher) awaitIdle(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		n, err := p.inflight, p.failErr
+		p.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-p.space:
+		case <-p.failed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // streamLastSeq reads the FANOUT stream's last sequence, retrying with
@@ -374,11 +471,15 @@ func (p *Publisher) awaitAcks() {
 			continue
 		}
 		select {
-		case <-pp.future.Ok():
+		case ack := <-pp.future.Ok():
+			p.acked(pp.kind, pp.msg, ack)
 		case err := <-pp.future.Err():
 			// Hold new publishes while this one is sent again, so that
 			// as few as possible land before it.
 			p.setRetrying(true)
+			p.mu.Lock()
+			p.resent++
+			p.mu.Unlock()
 			rerr := p.retry(context.Background(), pp.msg, err)
 			p.mu.Lock()
 			p.resync = true
