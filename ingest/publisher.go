@@ -66,8 +66,8 @@ type Publisher struct {
 	// the stream's last message was acked away (work queue) no longer knows
 	// it and stops applying for good (nats-server 2.15.3). Sequence checks
 	// happen before the message is proposed. Guarded by mu.
-	nextLast  uint64
-	resync    bool // nextLast is unknown (start, or after a retry)
+	nextLast uint64
+	resync   bool // nextLast is unknown (start, or after a retry)
 	// dupsAhead counts the next publishes that the stream already holds
 	// (ingest restarted, or Postgres sent a stretch of WAL again): they are
 	// sent without the expected-last-sequence header and do not advance
@@ -80,9 +80,9 @@ type Publisher struct {
 	// after the stream refused or lost them (each one a round trip with
 	// nothing else in flight). Guarded by mu.
 	resyncs, resent uint64
-	ackerDone chan struct{}
-	abandon   chan struct{} // closed by Close: stop retrying
-	closeOnce sync.Once
+	ackerDone       chan struct{}
+	abandon         chan struct{} // closed by Close: stop retrying
+	closeOnce       sync.Once
 }
 
 type pendingPub struct {
