@@ -127,7 +127,7 @@ func (a shapeAPI) upToDate(ctx context.Context, d demoShape) (handle, offset str
 		if handle == "" || offset == "" {
 			return "", "", errors.New("a response without electric-handle or electric-offset")
 		}
-		if resp.Header.Get("electric-up-to-date") != "" {
+		if _, ok := resp.Header[http.CanonicalHeaderKey("electric-up-to-date")]; ok { // present, value empty
 			return handle, offset, nil
 		}
 	}

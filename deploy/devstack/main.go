@@ -169,21 +169,39 @@ func run() error {
 		fmt.Printf("    rows:  %s\n", ctl.rowsCommand(d.handle))
 	}
 	watch := demo[0]
+	why := "bin/shapeapi is not built"
 	if api.base != "" {
+		// The API snapshots a shape when it is first asked for: ask once the
+		// demo load has put rows in it, so that offset=-1 shows some.
+		awaitRows(ctx, conn, watch)
 		live, err := api.liveCommand(ctx, watch)
 		if err == nil {
 			fmt.Printf("watch shape %s (items WHERE %s) change live, in another terminal:\n  %s\n", watch.handle, watch.where, live)
-		} else if ctx.Err() == nil {
-			fmt.Printf("shapeapi did not serve shape %s (%v); see %s\n", watch.handle, err, filepath.Join(work, "logs", "shapeapi.log"))
+		} else {
+			why = fmt.Sprintf("shapeapi did not serve it: %v; see %s", err, filepath.Join(work, "logs", "shapeapi.log"))
 			api.base = ""
 		}
+	} else if api.cmd != nil {
+		why = "shapeapi is not ready; see " + filepath.Join(work, "logs", "shapeapi.log")
 	}
-	if api.base == "" {
-		fmt.Printf("watch shape %s (items WHERE %s) change, in another terminal (bin/shapeapi is not built, so this polls fanoutctl every second):\n  %s\n",
-			watch.handle, watch.where, ctl.watchCommand(watch.handle))
+	if api.base == "" && ctx.Err() == nil {
+		fmt.Printf("watch shape %s (items WHERE %s) change, in another terminal (%s, so this polls fanoutctl every second):\n  %s\n",
+			watch.handle, watch.where, why, ctl.watchCommand(watch.handle))
 	}
 	fmt.Println("running; Ctrl-C (or closing this terminal) stops everything")
 	return progress(ctx, bus, pgURL, &changes, loadDone)
+}
+
+// awaitRows waits, up to 10 s, until the shape's query has a row.
+func awaitRows(ctx context.Context, conn *pgx.Conn, d demoShape) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var found bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+d.table+" WHERE "+d.where+")").Scan(&found); err == nil && found {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // demoShape is one shape make run adds, and how to ask for it.
