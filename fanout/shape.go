@@ -40,6 +40,12 @@ type Column struct {
 	Type string `json:"type"`
 	// OID is the type's OID, as pgoutput reports it.
 	OID uint32 `json:"oid"`
+	// ElemOID is an array column's element type OID (0 for other columns).
+	ElemOID uint32 `json:"elem_oid,omitempty"`
+	// Enum holds the labels of an enum column's type (or of an enum array's
+	// element type) in declared order (pg_enum.enumsortorder): enums order by
+	// it. A pointer, so that Column stays comparable with ==.
+	Enum *[]string `json:"enum,omitempty"`
 }
 
 var handlePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)

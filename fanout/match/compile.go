@@ -20,8 +20,19 @@ const wherePrefix = "SELECT 1 WHERE "
 // the C collation only: other collations are not honoured. A timestamptz
 // literal without an offset is read as UTC.
 func Compile(where string, schema []fanout.Column) (*Predicate, error) {
+	return CompileParams(where, nil, schema)
+}
+
+// CompileParams is Compile for a clause with $1, $2, ... placeholders:
+// params[0] is $1's value, as text, typed by where it appears (as a quoted
+// literal would be). A clause that uses $n without a value fails, and so
+// does a value no $n uses.
+func CompileParams(where string, params []string, schema []fanout.Column) (*Predicate, error) {
 	p := &Predicate{where: where}
 	if strings.TrimSpace(where) == "" {
+		if len(params) > 0 {
+			return nil, fmt.Errorf("where clause is empty but %d parameter(s) were given; remove them", len(params))
+		}
 		return p, nil
 	}
 	tree, err := pg.Parse(wherePrefix + where)
@@ -45,13 +56,18 @@ func Compile(where string, schema []fanout.Column) (*Predicate, error) {
 		len(sel.LockingClause) > 0 || sel.WithClause != nil || len(sel.DistinctClause) > 0 || sel.IntoClause != nil {
 		return nil, fmt.Errorf("where clause must be one boolean expression, without GROUP BY, ORDER BY, LIMIT, UNION or similar clauses: %q", where)
 	}
-	c := &compiler{cols: map[string]fanout.Column{}, used: map[string]bool{}}
+	c := &compiler{cols: map[string]fanout.Column{}, used: map[string]bool{}, params: params, usedParams: map[int]bool{}}
 	for _, col := range schema {
 		c.cols[col.Name] = col
 		c.names = append(c.names, col.Name)
 	}
 	if p.root, err = c.boolean(sel.WhereClause); err != nil {
 		return nil, err
+	}
+	for i := range params {
+		if !c.usedParams[i+1] {
+			return nil, fmt.Errorf("where clause: parameter $%d was given (%s) but the clause does not use it; remove it or reference it", i+1, quote(params[i]))
+		}
 	}
 	for name := range c.used {
 		p.cols = append(p.cols, name)
@@ -81,9 +97,11 @@ func noCommentsOrSemicolons(where string) error {
 
 // compiler turns parse-tree nodes into evaluable nodes.
 type compiler struct {
-	cols  map[string]fanout.Column
-	names []string
-	used  map[string]bool
+	cols       map[string]fanout.Column
+	names      []string
+	used       map[string]bool
+	params     []string
+	usedParams map[int]bool
 }
 
 // boolean compiles an expression that must yield a boolean.
@@ -119,6 +137,13 @@ func (c *compiler) boolean(n *pg.Node) (node, error) {
 			}
 			return &boolTestNode{arg: arg, want: tNull, not: t.Nulltesttype == pg.NullTestType_IS_NOT_NULL}, nil
 		}
+		if !c.simple(t.Arg) {
+			x, err := c.expr(t.Arg)
+			if err != nil {
+				return nil, err
+			}
+			return &nullTestExprNode{x: x, not: t.Nulltesttype == pg.NullTestType_IS_NOT_NULL}, nil
+		}
 		x, err := c.operand(t.Arg)
 		if err != nil {
 			return nil, fmt.Errorf("IS NULL: %w", err)
@@ -152,7 +177,7 @@ func (c *compiler) boolean(n *pg.Node) (node, error) {
 		case pg.BoolTestType_IS_NOT_UNKNOWN:
 			return &boolTestNode{arg: arg, want: tNull, not: true}, nil
 		}
-	case n.GetColumnRef() != nil, n.GetAConst() != nil, n.GetTypeCast() != nil:
+	case (n.GetColumnRef() != nil || n.GetAConst() != nil || n.GetTypeCast() != nil || n.GetParamRef() != nil) && c.simple(n):
 		x, err := c.operand(n)
 		if err != nil {
 			return nil, err
@@ -165,8 +190,10 @@ func (c *compiler) boolean(n *pg.Node) (node, error) {
 			return nil, fmt.Errorf("where clause: constant %s: %v", x.desc, err)
 		}
 		return &boolOperandNode{o}, nil
+	case n.GetSubLink() != nil, n.GetSqlvalueFunction() != nil, n.GetCollateClause() != nil:
+		return nil, unsupported(n)
 	}
-	return nil, unsupported(n)
+	return c.exprBool(n)
 }
 
 // aexpr compiles operator expressions: comparisons, IN, LIKE, BETWEEN, IS DISTINCT FROM.
@@ -181,12 +208,14 @@ func (c *compiler) aexpr(e *pg.A_Expr) (node, error) {
 			return c.comparison(op, e.Lexpr, e.Rexpr)
 		}
 		switch name {
+		case "@>", "<@", "&&":
+			return c.arrayOp(name, e.Lexpr, e.Rexpr)
 		case "~~", "!~~":
 			return c.like(e.Lexpr, e.Rexpr, false, name == "!~~")
 		case "~~*", "!~~*":
 			return c.like(e.Lexpr, e.Rexpr, true, name == "!~~*")
 		}
-		return nil, fmt.Errorf("where clause: operator %q is not supported in where clauses (supported: = <> < <= > >=, AND, OR, NOT, IN, LIKE, ILIKE, BETWEEN, IS [NOT] NULL, IS [NOT] DISTINCT FROM)", name)
+		return c.exprBool(&pg.Node{Node: &pg.Node_AExpr{AExpr: e}})
 	case pg.A_Expr_Kind_AEXPR_LIKE:
 		return c.like(e.Lexpr, e.Rexpr, false, name == "!~~")
 	case pg.A_Expr_Kind_AEXPR_ILIKE:
@@ -200,6 +229,13 @@ func (c *compiler) aexpr(e *pg.A_Expr) (node, error) {
 		op := opEq
 		if not {
 			op = opNe
+		}
+		general := !c.simple(e.Lexpr)
+		for _, it := range items {
+			general = general || !c.simple(it)
+		}
+		if general {
+			return c.inList(op, e.Lexpr, items)
 		}
 		x, err := c.operand(e.Lexpr)
 		if err != nil {
@@ -259,17 +295,20 @@ func (c *compiler) aexpr(e *pg.A_Expr) (node, error) {
 		}
 		return x, nil
 	case pg.A_Expr_Kind_AEXPR_DISTINCT, pg.A_Expr_Kind_AEXPR_NOT_DISTINCT:
+		if !c.simple(e.Lexpr) || !c.simple(e.Rexpr) {
+			return c.distinctExprs(e.Lexpr, e.Rexpr, e.Kind == pg.A_Expr_Kind_AEXPR_NOT_DISTINCT)
+		}
 		l, r, err := c.pair(e.Lexpr, e.Rexpr)
 		if err != nil {
 			return nil, err
 		}
 		return &distinctNode{l: l, r: r, not: e.Kind == pg.A_Expr_Kind_AEXPR_NOT_DISTINCT}, nil
 	case pg.A_Expr_Kind_AEXPR_OP_ANY, pg.A_Expr_Kind_AEXPR_OP_ALL:
-		return nil, fmt.Errorf("where clause: %s ANY/ALL (...) is not supported in where clauses; use IN (...)", name)
+		return c.anyAll(name, e.Lexpr, e.Rexpr, e.Kind == pg.A_Expr_Kind_AEXPR_OP_ALL)
 	case pg.A_Expr_Kind_AEXPR_SIMILAR:
 		return nil, fmt.Errorf("where clause: SIMILAR TO is not supported in where clauses; use LIKE")
 	case pg.A_Expr_Kind_AEXPR_NULLIF:
-		return nil, fmt.Errorf("where clause: NULLIF is not supported in where clauses")
+		return c.exprBool(&pg.Node{Node: &pg.Node_AExpr{AExpr: e}})
 	}
 	return nil, fmt.Errorf("where clause: operator expression %q is not supported in where clauses", name)
 }
@@ -277,7 +316,14 @@ func (c *compiler) aexpr(e *pg.A_Expr) (node, error) {
 // isBooleanExpr reports whether n is an expression rather than a column or constant.
 func isBooleanExpr(n *pg.Node) bool {
 	if e := n.GetAExpr(); e != nil {
-		return !(e.Kind == pg.A_Expr_Kind_AEXPR_OP && e.Lexpr == nil)
+		switch e.Kind {
+		case pg.A_Expr_Kind_AEXPR_OP:
+			_, cmp := cmpOps[opName(e)]
+			return e.Lexpr != nil && (cmp || boolOps[opName(e)])
+		case pg.A_Expr_Kind_AEXPR_NULLIF:
+			return false
+		}
+		return true
 	}
 	return n.GetBoolExpr() != nil || n.GetNullTest() != nil || n.GetBooleanTest() != nil
 }
@@ -290,6 +336,17 @@ func opName(e *pg.A_Expr) string {
 }
 
 func (c *compiler) comparison(op cmpOp, l, r *pg.Node) (node, error) {
+	if !c.simple(l) || !c.simple(r) {
+		a, err := c.expr(l)
+		if err != nil {
+			return nil, err
+		}
+		b, err := c.expr(r)
+		if err != nil {
+			return nil, err
+		}
+		return c.cmpExprs(op, a, b)
+	}
 	lo, ro, err := c.pair(l, r)
 	if err != nil {
 		return nil, err
@@ -303,8 +360,38 @@ func (c *compiler) like(l, r *pg.Node, fold, not bool) (node, error) {
 	if fold {
 		op = "ILIKE"
 	}
-	if r.GetFuncCall() != nil {
-		return nil, fmt.Errorf("where clause: %s ... ESCAPE is not supported; the escape character is always backslash", op)
+	esc := '\\'
+	if f := r.GetFuncCall(); f != nil {
+		if len(f.Args) != 2 {
+			return nil, fmt.Errorf("where clause: %s ... ESCAPE needs a pattern and one escape character", op)
+		}
+		e, err := c.expr(f.Args[1])
+		if err != nil {
+			return nil, err
+		}
+		k, ok := e.(*constExpr)
+		if !ok || k.null || (k.t.k != kUnknown && !isString(k.t.k)) || len([]rune(k.lit)) > 1 {
+			return nil, fmt.Errorf("where clause: the ESCAPE of %s must be a quoted constant of one character, or '' for none", op)
+		}
+		esc = -1
+		if k.lit != "" {
+			esc = []rune(k.lit)[0]
+		}
+		r = f.Args[0]
+	}
+	if !c.simple(l) {
+		x, err := c.expr(l)
+		if err != nil {
+			return nil, err
+		}
+		if x, err = c.coerce(x, scalar(kText)); err != nil {
+			return nil, fmt.Errorf("where clause: %s needs text: %v", op, err)
+		}
+		pat, err := c.likePattern(op, r, fold, esc)
+		if err != nil {
+			return nil, err
+		}
+		return &likeExprNode{x: x, pat: pat, not: not}, nil
 	}
 	x, err := c.operand(l)
 	if err != nil {
@@ -322,16 +409,9 @@ func (c *compiler) like(l, r *pg.Node, fold, not bool) (node, error) {
 		k = kText
 		x.kind = kText
 	}
-	p, err := c.operand(r)
+	pat, err := c.likePattern(op, r, fold, esc)
 	if err != nil {
 		return nil, err
-	}
-	if p.col != "" || (p.kind != kUnknown && !isString(p.kind)) || p.null {
-		return nil, fmt.Errorf("where clause: the %s pattern must be a quoted text constant, not %s", op, p.desc)
-	}
-	pat, err := compileLike(p.lit, fold)
-	if err != nil {
-		return nil, fmt.Errorf("where clause: %s %s: %v", op, p.desc, err)
 	}
 	o, err := c.bind(x, k, dText)
 	if err != nil {
@@ -365,4 +445,28 @@ func unsupported(n *pg.Node) error {
 	name := fmt.Sprintf("%T", n.GetNode())
 	name = strings.TrimPrefix(name, "*pg_query.Node_")
 	return fmt.Errorf("where clause: expression of kind %s is not supported", name)
+}
+
+// likePattern compiles a LIKE pattern that must be a constant (or $n).
+func (c *compiler) likePattern(op string, r *pg.Node, fold bool, esc rune) (*likePattern, error) {
+	e, err := c.expr(r)
+	if err != nil {
+		return nil, err
+	}
+	k, ok := e.(*constExpr)
+	if !ok || k.null || (k.t.k != kUnknown && !isString(k.t.k)) {
+		return nil, fmt.Errorf("where clause: the %s pattern must be a quoted text constant or a $n parameter", op)
+	}
+	lit := k.lit
+	if k.t.k != kUnknown {
+		lit = k.v.s
+		if k.t.k == kBpchar {
+			lit = strings.TrimRight(lit, " ")
+		}
+	}
+	pat, err := compileLike(lit, fold, esc)
+	if err != nil {
+		return nil, fmt.Errorf("where clause: %s %s: %v", op, quote(lit), err)
+	}
+	return pat, nil
 }

@@ -35,8 +35,9 @@ func (t tri) not() tri {
 // evalCtx carries the row being evaluated and the first value that could not
 // be read (a row value that is not valid text of its column's type).
 type evalCtx struct {
-	row fanout.Row
-	err error
+	row    fanout.Row
+	err    error
+	failed error // an evaluation error (overflow, division by zero): the row's evaluation fails
 }
 
 // node is a compiled boolean expression.
@@ -78,7 +79,11 @@ type andNode struct{ args []node }
 func (n *andNode) eval(c *evalCtx) tri {
 	out := tTrue
 	for _, a := range n.args {
-		switch a.eval(c) {
+		r := a.eval(c)
+		if c.failed != nil {
+			return tNull
+		}
+		switch r {
 		case tFalse:
 			return tFalse
 		case tNull:
@@ -93,7 +98,11 @@ type orNode struct{ args []node }
 func (n *orNode) eval(c *evalCtx) tri {
 	out := tFalse
 	for _, a := range n.args {
-		switch a.eval(c) {
+		r := a.eval(c)
+		if c.failed != nil {
+			return tNull
+		}
+		switch r {
 		case tTrue:
 			return tTrue
 		case tNull:

@@ -39,7 +39,7 @@ func (t *tableIndex) share(s *fanout.Shape) {
 		t.table = s.Table
 	}
 	s.Table = t.table
-	if slices.Equal(s.Schema, t.schema) {
+	if slices.EqualFunc(s.Schema, t.schema, sameColumn) {
 		s.Schema = t.schema
 	} else {
 		t.schema = s.Schema
@@ -399,4 +399,14 @@ func (e *entry) decide(row fanout.Row) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// sameColumn reports whether two schema columns are equal.
+func sameColumn(a, b fanout.Column) bool {
+	if a.Enum == nil || b.Enum == nil {
+		return a == b
+	}
+	la, lb := *a.Enum, *b.Enum
+	a.Enum, b.Enum = nil, nil
+	return a == b && slices.Equal(la, lb)
 }

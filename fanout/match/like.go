@@ -18,27 +18,28 @@ type likeTok struct {
 	char rune
 }
 
-func compileLike(pattern string, fold bool) (*likePattern, error) {
+// compileLike compiles pattern with esc as its escape character (-1: none).
+func compileLike(pattern string, fold bool, esc rune) (*likePattern, error) {
 	if fold {
 		pattern = asciiLower(pattern)
 	}
 	p := &likePattern{fold: fold}
 	rs := []rune(pattern)
 	for i := 0; i < len(rs); i++ {
-		switch r := rs[i]; r {
-		case '%':
+		switch r := rs[i]; {
+		case r == esc:
+			if i+1 == len(rs) {
+				return nil, errors.New("LIKE pattern must not end with escape character")
+			}
+			i++
+			p.toks = append(p.toks, likeTok{char: rs[i]})
+		case r == '%':
 			if n := len(p.toks); n > 0 && p.toks[n-1].any {
 				continue // %% is the same as %
 			}
 			p.toks = append(p.toks, likeTok{any: true})
-		case '_':
+		case r == '_':
 			p.toks = append(p.toks, likeTok{one: true})
-		case '\\':
-			if i+1 == len(rs) {
-				return nil, errors.New("LIKE pattern must not end with the escape character \\")
-			}
-			i++
-			p.toks = append(p.toks, likeTok{char: rs[i]})
 		default:
 			p.toks = append(p.toks, likeTok{char: r})
 		}

@@ -149,6 +149,7 @@ func (c *compiler) bind(x rawOperand, k kind, d domain) (operand, error) {
 
 // rawOperand is a column or a constant before its comparison domain is known.
 type rawOperand struct {
+	t    typ    // a column's full type
 	col  string // set for a column
 	kind kind   // kUnknown: a quoted literal or NULL, typed by the other side
 	lit  string // a constant's text
@@ -164,6 +165,12 @@ func (c *compiler) operand(n *pg.Node) (rawOperand, error) {
 		return constant(n.GetAConst())
 	case n.GetTypeCast() != nil:
 		return c.cast(n.GetTypeCast())
+	case n.GetParamRef() != nil:
+		lit, err := c.param(n.GetParamRef().Number)
+		if err != nil {
+			return rawOperand{}, err
+		}
+		return rawOperand{kind: kUnknown, lit: lit, desc: fmt.Sprintf("$%d (%s)", n.GetParamRef().Number, quote(lit))}, nil
 	case n.GetAExpr() != nil:
 		e := n.GetAExpr()
 		if e.Kind == pg.A_Expr_Kind_AEXPR_OP && e.Lexpr == nil && opName(e) == "-" {
@@ -209,12 +216,12 @@ func (c *compiler) column(ref *pg.ColumnRef) (rawOperand, error) {
 	if !ok {
 		return rawOperand{}, fmt.Errorf("where clause: column %q does not exist; the table's columns are: %s", name, strings.Join(c.names, ", "))
 	}
-	k, ok := kindOfColumn(col)
+	t, ok := typeOfColumn(col)
 	if !ok {
 		return rawOperand{}, fmt.Errorf("where clause: column %q has type %s, which where clauses do not support (supported: %s)", name, col.Type, supportedTypes)
 	}
 	c.used[name] = true
-	return rawOperand{col: name, kind: k, desc: fmt.Sprintf("column %q", name)}, nil
+	return rawOperand{t: t, col: name, kind: t.k, desc: fmt.Sprintf("column %q", name)}, nil
 }
 
 func constant(a *pg.A_Const) (rawOperand, error) {
@@ -283,3 +290,39 @@ func domainOf(k kind) domain {
 }
 
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// simple reports whether n is what the operand path compiles exactly: a
+// column of a scalar type it knows, a constant, a parameter, a negated number,
+// or a constant cast to such a type without modifiers.
+func (c *compiler) simple(n *pg.Node) bool {
+	switch {
+	case n.GetColumnRef() != nil:
+		ref := n.GetColumnRef()
+		if len(ref.Fields) != 1 || ref.Fields[0].GetString_() == nil {
+			return true // the operand path reports the error
+		}
+		col, ok := c.cols[ref.Fields[0].GetString_().GetSval()]
+		if !ok {
+			return true
+		}
+		t, ok := typeOfColumn(col)
+		return !ok || (!t.arr && oldKind(t.k))
+	case n.GetAConst() != nil, n.GetParamRef() != nil:
+		return true
+	case n.GetTypeCast() != nil:
+		t := n.GetTypeCast()
+		names := t.TypeName.GetNames()
+		if len(names) == 0 || len(t.TypeName.GetTypmods()) > 0 || len(t.TypeName.GetArrayBounds()) > 0 {
+			return false
+		}
+		k, ok := kindOfTypeName(names[len(names)-1].GetString_().GetSval())
+		if !ok || !oldKind(k) || k == kBpchar {
+			return false
+		}
+		return t.Arg.GetAConst() != nil || t.Arg.GetParamRef() != nil
+	case n.GetAExpr() != nil:
+		e := n.GetAExpr()
+		return e.Kind == pg.A_Expr_Kind_AEXPR_OP && e.Lexpr == nil && opName(e) == "-" && e.Rexpr.GetAConst() != nil && e.Rexpr.GetAConst().GetSval() == nil
+	}
+	return false
+}

@@ -216,11 +216,11 @@ func TestRowValuesParse(t *testing.T) {
 	schema := readSchema(ctx, t, conn, "t")
 	for _, r := range readRows(ctx, t, conn, "SELECT * FROM t") {
 		for _, c := range schema {
-			k, ok := kindOfColumn(c)
+			ty, ok := typeOfColumn(c)
 			if !ok || r[c.Name] == nil {
 				continue
 			}
-			if _, err := convert(*r[c.Name], k, domainOf(k)); err != nil {
+			if _, err := native(*r[c.Name], ty); err != nil {
 				t.Errorf("row %s column %s (%s): %v", *r["id"], c.Name, c.Type, err)
 			}
 		}

@@ -38,7 +38,12 @@ func (p *Predicate) EvalErr(row fanout.Row) (bool, error) {
 		return true, nil
 	}
 	c := evalCtx{row: row}
-	return p.root.eval(&c) == tTrue, c.err
+	ok := p.root.eval(&c) == tTrue
+	if c.failed != nil {
+		// Postgres would fail the statement on this row: the row does not match.
+		return false, c.failed
+	}
+	return ok, c.err
 }
 
 // Columns lists the columns the clause reads.

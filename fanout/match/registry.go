@@ -69,7 +69,7 @@ func NewRegistry(opts ...Option) *Registry {
 // keeps s, and may replace its Table, PrimaryKey and Schema with equal values
 // shared with the table's other shapes.
 func (r *Registry) Add(s *fanout.Shape) error {
-	pred, err := Compile(s.Where, s.Schema)
+	pred, err := CompileParams(s.Where, s.Params, s.Schema)
 	if err != nil {
 		return fmt.Errorf("shape %s on %s: %w", s.Handle, s.Table, err)
 	}

@@ -25,6 +25,12 @@ const (
 	kDate
 	kTimestamp
 	kTimestamptz
+	// Kinds below are evaluated by the general evaluator only (typed.go).
+	kTime
+	kInterval
+	kEnum
+	kJSON
+	kJSONB
 )
 
 var kindNames = map[kind]string{
@@ -32,12 +38,13 @@ var kindNames = map[kind]string{
 	kNumeric: "numeric", kFloat4: "real", kFloat8: "double precision", kText: "text",
 	kVarchar: "character varying", kBpchar: "character", kBool: "boolean", kUUID: "uuid",
 	kDate: "date", kTimestamp: "timestamp without time zone", kTimestamptz: "timestamp with time zone",
+	kTime: "time without time zone", kInterval: "interval", kEnum: "enum", kJSON: "json", kJSONB: "jsonb",
 }
 
 func (k kind) String() string { return kindNames[k] }
 
 // supportedTypes is printed when a where clause uses a column of another type.
-const supportedTypes = "smallint, integer, bigint, numeric, real, double precision, text, character varying, character, boolean, uuid, date, timestamp, timestamptz"
+const supportedTypes = "smallint, integer, bigint, numeric, real, double precision, text, character varying, character, boolean, uuid, date, time, timestamp, timestamptz, interval, enums, json, jsonb, and one- or more-dimensional arrays of these"
 
 // kindOfColumn maps a schema column to its kind: by type OID first (what
 // pgoutput reports), then by the format_type name.
@@ -71,6 +78,14 @@ func kindOfColumn(c fanout.Column) (kind, bool) {
 		return kTimestamp, true
 	case 1184:
 		return kTimestamptz, true
+	case 1083:
+		return kTime, true
+	case 1186:
+		return kInterval, true
+	case 114:
+		return kJSON, true
+	case 3802:
+		return kJSONB, true
 	}
 	if c.OID != 0 {
 		return kUnknown, false
@@ -109,6 +124,14 @@ func kindOfTypeName(name string) (kind, bool) {
 		return kTimestamp, true
 	case "timestamptz", "timestamp with time zone":
 		return kTimestamptz, true
+	case "time", "time without time zone":
+		return kTime, true
+	case "interval":
+		return kInterval, true
+	case "json":
+		return kJSON, true
+	case "jsonb":
+		return kJSONB, true
 	}
 	return kUnknown, false
 }

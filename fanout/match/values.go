@@ -15,12 +15,16 @@ type val struct {
 	f float64
 	n num
 	s string // dText, dBpchar, dUUID
+	// The general evaluator's types (typed.go).
+	iv interval
+	a  *arrayVal
 }
 
 // num is a numeric: finite (r set), or NaN or ±Infinity as Postgres allows.
 type num struct {
 	special int8 // 0 finite, -1 -Infinity, 1 +Infinity, 2 NaN
 	r       *big.Rat
+	scale   int32 // display scale: digits after the point Postgres prints
 }
 
 // convert reads s, a value of kind k in Postgres text format (a row value, or
@@ -253,7 +257,7 @@ func parseNumeric(s string) (num, error) {
 	if !ok {
 		return num{}, fmt.Errorf("%q is not a valid numeric", s)
 	}
-	return num{r: r}, nil
+	return num{r: r, scale: decimalScale(t)}, nil
 }
 
 // isDecimal accepts [+-]digits[.digits][e[+-]digits] (and ".5", "5.").
@@ -370,4 +374,22 @@ func parseUUID(s string) (string, error) {
 	}
 	h := string(hex)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
+}
+
+// decimalScale is the display scale Postgres gives numeric input: the digits
+// after the point, less the exponent, at least 0.
+func decimalScale(t string) int32 {
+	mant, exp := t, 0
+	if i := strings.IndexAny(t, "eE"); i >= 0 {
+		mant = t[:i]
+		exp, _ = strconv.Atoi(t[i+1:])
+	}
+	frac := 0
+	if i := strings.IndexByte(mant, '.'); i >= 0 {
+		frac = len(mant) - i - 1
+	}
+	if sc := frac - exp; sc > 0 {
+		return int32(sc)
+	}
+	return 0
 }

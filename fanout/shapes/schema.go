@@ -30,16 +30,26 @@ func LoadSchema(ctx context.Context, conn *pgx.Conn, table string) (cols []fanou
 		return nil, nil, fmt.Errorf("%s is not a table (relkind %q): shapes need a table that logical replication publishes", qualified, relkind)
 	}
 
-	rows, err := conn.Query(ctx, `SELECT attname, format_type(atttypid, NULL), atttypid
-		FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, relid)
+	// The element type of an array, and the labels of an enum (or of an enum
+	// array's element) in declared order: the matcher orders enums by them.
+	rows, err := conn.Query(ctx, `SELECT a.attname, format_type(a.atttypid, NULL), a.atttypid,
+		CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE 0 END::oid,
+		COALESCE((SELECT array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e
+			WHERE e.enumtypid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END), '{}')
+		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, relid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the columns of %s: %w", qualified, err)
 	}
 	for rows.Next() {
 		var c fanout.Column
-		if err := rows.Scan(&c.Name, &c.Type, &c.OID); err != nil {
+		var labels []string
+		if err := rows.Scan(&c.Name, &c.Type, &c.OID, &c.ElemOID, &labels); err != nil {
 			rows.Close()
 			return nil, nil, fmt.Errorf("read the columns of %s: %w", qualified, err)
+		}
+		if len(labels) > 0 {
+			c.Enum = &labels
 		}
 		cols = append(cols, c)
 	}
