@@ -1,11 +1,11 @@
 # The commands of the README. Everything runs on one machine with Go and the
 # PostgreSQL 15 server binaries (initdb, pg_ctl, postgres) on PATH.
 GO      ?= go
-BINS    := ingest flushd consumer fanoutctl
+BINS    := ingest flushd consumer fanoutctl shapeapi
 # Packages with concurrent code run under the race detector.
 RACE_PKGS := ./fanout/... ./configs/... ./ingest/... ./consumers/... ./flushd/...
 
-.PHONY: build test test-unit test-e2e vet bench run chaos clean
+.PHONY: build test test-unit e2e-deps test-e2e vet bench run chaos clean
 
 build:
 	@mkdir -p bin
@@ -13,6 +13,7 @@ build:
 	$(GO) build -o bin/flushd ./flushd/cmd/flushd
 	$(GO) build -o bin/consumer ./consumers/cmd/consumer
 	$(GO) build -o bin/fanoutctl ./fanout/cmd/fanoutctl
+	$(GO) build -o bin/shapeapi ./consumers/cmd/shapeapi
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -20,7 +21,11 @@ vet:
 	$(GO) vet ./...
 
 # Every test: unit, integration and end to end, against real Postgres and NATS.
-test: vet build test-unit test-e2e
+test: vet build test-unit e2e-deps test-e2e
+
+# The Electric clients the shape API's end-to-end tests run, pinned by the lockfile.
+e2e-deps:
+	cd deploy/e2e/electric && npm ci --no-audit --no-fund
 
 test-unit:
 	$(GO) test -race -timeout 15m $(RACE_PKGS)
