@@ -11,6 +11,7 @@ import (
 // documents every key): how this replica takes its share of the shapes'
 // initial snapshots.
 type Snapshot struct {
+	Enabled           bool          `mapstructure:"enabled"`
 	Concurrency       int           `mapstructure:"concurrency"`
 	PoolSize          int           `mapstructure:"pool_size"`
 	ChunkRows         int           `mapstructure:"chunk_rows"`
@@ -23,8 +24,8 @@ type Snapshot struct {
 }
 
 // SnapshotConfig is what the snapshot runner reads of the consumer's
-// configuration: its Postgres URL (empty: this replica takes no snapshots)
-// and the snapshot section.
+// configuration: its Postgres URL and the snapshot section. With no URL,
+// or snapshot.enabled false, this replica takes no snapshots.
 type SnapshotConfig struct {
 	Postgres struct {
 		URL string `mapstructure:"url"`

@@ -22,8 +22,9 @@ import (
 // job is one claimed generation of one shape's snapshot.
 type job struct {
 	r        *Runner
-	shape    *fanout.Shape
-	shapeRev uint64 // shapes-bucket revision ingest must have applied
+	handle   string
+	shape    *fanout.Shape // read from the shapes bucket when the job starts
+	shapeRev uint64        // shapes-bucket revision ingest must have applied
 
 	mu   sync.Mutex
 	st   shapestate.State // the claim as last written
@@ -37,8 +38,8 @@ type errPermanent struct{ error }
 // run takes the snapshot, then records ready, failed or (on shutdown)
 // creating, for another runner. runner is the runner's own context.
 func (j *job) run(ctx, runner context.Context) {
-	log := j.r.log.With("shape", j.shape.Handle, "generation", j.st.Generation)
-	log.Info("snapshot started", "table", j.shape.Table)
+	log := j.r.log.With("shape", j.handle, "generation", j.st.Generation)
+	log.Info("snapshot started")
 	rctx, stopRenew := context.WithCancel(ctx)
 	renewed := make(chan struct{})
 	go func() {
@@ -158,6 +159,16 @@ func (j *job) take(ctx context.Context, log interface {
 	Info(string, ...any)
 	Warn(string, ...any)
 }) (*shapelog.Snapshot, error) {
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	e, err := j.r.d.Shapes.Get(gctx, j.handle)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("read shape %s from KV bucket %s: %w", j.handle, fanout.ShapesBucket, err)
+	}
+	if j.shape, err = fanout.DecodeShape(e.Value()); err != nil {
+		return nil, errPermanent{err}
+	}
+	j.shapeRev = max(j.shapeRev, e.Revision())
 	pred, err := match.Compile(j.shape.Where, j.shape.Schema)
 	if err != nil {
 		return nil, errPermanent{fmt.Errorf("where clause: %w", err)}

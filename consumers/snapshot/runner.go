@@ -48,17 +48,13 @@ type Runner struct {
 	pool   *pool
 	m      *metrics
 	log    *slog.Logger
-	shapes map[string]shapeEntry         // every registered shape
-	states map[string]stateEntry         // every known state
-	todo   map[string]bool               // shapes not ready or failed
+	shapes map[string]uint64             // registered handle -> its shapes-bucket revision
+	states map[string]stateEntry         // states of shapes not ready or failed
+	ended  map[string]bool               // shapes ready or failed
+	todo   map[string]bool               // registered shapes not ready or failed
 	jobs   map[string]context.CancelFunc // running here
 	done   chan string                   // a job ended
 	wg     sync.WaitGroup                // the jobs
-}
-
-type shapeEntry struct {
-	shape *fanout.Shape
-	rev   uint64
 }
 
 type stateEntry struct {
@@ -72,6 +68,10 @@ func Start(ctx context.Context, wg *sync.WaitGroup, d Deps) error {
 	cfg, err := configs.LoadSnapshotConfig()
 	if err != nil {
 		return fmt.Errorf("snapshot configuration: %w", err)
+	}
+	if !cfg.Snapshot.Enabled {
+		d.Log.Info("snapshot.enabled is false: this consumer takes no initial snapshots")
+		return nil
 	}
 	if cfg.Postgres.URL == "" {
 		d.Log.Warn("postgres.url is not set: this consumer takes no initial snapshots (new shapes stay 'creating' until a consumer with postgres.url takes them)")
@@ -103,7 +103,7 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 	}
 	return &Runner{
 		cfg: cfg, d: d, state: kv, pool: pool, m: newMetrics(d.Reg), log: d.Log.With("component", "snapshot"),
-		shapes: map[string]shapeEntry{}, states: map[string]stateEntry{}, todo: map[string]bool{},
+		shapes: map[string]uint64{}, states: map[string]stateEntry{}, ended: map[string]bool{}, todo: map[string]bool{},
 		jobs: map[string]context.CancelFunc{}, done: make(chan string, 64),
 	}, nil
 }
@@ -173,6 +173,8 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(r.shapes, h)
 		delete(r.todo, h)
+		delete(r.states, h)
+		delete(r.ended, h)
 		if cancel := r.jobs[h]; cancel != nil {
 			cancel()
 		}
@@ -182,11 +184,7 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 		cancel()
 		return
 	}
-	s, err := fanout.DecodeShape(e.Value())
-	if err != nil || s.Handle != h {
-		return // logged by every other watcher of the bucket
-	}
-	r.shapes[h] = shapeEntry{s, e.Revision()}
+	r.shapes[h] = e.Revision() // the definition is read when the snapshot starts
 	r.refresh(h)
 }
 
@@ -195,10 +193,16 @@ func (r *Runner) onState(e jetstream.KeyValueEntry) {
 		return
 	}
 	h := e.Key()
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(r.states, h)
-	} else if st, err := shapestate.Decode(e.Value()); err == nil {
-		r.states[h] = stateEntry{st, e.Revision()}
+	delete(r.states, h)
+	delete(r.ended, h)
+	if e.Operation() == jetstream.KeyValuePut {
+		if st, err := shapestate.Decode(e.Value()); err == nil {
+			if st.Phase == shapestate.Ready || st.Phase == shapestate.Failed {
+				r.ended[h] = true // keep no state for finished shapes: there may be 300K
+			} else {
+				r.states[h] = stateEntry{st, e.Revision()}
+			}
+		}
 	}
 	r.refresh(h)
 }
@@ -206,8 +210,7 @@ func (r *Runner) onState(e jetstream.KeyValueEntry) {
 // refresh keeps todo: the registered shapes whose snapshot is not done.
 func (r *Runner) refresh(h string) {
 	_, registered := r.shapes[h]
-	se, ok := r.states[h]
-	if registered && (!ok || (se.st.Phase != shapestate.Ready && se.st.Phase != shapestate.Failed)) {
+	if registered && !r.ended[h] {
 		r.todo[h] = true
 	} else {
 		delete(r.todo, h)
@@ -251,7 +254,7 @@ func (r *Runner) schedule(ctx context.Context) {
 		r.states[h] = stateEntry{next, newRev}
 		jctx, stop := context.WithCancel(ctx)
 		r.jobs[h] = stop
-		j := &job{r: r, shape: r.shapes[h].shape, shapeRev: r.shapes[h].rev, st: *next, rev: newRev}
+		j := &job{r: r, handle: h, shapeRev: r.shapes[h], st: *next, rev: newRev}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
