@@ -38,8 +38,9 @@ const (
 
 // TestChaos runs a mixed workload over many shapes while a seeded random
 // schedule kills, restarts and freezes every kind of process, then checks the
-// oracle: every shape log equals its query, no log position is accepted
-// twice, and WAL was released and never retained beyond what the detection
+// oracle: every shape log equals its query and applies exactly the
+// operations Postgres committed for its shape, in order (history_test.go),
+// its transactions are whole (no fragment lost or repeated), and WAL was released and never retained beyond what the detection
 // timeouts allow.
 //
 // `make test` runs a short schedule on one NATS server. `make chaos` sets
@@ -51,6 +52,7 @@ func TestChaos(t *testing.T) {
 	c := newChaos(t)
 	s := c.s
 	s.exec(itemsTable)
+	s.recordHistory("public.items") // chaosLoad is the table's only writer
 	var defs []shapeDef
 	for owner := 0; owner < 40; owner++ {
 		defs = append(defs, s.addShape("public.items", fmt.Sprintf("owner = %d", owner)))
@@ -101,6 +103,7 @@ func TestChaos(t *testing.T) {
 	})
 	bound := c.walBound(&wal)
 	logs := scanShapeLogs(t, s.storageDir())
+	logs.historyDiffs = s.checkLogsFollowHistory(defs)
 	fmt.Printf("chaos: seed %d, %s, %s, processes killed %d, server restarts %d (NATS nodes %d), %s, transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB, %s, %s\n",
 		c.seed, c.duration, c.topology(), c.killed, c.serverRestarts, c.nodeRestarts, c.recoveries(), txns.Load(), changes.Load(), len(defs), mismatches,
 		mb(wal.peak().retained), mb(final), bound, logs)
@@ -108,8 +111,8 @@ func TestChaos(t *testing.T) {
 		t.Errorf("retained WAL reached %.1f MB at %s, over the %.1f MB that the detection timeouts allow (%s): something held confirmed_flush_lsn back longer than it may; look at the chaos actions logged before that time and at flushd's log (stalls, rebinds) around it",
 			mb(peak.retained), peak.at.Format("15:04:05.000"), mb(bound.bytes), bound)
 	}
-	if logs.acceptedDups > 0 {
-		t.Errorf("%d log positions are accepted twice by readers of the shape logs (see the errors above): a change would be applied twice", logs.acceptedDups)
+	if logs.brokenTxns > 0 || logs.historyDiffs > 0 {
+		t.Errorf("%d transactions in the shape logs lack or repeat a fragment, and %d logs differ from the history Postgres committed (see the errors above): readers would lose or repeat changes", logs.brokenTxns, logs.historyDiffs)
 	}
 }
 
@@ -607,17 +610,29 @@ type logScan struct {
 	// rawDups are frames at a position the log already holds: a fragment
 	// persisted twice (a redelivery); readers skip them.
 	rawDups int
-	// acceptedDups are positions readers apply more than once: a change
-	// applied twice. Must be 0.
-	acceptedDups int
+	// zombieFrames are frames written at an epoch older than one the log
+	// already holds: a fenced owner's writes; readers skip them.
+	zombieFrames int
+	// brokenTxns are transactions whose applied fragments are not exactly
+	// what ingest publishes for a shape's part of a transaction, Seq 0, 1,
+	// ..., n with Last on n and nothing after: a fragment lost or repeated.
+	// Must be 0.
+	brokenTxns int
+	// historyDiffs are logs whose applied operations differ from what
+	// Postgres committed (checkLogsFollowHistory). Must be 0.
+	historyDiffs int
 }
 
 func (l logScan) String() string {
-	return fmt.Sprintf("log frames %d in %d logs, duplicate frames %d (skipped by readers), accepted duplicates %d", l.frames, l.logs, l.rawDups, l.acceptedDups)
+	return fmt.Sprintf("log frames %d in %d logs, duplicate frames %d and zombie frames %d (skipped by readers), transactions with a fragment lost or repeated %d, logs differing from the committed history %d",
+		l.frames, l.logs, l.rawDups, l.zombieFrames, l.brokenTxns, l.historyDiffs)
 }
 
-// scanShapeLogs reads every frame of every shape log under storage.dir and
-// counts positions written twice, and positions accepted twice (an error).
+// scanShapeLogs reads every frame of every shape log under storage.dir:
+// what is on disk (duplicates, zombie writes), and whether the fragments
+// readers apply form whole transactions as ingest published them. It does
+// not judge the acceptor by itself: ScanLog's Accepted is what readers
+// apply, and that must match what was published.
 func scanShapeLogs(t *testing.T, storage string) logScan {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(storage, "shapes"))
@@ -631,28 +646,73 @@ func scanShapeLogs(t *testing.T, storage string) logScan {
 		}
 		total.logs++
 		written := map[fanout.Position]bool{}
-		accepted := map[fanout.Position]int64{} // position -> offset of the accepted frame
+		var maxEpoch uint64
 		err := shapelog.ScanLog(storage, e.Name(), func(r shapelog.LogRecord) error {
 			total.frames++
-			if written[r.Position] {
+			switch {
+			case r.Epoch < maxEpoch:
+				total.zombieFrames++
+			case written[r.Position]:
 				total.rawDups++
 			}
+			maxEpoch = max(maxEpoch, r.Epoch)
 			written[r.Position] = true
-			if !r.Accepted {
-				return nil
-			}
-			if first, ok := accepted[r.Position]; ok {
-				total.acceptedDups++
-				t.Errorf("shape %s: position %s accepted at byte %d and again at byte %d (epoch %d)", e.Name(), r.Position, first, r.Offset, r.Epoch)
-			}
-			accepted[r.Position] = r.Offset
 			return nil
 		})
 		if err != nil {
 			t.Errorf("scan the log of shape %s: %v", e.Name(), err)
 		}
+		total.brokenTxns += checkTransactions(t, storage, e.Name())
 	}
 	return total
+}
+
+// checkTransactions checks that the applied fragments of a log are whole
+// transactions in order: each begins at Seq 0, goes on at Seq+1 within the
+// same commit LSN, and ends with the one marked Last. It returns how many
+// transactions break that, and reports the first few.
+func checkTransactions(t *testing.T, storage, handle string) int {
+	t.Helper()
+	broken := 0
+	report := func(format string, args ...any) {
+		broken++
+		if broken <= 5 {
+			t.Errorf("shape %s: "+format, append([]any{handle}, args...)...)
+		}
+	}
+	var open *fanout.Fragment // the transaction's last applied fragment, until its Last
+	_, err := shapelog.ReadLog(storage, handle, shapelog.Cursor{}, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+		f, err := e.Fragment()
+		if err != nil {
+			return err
+		}
+		switch {
+		case open != nil && f.CommitLSN != open.CommitLSN:
+			report("transaction %s ends at fragment %d without its last fragment; the next applied is %s (a fragment lost)", open.CommitLSN, open.Seq, f.Position())
+			if f.Seq != 0 {
+				report("transaction %s begins at fragment %d (fragments lost)", f.CommitLSN, f.Seq)
+			}
+		case open != nil && f.Seq != open.Seq+1:
+			report("transaction %s goes from fragment %d to %d (a fragment lost or repeated)", f.CommitLSN, open.Seq, f.Seq)
+		case open == nil && f.Seq != 0:
+			report("transaction %s begins at fragment %d (fragments lost)", f.CommitLSN, f.Seq)
+		}
+		open = f
+		if f.Last {
+			open = nil
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("read the log of shape %s: %v", handle, err)
+	}
+	if open != nil {
+		report("the log ends inside transaction %s at fragment %d, after the drain (its last fragment lost)", open.CommitLSN, open.Seq)
+	}
+	if broken > 5 {
+		t.Errorf("shape %s: %d more transactions are broken", handle, broken-5)
+	}
+	return broken
 }
 
 // rowDiff names, by id, up to ten rows that differ between a shape log and its query.
