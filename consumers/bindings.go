@@ -94,6 +94,14 @@ func (s *Service) applyEntry(ctx context.Context, st *bindingState, e jetstream.
 			return
 		}
 	}
+	if n := s.cfg.Bus.Partitions; b != nil && (p >= n || (b.Partitions != 0 && b.Partitions != n)) {
+		// Written under another bus.partitions: its shapes hash elsewhere
+		// now, and its epoch may be below what their logs hold. flushd
+		// binds the partition again under the current count.
+		s.log.Info("ignoring a binding made under another partition count (bus.partitions must be the same in every service)",
+			"partition", p, "binding_partitions", b.Partitions, "partitions", n)
+		b = nil
+	}
 	s.applyBinding(ctx, st, p, b, drain, work)
 }
 

@@ -18,6 +18,11 @@ type Binding struct {
 	Partition int    `json:"partition"`
 	Consumer  string `json:"consumer"`
 	Epoch     uint64 `json:"epoch"`
+	// Partitions is the bus.partitions flushd bound it under. A binding
+	// of another count is stale (shapes hash elsewhere now): flushd binds
+	// the partition again, above every epoch, and consumers ignore it.
+	// 0: written before the field existed.
+	Partitions int `json:"partitions,omitempty"`
 }
 
 // Heartbeat is what a consumer writes under its id in ConsumersBucket.

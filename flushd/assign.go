@@ -17,7 +17,10 @@ import (
 // partition count). The epoch is the shape logs' fencing token, and a shape
 // keeps its log when a partition-count change moves it to another partition:
 // its new writer must be above every writer it ever had. floor is the
-// highest epoch known from elsewhere (storage, deleted bindings).
+// highest epoch known from elsewhere (storage, deleted bindings). A binding
+// written under another partition count (Binding.Partitions) is stale: its
+// partition is bound again, so that after a count change every partition
+// has an epoch above all the old ones, even where its owner stays.
 func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]bool, floor uint64) []fanout.Binding {
 	if len(live) == 0 {
 		return nil // nobody to give partitions to; keep the bindings for when one returns
@@ -35,7 +38,7 @@ func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]
 	var orphans []int
 	for p := 0; p < n; p++ {
 		b, ok := current[p]
-		if ok && isLive[b.Consumer] && !(moved[p] && len(live) > 1) {
+		if ok && isLive[b.Consumer] && b.Partitions == n && !(moved[p] && len(live) > 1) {
 			owned[b.Consumer] = append(owned[b.Consumer], p)
 		} else {
 			orphans = append(orphans, p)
@@ -91,16 +94,16 @@ func Assign(current map[int]fanout.Binding, live []string, n int, moved map[int]
 				if current[q].Consumer == best && !moved[q] && isLive[stalled] {
 					owned[best] = append(owned[best][:i:i], owned[best][i+1:]...)
 					owned[stalled] = append(owned[stalled], q)
-					changes = append(changes, fanout.Binding{Partition: q, Consumer: stalled, Epoch: nextEpoch()})
+					changes = append(changes, fanout.Binding{Partition: q, Consumer: stalled, Epoch: nextEpoch(), Partitions: n})
 					break
 				}
 			}
 		}
 		owned[best] = append(owned[best], p)
-		if old, ok := current[p]; ok && old.Consumer == best && !moved[p] {
+		if old, ok := current[p]; ok && old.Consumer == best && old.Partitions == n && !moved[p] {
 			continue
 		}
-		changes = append(changes, fanout.Binding{Partition: p, Consumer: best, Epoch: nextEpoch()})
+		changes = append(changes, fanout.Binding{Partition: p, Consumer: best, Epoch: nextEpoch(), Partitions: n})
 	}
 	return changes
 }

@@ -131,6 +131,30 @@ func TestAssignAfterAPartitionCountChangeIsAboveTheOldPartitionsEpochs(t *testin
 	}
 }
 
+// After a count change the consumers come back under their old ids, so the
+// owners of partitions 0..15 are live and would keep their old, lower
+// epochs, below those of the partitions the moved shapes came from: every
+// partition is bound again, above them all, and says under which count.
+func TestAssignRebindsEveryPartitionBoundUnderAnotherCount(t *testing.T) {
+	old := apply(nil, Assign(nil, []string{"c1", "c2"}, 64, nil, 0))
+	old = apply(old, Assign(old, []string{"c2"}, 64, nil, 0)) // c1 killed: c2 takes its partitions at newer epochs
+	old = apply(old, Assign(old, []string{"c2", "c3"}, 64, nil, 0))
+	changes := Assign(old, []string{"c2", "c3"}, 16, nil, 0)
+	if len(changes) != 16 {
+		t.Fatalf("%d partitions rebound after the count went from 64 to 16, want all 16", len(changes))
+	}
+	checkFreshEpochs(t, old, 0, changes)
+	after := apply(old, changes)
+	for p := 0; p < 16; p++ {
+		if after[p].Partitions != 16 {
+			t.Fatalf("partition %d bound under count %d, want 16", p, after[p].Partitions)
+		}
+	}
+	if again := Assign(after, []string{"c2", "c3"}, 16, nil, 0); len(again) != 0 {
+		t.Fatalf("the round after the count change moves %+v", again)
+	}
+}
+
 // With the bindings bucket lost, the floor (what storage reported) is all
 // that says which epochs the logs hold.
 func TestAssignWithoutBindingsStartsAboveTheFloor(t *testing.T) {

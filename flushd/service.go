@@ -291,7 +291,34 @@ func (s *Service) tick(ctx context.Context, loaded bool) error {
 			s.log.Info("partition bound", "partition", b.Partition, "consumer", b.Consumer, "epoch", b.Epoch)
 		}
 	}
+	s.forgetStalePartitions(ctx)
 	return nil
+}
+
+// forgetStalePartitions deletes the bindings of partitions at or beyond
+// bus.partitions (left by a larger count) once every partition below it is
+// bound under the current count: those epochs are above the stale ones, so
+// the stale keys are not needed to keep epochs growing, and a consumer that
+// still runs a worker for such a partition stops it.
+func (s *Service) forgetStalePartitions(ctx context.Context) {
+	n := s.cfg.Bus.Partitions
+	for p := 0; p < n; p++ {
+		if b, ok := s.binding[p]; !ok || b.Partitions != n || b.Consumer == "" {
+			return
+		}
+	}
+	for p := range s.binding {
+		if p < n || !s.put[p] {
+			continue
+		}
+		err := s.bus.Bindings.Delete(ctx, fanout.BindingKey(p), jetstream.LastRevision(s.rev[p]))
+		if err != nil {
+			s.log.Warn("cannot delete the binding of a partition beyond bus.partitions; retrying next tick", "partition", p, "err", err)
+			return
+		}
+		s.put[p] = false
+		s.log.Info("deleted the binding of a partition beyond bus.partitions (left by a larger partition count)", "partition", p, "partitions", n)
+	}
 }
 
 // publishSafeLSN reads ingest's published LSN, then the oldest pending
