@@ -17,9 +17,12 @@ import (
 // processed, drops fragments of removed shapes, persists the rest durably,
 // then acks every message. Nothing is acked before it is durable.
 func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
-	var frags []*fanout.Fragment
+	var kept []received
 	for _, m := range msgs {
 		f, shape, reason := w.classify(m)
+		if reason == "" && w.quarantined[shape] != nil {
+			reason = "the shape's log is unusable and the shape is set aside: " + w.quarantined[shape].Error()
+		}
 		if reason != "" {
 			if err := w.deadLetter(m, shape, f, reason); err != nil {
 				return err
@@ -31,12 +34,31 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 			w.log.Debug("dropping a fragment of a removed shape", "shape", shape, "commit_lsn", f.CommitLSN.String(), "seq", f.Seq)
 			continue
 		}
-		frags = append(frags, f)
+		kept = append(kept, received{m, f})
 	}
-	if len(frags) > 0 {
-		if err := w.persist(writer, frags); err != nil {
-			return err
+	for len(kept) > 0 {
+		err := w.persist(writer, fragments(kept))
+		var shapeErr *shapelog.ShapeError
+		if !errors.As(err, &shapeErr) {
+			if err != nil {
+				return err
+			}
+			break
 		}
+		// One shape's log is unusable: set that shape aside (its fragments
+		// go to the dead-letter stream, it is marked failed) and persist
+		// the others, rather than fail the partition, which every next
+		// owner would do again.
+		w.quarantine(shapeErr)
+		var rest []received
+		for _, r := range kept {
+			if r.frag.Shape != shapeErr.Shape {
+				rest = append(rest, r)
+			} else if err := w.deadLetter(r.msg, r.frag.Shape, r.frag, "the shape's log is unusable: "+shapeErr.Err.Error()); err != nil {
+				return err
+			}
+		}
+		kept = rest
 	}
 	if w.stopCtx.Err() != nil {
 		return nil // the partition moved while persisting: the next owner acks
@@ -44,18 +66,45 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 	if err := w.ack(msgs); err != nil {
 		return err
 	}
-	w.announce(frags)
+	w.announce(kept)
 	return nil
+}
+
+// received is a message and the fragment it holds.
+type received struct {
+	msg  jetstream.Msg
+	frag *fanout.Fragment
+}
+
+func fragments(rs []received) []*fanout.Fragment {
+	fs := make([]*fanout.Fragment, len(rs))
+	for i, r := range rs {
+		fs[i] = r.frag
+	}
+	return fs
+}
+
+// quarantine sets a shape aside for the life of this worker: its fragments
+// are dead-lettered without touching its log. The next owner of the
+// partition finds the log unusable at its first batch and does the same.
+func (w *worker) quarantine(e *shapelog.ShapeError) {
+	if w.quarantined == nil {
+		w.quarantined = map[string]error{}
+	}
+	w.quarantined[e.Shape] = e.Err
+	w.s.m.quarantined.Inc()
+	w.log.Error("shape set aside: its log is unusable; its fragments go to the dead-letter stream and it is marked failed (remove the shape, or move its log away and re-add it)",
+		"shape", e.Shape, "err", e.Err, "stream", fanout.DeadLetterStream)
 }
 
 // announce tells readers (the HTTP API's held live requests) which shape
 // logs grew, one core NATS notice per shape of the batch, after the batch is
 // durable and acked. A notice is a hint that may be lost; a failure to send
 // one is counted, not retried.
-func (w *worker) announce(frags []*fanout.Fragment) {
+func (w *worker) announce(persisted []received) {
 	last := map[string]fanout.Position{}
-	for _, f := range frags {
-		last[f.Shape] = f.Position()
+	for _, r := range persisted {
+		last[r.frag.Shape] = r.frag.Position()
 	}
 	for shape, pos := range last {
 		if err := w.s.nc.Publish(fanout.NoticeSubject(shape), []byte(pos.String())); err != nil {
@@ -104,8 +153,9 @@ func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error
 			w.s.m.orphans.Add(float64(st.Orphans))
 			return nil
 		}
-		if errors.Is(err, shapelog.ErrFenced) {
-			return err
+		var shapeErr *shapelog.ShapeError
+		if errors.Is(err, shapelog.ErrFenced) || errors.As(err, &shapeErr) {
+			return err // retrying cannot help
 		}
 		if attempt >= w.s.cfg.Consumer.MaxDeliver {
 			return fmt.Errorf("storage failed %d times in a row (consumer.max_deliver): %w; check storage.dir %s (disk full, permissions, volume unmounted)",

@@ -14,6 +14,8 @@ type metrics struct {
 	fsync       prometheus.Histogram
 	// noticeErrors counts log-grew notices that could not be sent.
 	noticeErrors prometheus.Counter
+	// quarantined counts shapes set aside because their log is unusable.
+	quarantined prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,7 +39,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		noticeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_notice_errors_total",
 			Help: "Notices that a shape log grew (for the HTTP API's live requests) that could not be sent."}),
+		quarantined: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_quarantined_shapes_total",
+			Help: "Shapes set aside because their log is unusable (their fragments are dead-lettered)."}),
 	}
-	reg.MustRegister(m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
+	reg.MustRegister(m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
 	return m
 }

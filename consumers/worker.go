@@ -45,6 +45,8 @@ type worker struct {
 
 	mu       sync.Mutex
 	removals []string // shapes deleted from KV whose logs go between two batches
+
+	quarantined map[string]error // shapes whose log is unusable (batch.go); worker goroutine only
 }
 
 func newWorker(s *Service, partition int, epoch uint64, parent context.Context) *worker {
@@ -92,17 +94,14 @@ func (w *worker) run(drain context.Context) {
 }
 
 func (w *worker) loop(drain context.Context) error {
-	writer, err := w.s.store.Take(w.stopCtx, w.partition, w.epoch)
-	if err != nil {
-		return fmt.Errorf("take partition in storage: %w", err)
-	}
-	defer writer.Close()
-	w.removeGoneShapes(writer)
 	// Waiting on NATS ends on a drain as well as on a stop; a batch in
 	// flight (handle) ends only on a stop.
 	idle, cancel := context.WithCancel(w.stopCtx)
 	defer cancel()
 	defer context.AfterFunc(drain, cancel)()
+	// The older owners' durable consumers go first, storage second: once
+	// they are deleted, nothing an older owner still writes can be acked,
+	// so whatever storage recovery finds half-written was never acked.
 	cons, err := w.takeConsumer(idle)
 	if err != nil {
 		if idle.Err() != nil && !errors.Is(err, shapelog.ErrFenced) {
@@ -110,6 +109,12 @@ func (w *worker) loop(drain context.Context) error {
 		}
 		return err
 	}
+	writer, err := w.s.store.Take(w.stopCtx, w.partition, w.epoch)
+	if err != nil {
+		return fmt.Errorf("take partition in storage: %w", err)
+	}
+	defer writer.Close()
+	w.removeGoneShapes(writer)
 	var failingSince time.Time
 	var delivered uint64 // delivery sequence of the last message handled; 0 after (re)creating the durable
 	for drain.Err() == nil && w.stopCtx.Err() == nil {

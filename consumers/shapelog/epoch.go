@@ -32,11 +32,12 @@ func readEpoch(dir string, partition int) (uint64, error) {
 
 // writeEpoch records epoch as the owner of partition: written to a temporary
 // file, fsynced and renamed over the old one, so a reader sees either epoch.
+// The caller holds the partition's epoch lock (lock.go).
 func writeEpoch(dir string, partition int, epoch uint64) error {
 	path := epochPath(dir, partition)
 	pdir := filepath.Dir(path)
-	if err := os.MkdirAll(pdir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", pdir, err)
+	if err := ensurePartitionDir(dir, partition); err != nil {
+		return err
 	}
 	tmp, err := os.CreateTemp(pdir, "epoch-*.tmp")
 	if err != nil {
@@ -47,7 +48,7 @@ func writeEpoch(dir string, partition int, epoch uint64) error {
 		tmp.Close()
 		return fmt.Errorf("write owner epoch of partition %d: %w", partition, err)
 	}
-	if err := tmp.Sync(); err != nil {
+	if err := syncFile(tmp); err != nil {
 		tmp.Close()
 		return fmt.Errorf("fsync owner epoch of partition %d: %w", partition, err)
 	}
@@ -67,7 +68,7 @@ func syncDir(dir string) error {
 		return fmt.Errorf("open directory %s for fsync: %w", dir, err)
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := syncFile(d); err != nil {
 		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
 	return nil

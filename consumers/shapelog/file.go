@@ -38,28 +38,53 @@ func (s *FileStore) Dir() string { return s.dir }
 
 func logPath(dir, handle string) string { return filepath.Join(dir, "shapes", handle, "log") }
 
-// Take implements Store.
-func (s *FileStore) Take(_ context.Context, partition int, epoch uint64) (Writer, error) {
+// Take implements Store. In order: the new epoch is recorded (under the
+// partition's epoch lock, so it only grows), every older writer's batch in
+// progress is waited for (lock.go), the journals of older owners are
+// replayed and every log they name is made durable, and only then are they
+// removed.
+func (s *FileStore) Take(ctx context.Context, partition int, epoch uint64) (Writer, error) {
+	if err := ensurePartitionDir(s.dir, partition); err != nil {
+		return nil, err
+	}
+	release, err := lockEpoch(ctx, s.dir, partition)
+	if err != nil {
+		return nil, fmt.Errorf("take partition %d: %w", partition, err)
+	}
 	cur, err := readEpoch(s.dir, partition)
+	if err == nil && cur > epoch {
+		err = &FencedError{Partition: partition, Mine: epoch, Current: cur}
+	}
+	if err == nil && cur < epoch {
+		err = writeEpoch(s.dir, partition, epoch)
+	}
+	release()
 	if err != nil {
 		return nil, err
 	}
-	if cur > epoch {
-		return nil, &FencedError{Partition: partition, Mine: epoch, Current: cur}
+	lock, err := openLock(writerLockPath(s.dir, partition, epoch))
+	if err != nil {
+		return nil, err
 	}
-	if cur < epoch {
-		if err := writeEpoch(s.dir, partition, epoch); err != nil {
-			return nil, err
-		}
+	busy, err := waitOlderWriters(ctx, s.dir, partition, epoch)
+	if err != nil {
+		lock.Close()
+		return nil, err
 	}
-	w := &fileWriter{store: s, partition: partition, epoch: epoch, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[*openLog]bool{}}
+	if len(busy) > 0 {
+		s.log.Warn("an older writer of the partition is still inside a batch after the wait (a frozen process?); going on: it can no longer ack, and readers skip what it writes behind this epoch",
+			"partition", partition, "epoch", epoch, "older_epochs", busy, "waited", olderWriterWait)
+	}
+	w := &fileWriter{store: s, partition: partition, epoch: epoch, lock: lock, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[*openLog]bool{}}
 	if err := w.replay(); err != nil {
 		w.closeLogs()
+		lock.Close()
 		return nil, err
 	}
 	j, err := openJournal(journalPath(s.dir, partition, epoch))
 	if err != nil {
 		w.closeLogs()
+		lock.Close()
 		return nil, err
 	}
 	w.journal = j
@@ -127,6 +152,7 @@ type fileWriter struct {
 	partition int
 	epoch     uint64
 	mu        sync.Mutex // Writer is single-goroutine; this guards Close racing Append
+	lock      *os.File   // writer-<epoch>.lock, held during each batch (lock.go)
 	logs      map[string]*openLog
 	closed    map[string]closedLog
 
@@ -149,9 +175,11 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	if w.broken != nil {
 		return st, w.broken
 	}
-	if err := w.checkEpoch(); err != nil {
+	unlock, err := w.lockBatch(ctx)
+	if err != nil {
 		return st, err
 	}
+	defer unlock()
 	if err := w.closeIdleLogs(); err != nil {
 		return st, err
 	}
@@ -191,10 +219,10 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		}
 		record, err := encodeRecord(w.epoch, f)
 		if err != nil {
-			return Stats{}, err
+			return Stats{}, &ShapeError{Shape: f.Shape, Err: err}
 		}
 		if p.buf, err = appendFrame(p.buf, record); err != nil {
-			return Stats{}, fmt.Errorf("fragment %s %s: %w", f.Shape, f.Position(), err)
+			return Stats{}, &ShapeError{Shape: f.Shape, Err: fmt.Errorf("fragment %s: %w", f.Position(), err)}
 		}
 		if journalBuf, err = appendJournalFrame(journalBuf, f.Shape, record); err != nil {
 			return Stats{}, err
@@ -295,7 +323,7 @@ func syncLogs(logs []*openLog) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := l.f.Sync(); err != nil {
+			if err := syncFile(l.f); err != nil {
 				errs[i] = fmt.Errorf("fsync log of shape %s: %w", l.handle, err)
 			}
 		})
@@ -313,13 +341,30 @@ func (w *fileWriter) replay() error {
 		return err
 	}
 	bufs := map[*openLog][]byte{}
+	// Every log a journal names is fsynced before the journal goes, also
+	// when it already holds the records: the dead owner may have written
+	// them without an fsync, and they may still be only in the page cache.
+	named := map[*openLog]bool{}
+	// A shape whose log is unusable (ShapeError) is left out of the replay;
+	// its next batch sets it aside. The journals are then kept, renamed, for
+	// the operator instead of removed: they hold that shape's acked records.
+	unusable := map[string]error{}
 	replayed := 0
 	for _, path := range paths {
 		err := scanJournal(path, func(handle string, record []byte) error {
+			if unusable[handle] != nil {
+				return nil
+			}
 			l, err := w.open(handle)
+			var shapeErr *ShapeError
+			if errors.As(err, &shapeErr) {
+				unusable[handle] = err
+				return nil
+			}
 			if err != nil {
 				return err
 			}
+			named[l] = true
 			epoch, pos, _, err := recordPosition(record)
 			if err != nil {
 				return fmt.Errorf("journal %s: %w", path, err)
@@ -342,12 +387,24 @@ func (w *fileWriter) replay() error {
 			return fmt.Errorf("replay journal into log of shape %s: %w", l.handle, err)
 		}
 		l.size += int64(len(buf))
+	}
+	for l := range named {
 		w.dirty[l] = true
+		// The dead owner may have created the log's directory, unsynced.
+		w.newDirs = append(w.newDirs, filepath.Dir(l.f.Name()))
 	}
 	if err := w.checkpoint(); err != nil {
 		return err
 	}
 	for _, path := range paths {
+		if len(unusable) > 0 {
+			kept := path + ".kept"
+			if err := os.Rename(path, kept); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("keep replayed journal %s: %w", path, err)
+			}
+			w.store.log.Error("journal replayed except into unusable shape logs; kept for recovery by hand", "journal", kept, "shapes", fmt.Sprint(unusable))
+			continue
+		}
 		// Owners taking the partition in quick succession may replay the
 		// same journal; the records are the same, so either removal will do.
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
@@ -359,6 +416,21 @@ func (w *fileWriter) replay() error {
 			"partition", w.partition, "records", replayed, "logs", len(bufs))
 	}
 	return nil
+}
+
+// lockBatch takes this epoch's writer lock for one batch and checks, under
+// it, that no newer owner took the partition: a newer owner takes the lock
+// once after recording its epoch, so a batch that passes here is finished
+// before the newer owner recovers anything.
+func (w *fileWriter) lockBatch(ctx context.Context) (unlock func(), err error) {
+	if _, err := lockFile(ctx, w.lock, 0); err != nil {
+		return nil, err
+	}
+	if err := w.checkEpoch(); err != nil {
+		unlockFile(w.lock)
+		return nil, err
+	}
+	return func() { unlockFile(w.lock) }, nil
 }
 
 // checkEpoch refuses the batch when a newer owner took the partition.
@@ -442,16 +514,22 @@ func recoverLog(l *openLog, log *slog.Logger) error {
 	if _, err := l.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read log of shape %s: %w", l.handle, err)
 	}
+	var undecodable error
 	end, torn, err := scanFrames(l.f, func(off int64, payload []byte) error {
 		epoch, pos, _, err := recordPosition(payload)
 		if err != nil {
-			return fmt.Errorf("log of shape %s: record at byte %d passes its checksum but does not decode: %w (the log was written by another version; move it away to rebuild the shape)", l.handle, off, err)
+			undecodable = fmt.Errorf("record at byte %d passes its checksum but does not decode: %w (written by another version, or damaged; move the log away to rebuild the shape)", off, err)
+			return undecodable
 		}
 		l.acc.accept(epoch, pos)
 		return nil
 	})
+	var corrupt *CorruptError
+	if undecodable != nil || errors.As(err, &corrupt) {
+		return &ShapeError{Shape: l.handle, Err: err}
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("read log of shape %s: %w", l.handle, err)
 	}
 	l.size = end
 	if torn {
@@ -464,7 +542,7 @@ func recoverLog(l *openLog, log *slog.Logger) error {
 		if err := l.f.Truncate(end); err != nil {
 			return fmt.Errorf("truncate torn tail of log of shape %s at byte %d: %w", l.handle, end, err)
 		}
-		if err := l.f.Sync(); err != nil {
+		if err := syncFile(l.f); err != nil {
 			return fmt.Errorf("fsync log of shape %s after truncation: %w", l.handle, err)
 		}
 	}
@@ -485,12 +563,17 @@ func (w *fileWriter) drop(l *openLog) {
 
 // Remove implements Writer. A checkpoint first empties the journal, so a
 // later replay cannot bring the removed log back.
-func (w *fileWriter) Remove(_ context.Context, handle string) error {
+func (w *fileWriter) Remove(ctx context.Context, handle string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.broken != nil {
 		return w.broken
 	}
+	unlock, err := w.lockBatch(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := w.checkpoint(); err != nil {
 		return err
 	}
@@ -518,6 +601,10 @@ func (w *fileWriter) Close() error {
 			first = fmt.Errorf("close journal: %w", err)
 		}
 		w.journal = nil
+	}
+	if w.lock != nil {
+		w.lock.Close()
+		w.lock = nil
 	}
 	return first
 }

@@ -135,8 +135,45 @@ func firstByte(b []byte) byte {
 
 // scanFrames calls fn for every whole, intact frame of r in order, with the
 // frame's offset. It returns the offset just after the last intact frame and
-// whether bytes follow it that are not an intact frame (a torn tail).
+// whether bytes follow it that are not an intact frame (a torn tail: the end
+// of an interrupted write). A bad frame with an intact frame somewhere after
+// it is not a torn tail but damage inside the file: scanFrames then fails
+// with a *CorruptError rather than let a writer truncate, or a reader hide,
+// the intact records behind it. (That check needs r to be a file.)
 func scanFrames(r io.Reader, fn func(off int64, payload []byte) error) (end int64, torn bool, err error) {
+	base := int64(-1)
+	if f, ok := r.(io.Seeker); ok {
+		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
+			base = off
+		}
+	}
+	end, torn, err = scanIntact(r, fn)
+	if err != nil || !torn || base < 0 {
+		return end, torn, err
+	}
+	ra, ok := r.(io.ReaderAt)
+	if !ok {
+		return end, torn, nil
+	}
+	if at, found, err := intactFrameAfter(ra, base+end+1); err != nil {
+		return end, false, err
+	} else if found {
+		return end, false, &CorruptError{Offset: base + end, Next: at}
+	}
+	return end, true, nil
+}
+
+// CorruptError is a damaged frame that intact frames follow.
+type CorruptError struct {
+	Offset int64 // where the damaged frame starts
+	Next   int64 // where the first intact frame after it starts
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("damaged record at byte %d with intact records after it (from byte %d): the file was changed in the middle, not torn at its end; nothing was truncated (restore the file, or move it away to rebuild)", e.Offset, e.Next)
+}
+
+func scanIntact(r io.Reader, fn func(off int64, payload []byte) error) (end int64, torn bool, err error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var h [headerSize]byte
 	var payload []byte
@@ -174,3 +211,41 @@ func scanFrames(r io.Reader, fn func(off int64, payload []byte) error) (end int6
 		end += headerSize + int64(size)
 	}
 }
+
+// intactFrameAfter looks for an intact frame starting at any offset from
+// from on. A frame has a payload of at least minFramePayload bytes (zeroed
+// pages are never taken for frames). Only called on a damaged frame.
+func intactFrameAfter(ra io.ReaderAt, from int64) (int64, bool, error) {
+	const window = 1 << 20
+	buf := make([]byte, window+headerSize)
+	var payload []byte
+	for off := from; ; off += window {
+		n, err := ra.ReadAt(buf, off)
+		if n < headerSize {
+			if err == nil || err == io.EOF {
+				return 0, false, nil
+			}
+			return 0, false, fmt.Errorf("read after a damaged record at byte %d: %w", from-1, err)
+		}
+		for i := 0; i+headerSize <= n && i < window; i++ {
+			size := binary.LittleEndian.Uint32(buf[i:])
+			if size < minFramePayload || size > maxPayload {
+				continue
+			}
+			if cap(payload) < int(size) {
+				payload = make([]byte, size)
+			}
+			payload = payload[:size]
+			if m, _ := ra.ReadAt(payload, off+int64(i)+headerSize); m != int(size) {
+				continue
+			}
+			if crc32.Checksum(payload, crcTable) == binary.LittleEndian.Uint32(buf[i+4:]) {
+				return off + int64(i), true, nil
+			}
+		}
+	}
+}
+
+// minFramePayload is the smallest payload a frame carries: a journal frame
+// has a handle length and a handle, a log record its binary header.
+const minFramePayload = 2

@@ -83,7 +83,7 @@ func openJournal(path string) (*journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w (set storage.dir to a writable directory)", path, err)
 	}
-	if err := f.Sync(); err != nil {
+	if err := syncFile(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("fsync journal %s: %w", path, err)
 	}
@@ -100,7 +100,7 @@ func (j *journal) appendDurably(buf []byte) error {
 		return fmt.Errorf("append to journal %s: %w", j.f.Name(), err)
 	}
 	j.size += int64(len(buf))
-	if err := j.f.Sync(); err != nil {
+	if err := syncFile(j.f); err != nil {
 		return fmt.Errorf("fsync journal %s: %w", j.f.Name(), err)
 	}
 	return nil
@@ -115,7 +115,7 @@ func (j *journal) reset() error {
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("empty journal %s: %w", j.f.Name(), err)
 	}
-	if err := j.f.Sync(); err != nil {
+	if err := syncFile(j.f); err != nil {
 		return fmt.Errorf("fsync journal %s: %w", j.f.Name(), err)
 	}
 	j.size, j.checkpoint = 0, time.Now()

@@ -80,3 +80,17 @@ func (e *FencedError) Error() string {
 
 // Is makes errors.Is(err, ErrFenced) true.
 func (e *FencedError) Is(target error) bool { return target == ErrFenced }
+
+// ShapeError is a storage failure confined to one shape's log: a record that
+// passes its checksum but does not decode, damage in the middle of the file,
+// a fragment too large for a record. Retrying cannot help and the other
+// shapes are not affected, so the caller sets that shape aside (quarantine)
+// and goes on with the rest. Append writes nothing when it returns one.
+type ShapeError struct {
+	Shape string
+	Err   error
+}
+
+func (e *ShapeError) Error() string { return fmt.Sprintf("log of shape %s: %v", e.Shape, e.Err) }
+
+func (e *ShapeError) Unwrap() error { return e.Err }
