@@ -38,7 +38,11 @@ var syncFile = (*os.File).Sync
 // already deleted (the worker deletes it before taking storage), so nothing
 // it still writes can be acked, and readers skip what it appends behind the
 // new owner's records by epoch.
-const olderWriterWait = 5 * time.Second
+const olderWriterWait = 2 * time.Second
+
+// epochLockWait bounds the wait for the epoch lock, which a Take holds for
+// a read, a small write and a rename.
+const epochLockWait = 30 * time.Second
 
 func partitionDir(dir string, partition int) string {
 	return filepath.Join(dir, "partitions", strconv.Itoa(partition))
@@ -106,7 +110,11 @@ func lockEpoch(ctx context.Context, dir string, partition int) (release func(), 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := lockFile(ctx, f, 0); err != nil {
+	got, err := lockFile(ctx, f, epochLockWait)
+	if err == nil && !got {
+		err = fmt.Errorf("%s held for over %s: another process is frozen inside Take of this partition; it ends when that process resumes or dies", f.Name(), epochLockWait)
+	}
+	if err != nil {
 		f.Close()
 		return nil, err
 	}
