@@ -1,8 +1,9 @@
 // Command devstack is `make run`: the whole pipeline on one machine. It
 // starts an embedded NATS JetStream server, a private Postgres cluster in a
-// scratch folder (or uses FANOUT_POSTGRES_URL), flushd, two consumers and
-// ingest from ./bin, adds a few shapes on a demo table, runs a demo load and
-// prints progress every second, with commands that show the demo shapes.
+// scratch folder (or uses FANOUT_POSTGRES_URL), flushd, two consumers,
+// ingest and, when it is built, shapeapi from ./bin, adds a few shapes on a
+// demo table, runs a demo load and prints progress every second, with
+// commands that show the demo shapes.
 // Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops everything and
 // exits 0.
 package main

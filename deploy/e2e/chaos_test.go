@@ -662,24 +662,29 @@ func scanShapeLogs(t *testing.T, storage string) logScan {
 		if err != nil {
 			t.Errorf("scan the log of shape %s: %v", e.Name(), err)
 		}
-		total.brokenTxns += checkTransactions(t, storage, e.Name())
+		broken, err := checkTransactions(storage, e.Name())
+		if err != nil {
+			t.Errorf("read the log of shape %s: %v", e.Name(), err)
+		}
+		for i, b := range broken {
+			if i == 5 {
+				t.Errorf("shape %s: %d more broken transactions", e.Name(), len(broken)-5)
+				break
+			}
+			t.Errorf("shape %s: %s", e.Name(), b)
+		}
+		total.brokenTxns += len(broken)
 	}
 	return total
 }
 
 // checkTransactions checks that the applied fragments of a log are whole
 // transactions in order: each begins at Seq 0, goes on at Seq+1 within the
-// same commit LSN, and ends with the one marked Last. It returns how many
-// transactions break that, and reports the first few.
-func checkTransactions(t *testing.T, storage, handle string) int {
-	t.Helper()
-	broken := 0
-	report := func(format string, args ...any) {
-		broken++
-		if broken <= 5 {
-			t.Errorf("shape %s: "+format, append([]any{handle}, args...)...)
-		}
-	}
+// same commit LSN, and ends with the one marked Last. It returns what
+// breaks that, one line per transaction.
+func checkTransactions(storage, handle string) ([]string, error) {
+	var broken []string
+	report := func(format string, args ...any) { broken = append(broken, fmt.Sprintf(format, args...)) }
 	var open *fanout.Fragment // the transaction's last applied fragment, until its Last
 	_, err := shapelog.ReadLog(storage, handle, shapelog.Cursor{}, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		f, err := e.Fragment()
@@ -703,16 +708,10 @@ func checkTransactions(t *testing.T, storage, handle string) int {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Errorf("read the log of shape %s: %v", handle, err)
-	}
 	if open != nil {
 		report("the log ends inside transaction %s at fragment %d, after the drain (its last fragment lost)", open.CommitLSN, open.Seq)
 	}
-	if broken > 5 {
-		t.Errorf("shape %s: %d more transactions are broken", handle, broken-5)
-	}
-	return broken
+	return broken, err
 }
 
 // rowDiff names, by id, up to ten rows that differ between a shape log and its query.

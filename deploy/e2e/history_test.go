@@ -3,8 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
+	"testing"
+	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -290,4 +295,70 @@ func (s *stack) names(q string, args ...any) []string {
 		s.t.Fatal(err)
 	}
 	return out
+}
+
+// The log oracles can fail: a fragment lost from a transaction, and a
+// change applied twice under a new position (which no position check
+// sees), are both reported.
+func TestLogOraclesSeeLostAndRepeatedChanges(t *testing.T) {
+	dir := t.TempDir()
+	st, err := shapelog.NewFileStore(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := st.Take(context.Background(), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	v := func(s string) *string { return &s }
+	change := func(op fanout.Op, id, owner string) fanout.Change {
+		c := fanout.Change{Op: op, Row: fanout.Row{"id": v(id), "owner": v(owner)}}
+		if op == fanout.OpDelete {
+			c = fanout.Change{Op: op, Old: fanout.Row{"id": v(id)}}
+		}
+		return c
+	}
+	frag := func(shape string, lsn uint64, seq int, last bool, cs ...fanout.Change) *fanout.Fragment {
+		return &fanout.Fragment{Version: fanout.WireVersion, Shape: shape, Xid: uint32(lsn), CommitLSN: pglogrepl.LSN(lsn),
+			EndLSN: pglogrepl.LSN(lsn + 8), CommitTime: time.Now().UTC(), Seq: seq, Last: last, Changes: cs}
+	}
+	// "lost": transaction 200 is cut into fragments 0 and 1; fragment 1 is missing.
+	// "twice": the update of transaction 300 is applied again as fragment 1.
+	if _, err := w.Append(context.Background(), []*fanout.Fragment{
+		frag("slost", 100, 0, true, change(fanout.OpInsert, "1", "7")),
+		frag("slost", 200, 0, false, change(fanout.OpUpdate, "1", "8")),
+		frag("slost", 300, 0, true, change(fanout.OpDelete, "1", "")),
+		frag("stwice", 100, 0, true, change(fanout.OpInsert, "1", "7")),
+		frag("stwice", 300, 0, false, change(fanout.OpUpdate, "1", "8")),
+		frag("stwice", 300, 1, true, change(fanout.OpUpdate, "1", "8")),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	text := func(s string) pgtype.Text { return pgtype.Text{String: s, Valid: true} }
+	committed := []shapeOp{
+		{op: fanout.OpInsert, key: "1", vals: []pgtype.Text{text("1"), text("7")}},
+		{op: fanout.OpUpdate, key: "1", vals: []pgtype.Text{text("1"), text("8")}},
+	}
+	cols := []string{"id", "owner"}
+
+	if broken, err := checkTransactions(dir, "slost"); err != nil || len(broken) != 1 {
+		t.Errorf("a log missing a fragment: checkTransactions found %q (%v), want one broken transaction", broken, err)
+	}
+	if broken, err := checkTransactions(dir, "stwice"); err != nil || len(broken) != 0 {
+		t.Errorf("a log of whole transactions: checkTransactions found %q (%v), want none", broken, err)
+	}
+	err = compareLogToHistory(dir, shapeDef{handle: "stwice"}, []string{"id"}, cols, committed)
+	if err == nil || !strings.Contains(err.Error(), "applied twice") {
+		t.Errorf("a change applied twice under a new position: %v, want it reported", err)
+	}
+	err = compareLogToHistory(dir, shapeDef{handle: "stwice"}, []string{"id"}, cols, append(committed, committed[1]))
+	if err != nil {
+		t.Errorf("the same log against a history that has the update twice: %v, want equal", err)
+	}
+	committed[1].vals[1] = text("9")
+	err = compareLogToHistory(dir, shapeDef{handle: "slost"}, []string{"id"}, cols, append(committed[:1:1], shapeOp{op: fanout.OpDelete, key: "1"}))
+	if err == nil || !strings.Contains(err.Error(), "update 1") {
+		t.Errorf("a log with an update Postgres did not commit: %v, want it reported", err)
+	}
 }

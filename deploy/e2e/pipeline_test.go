@@ -195,7 +195,7 @@ func TestZombieConsumerCannotCorruptLogs(t *testing.T) {
 	s.drain()
 	s.checkShapes(defs)
 	logs := scanShapeLogs(t, s.storageDir())
-	t.Logf("%s", logs)
+	t.Logf("the logs hold %d frames the zombie wrote at its old epoch (skipped by readers) and %d duplicate frames", logs.zombieFrames, logs.rawDups)
 	if logs.brokenTxns > 0 {
 		t.Errorf("%d transactions in the shape logs lack or repeat a fragment", logs.brokenTxns)
 	}
