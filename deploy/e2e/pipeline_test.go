@@ -143,9 +143,10 @@ func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
 	stop := make(chan struct{})
 	wg := s.load(stop, 1)
 	testenv.Eventually(t, 30*time.Second, "load to be confirmed", func() bool { return s.confirmedFlush() > 0 })
-	time.Sleep(time.Second) // let the load run: the kill must land mid-stream
-
+	// The kill lands mid-batch: c1 holds delivered, unacked fragments.
+	held := s.freezeHoldingFragments(c1, "c1")
 	c1.Kill()
+	t.Logf("killed c1 holding %d unacked fragments", held)
 	killedAt := time.Now()
 	atKill := s.currentWAL()
 	s.waitConfirmed(atKill, 60*time.Second)
