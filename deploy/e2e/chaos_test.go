@@ -103,7 +103,9 @@ func TestChaos(t *testing.T) {
 	})
 	bound := c.walBound(&wal)
 	logs := scanShapeLogs(t, s.storageDir())
+	checkStart := time.Now()
 	logs.historyDiffs = s.checkLogsFollowHistory(defs)
+	t.Logf("the logs were compared with the committed history in %s", time.Since(checkStart).Round(time.Millisecond))
 	fmt.Printf("chaos: seed %d, %s, %s, processes killed %d, server restarts %d (NATS nodes %d), %s, transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB, %s, %s\n",
 		c.seed, c.duration, c.topology(), c.killed, c.serverRestarts, c.nodeRestarts, c.recoveries(), txns.Load(), changes.Load(), len(defs), mismatches,
 		mb(wal.peak().retained), mb(final), bound, logs)
