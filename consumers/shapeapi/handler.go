@@ -177,7 +177,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 	}
 	if req.Offset.Start || req.Now {
 		// changes_only, or now: start at the current end of the log.
-		end, err := s.index(handle).extend(s.cfg.Storage.Dir, handle)
+		end, err := s.index(handle).extend(s.cfg.Storage.Dir, handle, v.rel, v.seen())
 		if err != nil {
 			s.fail(w, err)
 			return
@@ -277,6 +277,14 @@ func (s *Server) rotate(ctx context.Context, w http.ResponseWriter, req *Request
 	s.refetch(w, handle)
 }
 
+// seen says which logged transactions the snapshot already holds (nil: none).
+func (v *shapeView) seen() func(*fanout.Fragment) bool {
+	if v.snap == nil || v.snap.snap == nil {
+		return nil
+	}
+	return v.snap.snap.Seen
+}
+
 func (v *shapeView) chunks() int {
 	if v.snap == nil || v.snap.snap == nil {
 		return 0
@@ -318,10 +326,14 @@ func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req 
 // truncated: the log holds a truncate after from.
 func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, atEnd, truncated bool, end shapelog.Cursor, err error) {
 	ix := s.index(handle)
-	if _, err := ix.extend(s.cfg.Storage.Dir, handle); err != nil {
+	seen := v.seen()
+	if end, err = ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen); err != nil {
 		return nil, false, false, end, err
 	}
 	c = NewChunk(s.cfg.API.ChunkBytes, from)
+	if ok, atEnd, truncated := ix.fromRecent(from, c); ok {
+		return c, atEnd, truncated, end, nil
+	}
 	full := false
 	var decodeErr error
 	end, err = shapelog.ReadLog(s.cfg.Storage.Dir, handle, ix.seek(from), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
@@ -333,7 +345,7 @@ func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, at
 			decodeErr = err
 			return shapelog.ErrStopRead
 		}
-		if v.snap != nil && v.snap.snap != nil && v.snap.snap.Seen(f) {
+		if seen != nil && seen(f) {
 			return nil
 		}
 		entries, trunc := EncodeFragment(v.rel, f)

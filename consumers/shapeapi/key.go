@@ -11,12 +11,29 @@ type Relation struct {
 	Schema, Table string
 	// PK is the primary key, in key order; rows are keyed by it.
 	PK []string
+	// Columns orders a message's values: the shape's columns in table order.
+	Columns []string
+}
+
+func (r Relation) hasColumn(c string) bool {
+	for _, k := range r.Columns {
+		if k == c {
+			return true
+		}
+	}
+	return false
 }
 
 // NewRelation is the relation of a shape.
 func NewRelation(s *fanout.Shape) Relation {
 	schema, table := fanout.SplitTable(s.Table)
-	return Relation{Schema: schema, Table: table, PK: s.PrimaryKey}
+	var cols []string
+	for _, c := range s.Schema {
+		if s.Projected(c.Name) {
+			cols = append(cols, c.Name)
+		}
+	}
+	return Relation{Schema: schema, Table: table, PK: s.PrimaryKey, Columns: cols}
 }
 
 // Key is a row's message key: "schema"."table"/"<pk1>"/"<pk2>", with a

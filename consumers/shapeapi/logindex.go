@@ -5,21 +5,36 @@ import (
 	"sync"
 
 	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/fanout"
 )
 
 // markEvery is how many log bytes lie between two marks of an index: a read
 // from any offset scans at most this much before its first entry.
 const markEvery = 256 << 10
 
+// recentBytes bounds the encoded messages an index keeps of the newest
+// fragments: the live requests of a shape, all waiting at about its end,
+// are answered from them, so a notice costs one read and one encoding of
+// the new data per shape, not one per held request.
+const recentBytes = 64 << 10
+
 // logIndex maps client offsets of one shape log to places in the file, so
-// a read from an offset does not rescan the log from its start. It holds a
-// mark every markEvery bytes (a few words each) and learns the log as
-// reads pass its end. Every API replica keeps its own; it is a cache.
+// a read from an offset does not rescan the log from its start, and keeps
+// the newest fragments encoded. It holds a mark every markEvery bytes (a
+// few words each) and learns the log as it grows. Every API replica keeps
+// its own; it is a cache.
 type logIndex struct {
 	mu    sync.Mutex
 	marks []mark
 	tail  shapelog.Cursor // how far the index has read
 	last  shapelog.Cursor // where the last mark was taken
+
+	// recent holds every entry after recentFrom, oldest first (valid once
+	// the log was read to its end once). A truncate is an entry without JSON.
+	recent      []Entry
+	recentFrom  Offset
+	recentSize  int
+	recentValid bool
 }
 
 // mark is the cursor before a fragment whose first op is at first.
@@ -28,8 +43,10 @@ type mark struct {
 	first Offset
 }
 
-// extend reads the log from the index's tail to its current end, adding marks.
-func (ix *logIndex) extend(dir, handle string) (shapelog.Cursor, error) {
+// extend reads the log from the index's tail to its current end, adding
+// marks and, after the first read, encoding the new fragments (skipping
+// those seen says the snapshot holds).
+func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	prev := ix.tail
@@ -39,15 +56,65 @@ func (ix *logIndex) extend(dir, handle string) (shapelog.Cursor, error) {
 			ix.last = prev
 		}
 		prev = next
+		if !ix.recentValid {
+			return nil
+		}
+		f, err := e.Fragment()
+		if err != nil {
+			return err
+		}
+		if seen != nil && seen(f) {
+			return nil
+		}
+		entries, truncated := EncodeFragment(rel, f)
+		if truncated {
+			entries = append(entries, Entry{Offset: LastOp(e.Position)})
+		}
+		for _, en := range entries {
+			ix.recent = append(ix.recent, en)
+			ix.recentSize += len(en.JSON) + 64
+		}
 		return nil
 	})
 	if err != nil {
-		ix.tail = shapelog.Cursor{}
-		ix.marks, ix.last = nil, shapelog.Cursor{}
+		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
+		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
 		return end, err
 	}
 	ix.tail = end
+	if !ix.recentValid {
+		ix.recentValid = true
+		if last, ok := end.Last(); ok {
+			ix.recentFrom = LastOp(last)
+		}
+	}
+	for ix.recentSize > recentBytes && len(ix.recent) > 0 {
+		ix.recentFrom = ix.recent[0].Offset
+		ix.recentSize -= len(ix.recent[0].JSON) + 64
+		ix.recent = ix.recent[1:]
+	}
 	return end, nil
+}
+
+// fromRecent adds the entries after from to c, if the index holds all of
+// them; ok false means the file must be read.
+func (ix *logIndex) fromRecent(from Offset, c *Chunk) (ok, atEnd, truncated bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if !ix.recentValid || from.Compare(ix.recentFrom) < 0 {
+		return false, false, false
+	}
+	i := sort.Search(len(ix.recent), func(i int) bool { return ix.recent[i].Offset.After(from) })
+	for ; i < len(ix.recent); i++ {
+		e := ix.recent[i]
+		if e.JSON == nil {
+			return true, false, true
+		}
+		if !c.Add(e) {
+			return true, false, false
+		}
+	}
+	return true, true, false
 }
 
 // seek is a cursor at or before every entry after o.

@@ -15,21 +15,6 @@ type Entry struct {
 	JSON   []byte
 }
 
-type changeHeaders struct {
-	Operation  string    `json:"operation"`
-	Relation   [2]string `json:"relation"`
-	Txids      []uint32  `json:"txids,omitempty"`
-	LSN        string    `json:"lsn,omitempty"`
-	OpPosition *uint64   `json:"op_position,omitempty"`
-	Last       bool      `json:"last,omitempty"`
-}
-
-type changeMessage struct {
-	Key     string        `json:"key"`
-	Value   fanout.Row    `json:"value"`
-	Headers changeHeaders `json:"headers"`
-}
-
 // MustRefetch is the exact body of a 409.
 const MustRefetch = `[{"headers":{"control":"must-refetch"}}]`
 
@@ -42,60 +27,53 @@ const MustRefetch = `[{"headers":{"control":"must-refetch"}}]`
 func EncodeFragment(rel Relation, f *fanout.Fragment) (entries []Entry, truncated bool) {
 	base := FirstOp(f.Position())
 	lsn := strconv.FormatUint(uint64(f.CommitLSN), 10)
-	relation := [2]string{rel.Schema, rel.Table}
-	add := func(op uint64, operation string, row fanout.Row) {
-		o := Offset{Tx: base.Tx, Op: op}
-		m := changeMessage{Key: rel.Key(row), Value: row, Headers: changeHeaders{
-			Operation: operation, Relation: relation, Txids: []uint32{f.Xid}, LSN: lsn, OpPosition: &o.Op,
-		}}
-		b, err := json.Marshal(m)
-		if err != nil {
-			panic(err) // rows of strings always marshal
-		}
-		entries = append(entries, Entry{Offset: o, JSON: b})
+	type pending struct {
+		op        uint64
+		operation string
+		row       fanout.Row
 	}
+	var ps []pending
 	for i, c := range f.Changes {
 		op := base.Op + 2*uint64(i)
 		switch c.Op {
 		case fanout.OpInsert:
-			add(op, "insert", c.Row)
+			ps = append(ps, pending{op, "insert", c.Row})
 		case fanout.OpUpdate:
 			if c.Old != nil && rel.Key(c.Old) != rel.Key(c.Row) {
-				add(op, "delete", c.Old)
-				add(op+1, "insert", c.Row)
+				ps = append(ps, pending{op, "delete", c.Old}, pending{op + 1, "insert", c.Row})
 			} else {
-				add(op, "update", c.Row)
+				ps = append(ps, pending{op, "update", c.Row})
 			}
 		case fanout.OpDelete:
-			add(op, "delete", c.Old)
+			ps = append(ps, pending{op, "delete", c.Old})
 		case fanout.OpTruncate:
-			return entries, true
+			truncated = true
+		}
+		if truncated {
+			break
 		}
 	}
-	if f.Last && len(entries) > 0 {
-		markLast(&entries[len(entries)-1])
+	entries = make([]Entry, len(ps))
+	var headers []byte
+	for i, p := range ps {
+		headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == len(ps)-1)
+		entries[i] = Entry{Offset: Offset{Tx: base.Tx, Op: p.op}, JSON: appendMessage(nil, rel, p.row, headers)}
 	}
-	return entries, false
+	return entries, truncated
 }
 
-// markLast sets headers.last on an encoded change message.
-func markLast(e *Entry) {
-	var m changeMessage
-	if err := json.Unmarshal(e.JSON, &m); err != nil {
-		return
-	}
-	m.Headers.Last = true
-	e.JSON, _ = json.Marshal(m)
+// snapshotHeaders is the headers object of every snapshot row of a relation.
+func snapshotHeaders(rel Relation) []byte {
+	b := append([]byte(nil), `{"operation":"insert","relation":[`...)
+	b = appendString(b, rel.Schema)
+	b = append(b, ',')
+	b = appendString(b, rel.Table)
+	return append(b, "]}"...)
 }
 
 // SnapshotRow is the message of one row of an initial snapshot.
 func SnapshotRow(rel Relation, row fanout.Row) []byte {
-	b, err := json.Marshal(changeMessage{Key: rel.Key(row), Value: row, Headers: changeHeaders{
-		Operation: "insert", Relation: [2]string{rel.Schema, rel.Table}}})
-	if err != nil {
-		panic(err)
-	}
-	return b
+	return appendMessage(nil, rel, row, snapshotHeaders(rel))
 }
 
 // SnapshotEnd follows the last row of an initial snapshot.

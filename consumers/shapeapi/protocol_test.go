@@ -270,3 +270,23 @@ func TestHubWakesOnlyItsShape(t *testing.T) {
 		t.Fatalf("held %d after cancel", h.held())
 	}
 }
+
+func TestAppendStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"b\s`, "nl\n\t\r\x01\x1f", "ünï 日本", "bad\xffutf8", "\u2028x\u2029", "<&>"} {
+		var got, want any
+		if err := json.Unmarshal(appendString(nil, s), &got); err != nil {
+			t.Fatalf("%q encodes to invalid JSON %s", s, appendString(nil, s))
+		}
+		b, _ := json.Marshal(s)
+		json.Unmarshal(b, &want)
+		if got != want {
+			t.Errorf("%q decodes to %q, encoding/json's to %q", s, got, want)
+		}
+	}
+	rel := Relation{Schema: "public", Table: "t", PK: []string{"id"}, Columns: []string{"id", "b"}}
+	msg := SnapshotRow(rel, fanout.Row{"b": nil, "id": str("1"), "extra": str("x")})
+	var m map[string]any
+	if err := json.Unmarshal(msg, &m); err != nil || !strings.HasPrefix(string(msg), `{"key":"\"public\".\"t\"/\"1\"","value":{"id":"1","b":null,"extra":"x"}`) {
+		t.Fatalf("snapshot row %s (%v)", msg, err)
+	}
+}

@@ -1,0 +1,119 @@
+package shapeapi
+
+import (
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/fanout/pipeline/fanout"
+)
+
+// appendMessage appends a row message, {"key":...,"value":{...},"headers":{...}},
+// by hand: the initial sync and every live response go through here, and
+// encoding/json on a map costs several times more. Columns come in the
+// relation's order, then any others the row has.
+func appendMessage(b []byte, rel Relation, row fanout.Row, headers []byte) []byte {
+	b = append(b, `{"key":`...)
+	b = appendString(b, rel.Key(row))
+	b = append(b, `,"value":{`...)
+	n := 0
+	put := func(c string, v *string) {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		n++
+		b = appendString(b, c)
+		b = append(b, ':')
+		if v == nil {
+			b = append(b, "null"...)
+		} else {
+			b = appendString(b, *v)
+		}
+	}
+	for _, c := range rel.Columns {
+		if v, ok := row[c]; ok {
+			put(c, v)
+		}
+	}
+	if n < len(row) {
+		for c, v := range row {
+			if !rel.hasColumn(c) {
+				put(c, v)
+			}
+		}
+	}
+	b = append(b, `},"headers":`...)
+	b = append(b, headers...)
+	return append(b, '}')
+}
+
+// changeHeadersJSON is the headers object of a change message.
+func changeHeadersJSON(b []byte, operation string, rel Relation, xid uint32, lsn string, op uint64, last bool) []byte {
+	b = append(b, `{"operation":"`...)
+	b = append(b, operation...)
+	b = append(b, `","relation":[`...)
+	b = appendString(b, rel.Schema)
+	b = append(b, ',')
+	b = appendString(b, rel.Table)
+	b = append(b, `],"txids":[`...)
+	b = strconv.AppendUint(b, uint64(xid), 10)
+	b = append(b, `],"lsn":"`...)
+	b = append(b, lsn...)
+	b = append(b, `","op_position":`...)
+	b = strconv.AppendUint(b, op, 10)
+	if last {
+		b = append(b, `,"last":true`...)
+	}
+	return append(b, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string (invalid UTF-8 becomes U+FFFD, as
+// encoding/json does).
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

@@ -1,0 +1,268 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+// The HTTP shape API (bin/shapeapi), measured as Electric's clients use it:
+// the initial sync of a 100K-row shape against COPY of the same rows; 2,000
+// held live long polls over 1,000 shapes (resident memory per held request),
+// and commit-to-client latency at 500 changes/s.
+
+// startShapeAPI builds and runs bin/shapeapi on the pipe; it returns the API
+// base URL and its metrics address.
+func (p *pipe) startShapeAPI() (api, metrics string) {
+	p.b.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	bin := filepath.Join(p.b.TempDir(), "shapeapi")
+	build := exec.Command("go", "build", "-o", bin, "./consumers/cmd/shapeapi")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		p.b.Fatalf("go build ./consumers/cmd/shapeapi: %v\n%s", err, out)
+	}
+	apiAddr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(p.b))
+	metrics = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(p.b))
+	cmd := exec.Command(bin)
+	cmd.Env = append(append(os.Environ(), p.env...), "FANOUT_API_ADDR="+apiAddr, "FANOUT_HTTP_ADDR="+metrics,
+		"FANOUT_API_LONG_POLL_TIMEOUT=20s", "FANOUT_API_READY_TIMEOUT=5m")
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		p.b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	p.b.Cleanup(func() { cmd.Process.Kill(); <-done })
+	p.http["shapeapi"] = metrics
+	testenv.Eventually(p.b, time.Minute, "shapeapi to be ready", func() bool { return p.ready("shapeapi") })
+	return "http://" + apiAddr + "/v1/shape", metrics
+}
+
+// shapeResponse is one GET /v1/shape answer.
+type shapeResponse struct {
+	status   int
+	handle   string
+	offset   string
+	cursor   string
+	upToDate bool
+	body     []byte
+}
+
+func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (shapeResponse, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"?"+q.Encode(), nil)
+	if err != nil {
+		return shapeResponse{}, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return shapeResponse{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	_, upToDate := resp.Header["Electric-Up-To-Date"]
+	return shapeResponse{status: resp.StatusCode, handle: resp.Header.Get("electric-handle"), offset: resp.Header.Get("electric-offset"),
+		cursor: resp.Header.Get("electric-cursor"), upToDate: upToDate, body: body}, err
+}
+
+// syncShape reads a shape from -1 to up-to-date, as a client's initial sync
+// does, retrying 503s (a new shape's snapshot is being taken). It returns
+// the handle, the offset to go live from, and the messages read.
+func syncShape(ctx context.Context, c *http.Client, base string, def url.Values) (handle, offset string, messages int, err error) {
+	offset = "-1"
+	for {
+		q := url.Values{}
+		for k, v := range def {
+			q[k] = v
+		}
+		q.Set("offset", offset)
+		if handle != "" {
+			q.Set("handle", handle)
+		}
+		r, err := getShape(ctx, c, base, q)
+		if err != nil {
+			return "", "", 0, err
+		}
+		switch r.status {
+		case http.StatusOK:
+		case http.StatusServiceUnavailable:
+			time.Sleep(200 * time.Millisecond)
+			continue
+		default:
+			return "", "", 0, fmt.Errorf("GET %s: %d %s", q.Encode(), r.status, r.body)
+		}
+		var msgs []json.RawMessage
+		if err := json.Unmarshal(r.body, &msgs); err != nil {
+			return "", "", 0, err
+		}
+		messages += len(msgs)
+		handle, offset = r.handle, r.offset
+		if r.upToDate {
+			return handle, offset, messages, nil
+		}
+	}
+}
+
+func BenchmarkShapeAPI(b *testing.B) {
+	rows := 100_000 / scale()
+	shapes := max(1000/scale(), 10)
+	const polls = 2000
+	p := newPipe(b, 0)
+	p.startAll()
+	base, _ := p.startShapeAPI()
+	ctx := context.Background()
+	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, shapes, rows))
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: polls + 100, IdleConnTimeout: time.Minute}}
+
+	// Initial sync of the whole table, once the shape's snapshot is taken.
+	all := url.Values{"table": {"items"}}
+	if _, _, _, err := syncShape(ctx, client, base, all); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	_, _, n, err := syncShape(ctx, client, base, all)
+	if err != nil {
+		b.Fatal(err)
+	}
+	apiTime := time.Since(start)
+	if n < rows {
+		b.Fatalf("initial sync read %d messages, the table has %d rows", n, rows)
+	}
+	start = time.Now()
+	if _, err := p.conn.PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, owner, title FROM items) TO STDOUT`); err != nil {
+		b.Fatal(err)
+	}
+	copyTime := time.Since(start)
+	addRow("shapeapi initial sync, rows/s", fmt.Sprintf("%.0f", rate(rows, apiTime)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/apiTime.Seconds()),
+		fmt.Sprintf("%d rows, %s through the API (chunk_bytes 10 MiB), COPY %s; target ratio 0.5", rows, apiTime.Round(time.Millisecond), copyTime.Round(time.Millisecond)))
+
+	// Shapes owner = i, created on demand, 8 requests at a time.
+	type live struct{ handle, offset string }
+	lives := make([]live, shapes)
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	start = time.Now()
+	for i := range shapes {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			h, off, _, err := syncShape(ctx, client, base, url.Values{"table": {"items"}, "where": {fmt.Sprintf("owner = %d", i)}})
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+			lives[i] = live{h, off}
+		})
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%d shapes created on demand and synced in %s", shapes, time.Since(start).Round(time.Millisecond))
+
+	runtime.GC()
+	time.Sleep(time.Second)
+	baseRSS := p.rss("shapeapi")
+
+	// polls long-poll clients, polls/shapes per shape; each records when it
+	// first saw each inserted id.
+	var seenMu sync.Mutex
+	seen := map[int64]time.Time{}
+	pctx, stop := context.WithCancel(ctx)
+	var clients sync.WaitGroup
+	for i := range polls {
+		sh := lives[i%shapes]
+		clients.Go(func() {
+			offset, handle, cursor := sh.offset, sh.handle, ""
+			for pctx.Err() == nil {
+				q := url.Values{"table": {"items"}, "where": {fmt.Sprintf("owner = %d", i%shapes)}, "offset": {offset}, "handle": {handle}, "live": {"true"}, "cursor": {cursor}}
+				r, err := getShape(pctx, client, base, q)
+				if err != nil || r.status != http.StatusOK {
+					if pctx.Err() == nil {
+						time.Sleep(100 * time.Millisecond)
+					}
+					continue
+				}
+				now := time.Now()
+				var msgs []struct {
+					Value   map[string]*string `json:"value"`
+					Headers map[string]any     `json:"headers"`
+				}
+				json.Unmarshal(r.body, &msgs)
+				for _, m := range msgs {
+					if m.Headers["operation"] == "insert" && m.Value["id"] != nil {
+						id, _ := strconv.ParseInt(*m.Value["id"], 10, 64)
+						seenMu.Lock()
+						if _, ok := seen[id]; !ok {
+							seen[id] = now
+						}
+						seenMu.Unlock()
+					}
+				}
+				offset, cursor = r.offset, r.cursor
+			}
+		})
+	}
+	testenv.Eventually(b, 2*time.Minute, fmt.Sprintf("%d live requests to be held", polls), func() bool {
+		return p.metric("shapeapi", "fanout_shapeapi_held_requests") >= polls
+	})
+	time.Sleep(2 * time.Second)
+	heldRSS := p.rss("shapeapi")
+	perHeld := (heldRSS - baseRSS) / polls
+	addRow("shapeapi resident memory per held long poll", fmt.Sprintf("%.1f KiB", perHeld/1024), "",
+		fmt.Sprintf("%d held over %d shapes: RSS %.1f MiB -> %.1f MiB", polls, shapes, baseRSS/(1<<20), heldRSS/(1<<20)))
+
+	// 500 changes/s for 10 s, each an insert into a random shape.
+	const perSec, secs = 500, 10
+	committed := map[int64]time.Time{}
+	tick := time.NewTicker(time.Second / perSec)
+	next := int64(rows + 1)
+	for range perSec * secs {
+		<-tick.C
+		owner := rand.IntN(shapes)
+		if _, err := p.conn.Exec(ctx, `INSERT INTO items VALUES ($1, $2, 'live')`, next, owner); err != nil {
+			b.Fatal(err)
+		}
+		committed[next] = time.Now()
+		next++
+	}
+	tick.Stop()
+	testenv.Eventually(b, time.Minute, "every committed change to reach a client", func() bool {
+		seenMu.Lock()
+		defer seenMu.Unlock()
+		for id := range committed {
+			if _, ok := seen[id]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	clients.Wait()
+	var lat []time.Duration
+	for id, at := range committed {
+		lat = append(lat, seen[id].Sub(at))
+	}
+	slices.Sort(lat)
+	addRow("shapeapi commit-to-client latency p50 / p99", pct(lat, 50)+" / "+pct(lat, 99), "",
+		fmt.Sprintf("%d changes/s for %d s over %d shapes, %d long-poll clients; target p99 < 250 ms", perSec, secs, shapes, polls))
+}
