@@ -56,6 +56,7 @@ func run() error {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	suspend := make(chan os.Signal, 1)
 	signal.Notify(suspend, syscall.SIGTSTP)
+	defer func() { signal.Stop(suspend); close(suspend) }()
 	go func() {
 		for range suspend {
 			fmt.Println("\n(make run cannot be suspended: Ctrl-C stops it)")
@@ -177,7 +178,7 @@ func run() error {
 		awaitRows(ctx, conn, watch)
 		live, err := api.liveCommand(ctx, watch)
 		if err == nil {
-			fmt.Printf("watch shape %s (items WHERE %s) change live, in another terminal:\n  %s\n", watch.handle, watch.where, live)
+			fmt.Printf("watch items WHERE %s change live, in another terminal:\n  %s\n", watch.where, live)
 		} else {
 			why = fmt.Sprintf("shapeapi did not serve it: %v; see %s", err, filepath.Join(work, "logs", "shapeapi.log"))
 			api.base = ""

@@ -192,7 +192,7 @@ func (d *devstack) checkPrintedCommands() {
 	lines := strings.Split(d.out.String(), "\n")
 	live := ""
 	for i, line := range lines {
-		if strings.HasPrefix(line, "watch shape ") && i+1 < len(lines) {
+		if strings.HasPrefix(line, "watch ") && i+1 < len(lines) {
 			live = strings.TrimSpace(lines[i+1])
 		}
 	}
