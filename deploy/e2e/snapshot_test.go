@@ -390,7 +390,7 @@ func peakRSS(t *testing.T, pid int) int {
 func TestLargeSnapshotBoundedMemoryAndWALReleased(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
-	rows := 600_000
+	rows := 2_000_000 // the issue's size: about 20 s here, most of it the INSERT
 	if v, err := strconv.Atoi(os.Getenv("FANOUT_SNAPSHOT_TEST_ROWS")); err == nil {
 		rows = v
 	}
@@ -462,5 +462,38 @@ func TestTruncateDuringSnapshot(t *testing.T) {
 	s.checkExact([]shapeDef{d})
 	if n := len(s.shapeRows(d.handle)); n != 25 {
 		t.Fatalf("%d rows after the truncate, want the 25 inserted after it", n)
+	}
+}
+
+// A snapshot that cannot be taken (a column of the shape was dropped) marks
+// that shape failed, visible in status and shape rows, and blocks no other.
+func TestFailingSnapshotMarksOnlyItsShapeFailed(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	s.exec(`CREATE TABLE other (id int PRIMARY KEY, v text)`)
+	s.exec(`INSERT INTO items SELECT g, g % 10, 'a' || g, 'b' FROM generate_series(1, 1000) g`)
+	s.exec(`INSERT INTO other SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+	s.startFlushd()
+	s.startIngest()
+	s.waitSlot()
+	doomed := s.addShape("public.items", "owner = 1")
+	fine := s.addShape("public.other", "")
+	s.exec(`ALTER TABLE items DROP COLUMN body`)
+	s.startConsumer("c1")
+	testenv.Eventually(t, time.Minute, "the doomed shape to be marked failed", func() bool {
+		return s.shapeState(doomed.handle).Phase == shapestate.Failed
+	})
+	s.waitReady(fine.handle, time.Minute)
+	s.checkExact([]shapeDef{fine})
+	st := s.shapeState(doomed.handle)
+	if !strings.Contains(st.Error, "body (dropped)") {
+		t.Fatalf("failed shape's error %q does not name the dropped column", st.Error)
+	}
+	if out := s.ctl("status"); !strings.Contains(out, "snapshot failed "+doomed.handle) {
+		t.Fatalf("status does not show the failed snapshot:\n%s", out)
+	}
+	_, errOut, err := testenv.Run(t, "fanoutctl", []string{"shape", "rows", doomed.handle}, s.env...)
+	if err == nil || !strings.Contains(errOut, "failed its initial snapshot") {
+		t.Fatalf("shape rows of a failed shape: %v %q", err, errOut)
 	}
 }
