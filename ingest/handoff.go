@@ -32,7 +32,7 @@ type handoff struct {
 }
 
 func newHandoff(ctx context.Context, js jetstream.JetStream, cfg Config, decoded *decodedXids, log *slog.Logger) (*handoff, error) {
-	bctx, cancel := context.WithTimeout(ctx, time.Minute)
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := shapestate.Ensure(bctx, js, cfg.Bus.Replicas, false)
 	if err != nil {
@@ -44,7 +44,7 @@ func newHandoff(ctx context.Context, js jetstream.JetStream, cfg Config, decoded
 // applied is called by the router's goroutine after every step; it passes
 // on a newer revision without blocking (a newer one replaces a waiting one).
 func (h *handoff) applied(revision, routed uint64) {
-	if revision <= h.last {
+	if h == nil || revision <= h.last {
 		return
 	}
 	h.last = revision

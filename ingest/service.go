@@ -30,6 +30,7 @@ import (
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/observe"
+	"github.com/fanout/pipeline/fanout/shapestate"
 )
 
 // errFatal marks failures that retrying cannot fix.
@@ -109,9 +110,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	s.decoder = NewDecoder(log)
 	s.router = NewRouter(match.NewRegistry(), cfg.Bus.Partitions, cfg.Ingest, nil, nil, s.metrics, log)
 	if s.handoff, err = newHandoff(ctx, js, cfg, s.router.decoded, log); err != nil {
-		return err
+		// Replication must not depend on it: new shapes then wait for
+		// their snapshots (and fail after snapshot.routing_timeout).
+		log.Error("snapshot hand-off unavailable: new shapes' snapshots cannot start (grant ingest the "+shapestate.Bucket+" KV bucket)", "err", err)
+	} else {
+		goWorker("snapshot hand-off", s.handoff.run)
 	}
-	goWorker("snapshot hand-off", s.handoff.run)
 	if err := s.loadShapes(ctx, workerErr); err != nil {
 		return err
 	}

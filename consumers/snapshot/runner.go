@@ -79,7 +79,9 @@ func Start(ctx context.Context, wg *sync.WaitGroup, d Deps) error {
 	}
 	r, err := New(ctx, cfg.Postgres.URL, cfg.Snapshot, d)
 	if err != nil {
-		return err
+		// The consumer's own job goes on; shapes wait for another runner.
+		d.Log.Error("snapshot runner not started: this consumer takes no initial snapshots", "err", err)
+		return nil
 	}
 	wg.Add(1)
 	go func() {
@@ -91,7 +93,7 @@ func Start(ctx context.Context, wg *sync.WaitGroup, d Deps) error {
 
 // New prepares a runner reading from pgURL.
 func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runner, error) {
-	kctx, cancel := context.WithTimeout(ctx, time.Minute)
+	kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := shapestate.Ensure(kctx, d.JS, d.Replicas, false)
 	if err != nil {
@@ -171,6 +173,8 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 	}
 	h := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
+		_, known := r.states[h]
+		known = known || r.ended[h]
 		delete(r.shapes, h)
 		delete(r.todo, h)
 		delete(r.states, h)
@@ -178,10 +182,12 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 		if cancel := r.jobs[h]; cancel != nil {
 			cancel()
 		}
-		// Any runner may clear the state of a removed shape; all agree.
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		r.state.Delete(dctx, h)
-		cancel()
+		if known {
+			// Any runner may clear the state of a removed shape; all agree.
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			r.state.Delete(dctx, h)
+			cancel()
+		}
 		return
 	}
 	r.shapes[h] = e.Revision() // the definition is read when the snapshot starts
