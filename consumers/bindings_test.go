@@ -148,3 +148,25 @@ func TestHeartbeatCarriesTheHighestEpochInStorage(t *testing.T) {
 		return e.heartbeat("c1").StorageEpoch == 120
 	})
 }
+
+// A binding made under another bus.partitions names a partition whose
+// shapes hash elsewhere now: the consumer runs no worker for it.
+func TestBindingsOfAnotherPartitionCountAreIgnored(t *testing.T) {
+	e := newEnv(t)
+	e.start("c1")
+	put := func(b fanout.Binding) {
+		if _, err := e.bus.Bindings.Put(context.Background(), fanout.BindingKey(b.Partition), fanout.EncodeJSON(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(fanout.Binding{Partition: 1, Consumer: "c1", Epoch: 5, Partitions: 64})             // another count
+	put(fanout.Binding{Partition: testPartitions + 3, Consumer: "c1", Epoch: 6})            // beyond this count
+	put(fanout.Binding{Partition: 2, Consumer: "c1", Epoch: 7, Partitions: testPartitions}) // current
+	testenv.Eventually(t, 10*time.Second, "c1 to own partition 2", func() bool {
+		h := e.heartbeat("c1")
+		return h != nil && h.Owned[2] == 7
+	})
+	if h := e.heartbeat("c1"); len(h.Owned) != 1 {
+		t.Fatalf("c1 owns %v, want only partition 2", h.Owned)
+	}
+}
