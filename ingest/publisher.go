@@ -120,6 +120,16 @@ func NewPublisher(js jetstream.JetStream, opts PublisherOptions, log *slog.Logge
 	return p
 }
 
+// Replay tells the publisher that what follows may be WAL sent again (a new
+// replication session resumes from the confirmed position, behind what was
+// published): the next publish resyncs and probes, so a stretch of
+// duplicates goes out as such instead of being refused one by one.
+func (p *Publisher) Replay() {
+	p.mu.Lock()
+	p.resync = true
+	p.mu.Unlock()
+}
+
 // Err is the unrecoverable failure, once there is one.
 func (p *Publisher) Err() error {
 	p.mu.Lock()

@@ -175,3 +175,46 @@ func TestRestartedPublisherCatchesUpOverDuplicatesAtFullSpeed(t *testing.T) {
 		}
 	}
 }
+
+// A new replication session in the same process (Postgres restarted, the
+// connection broke) sends WAL again from the confirmed position: with
+// Replay, those duplicates cost no refusals either.
+func TestReplayedSessionSendsDuplicatesWithoutRefusals(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	bus := ns.Bus(t)
+	ctx := context.Background()
+	p := newTestPublisher(t, bus, PublisherOptions{MaxInflight: 64, MaxRetries: 3, MaxBackoff: 100 * time.Millisecond})
+	tr := NewTracker(0)
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			txn := tr.Begin()
+			f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", Xid: uint32(i), CommitLSN: pglogrepl.LSN(1000 + i), Last: true,
+				Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
+			if err := p.Publish(ctx, txn, 1, f); err != nil {
+				t.Fatal(err)
+			}
+			txn.Commit(pglogrepl.LSN(1000 + i))
+		}
+		if err := p.Drain(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0, 300)
+	p.Replay()
+	send(100, 400)
+	p.mu.Lock()
+	resent := p.resent
+	p.mu.Unlock()
+	if resent != 0 {
+		t.Errorf("a replayed session over 200 duplicates sent %d publishes again alone, want 0", resent)
+	}
+	frags := streamFragments(t, bus)
+	if len(frags) != 400 {
+		t.Fatalf("the stream holds %d fragments, want 400", len(frags))
+	}
+	for i, f := range frags {
+		if f.Xid != uint32(i) {
+			t.Fatalf("fragment %d in the stream is transaction %d: out of order or duplicated", i, f.Xid)
+		}
+	}
+}
