@@ -120,6 +120,9 @@ func parseInterval(s string) (interval, error) {
 	bad := func() (interval, error) {
 		return interval{}, fmt.Errorf("%q is not a valid interval (write e.g. '1 day 02:00:00' or '2 hours 30 minutes')", s)
 	}
+	if t := strings.TrimSpace(s); strings.HasPrefix(t, "P") || strings.HasPrefix(t, "p") {
+		return parseISOInterval(t, bad)
+	}
 	f := strings.Fields(strings.ToLower(s))
 	if len(f) > 0 && f[0] == "@" {
 		f = f[1:]
@@ -571,4 +574,42 @@ func loadZone(zone string) (*time.Location, error) {
 		return nil, evalErrorf("time zone %q not recognized", zone)
 	}
 	return loc, nil
+}
+
+// parseISOInterval reads ISO 8601 format with designators, what Postgres
+// prints under IntervalStyle iso_8601 (the snapshot session's setting):
+// P1Y2M3DT4H5M6.5S, P-1DT1H, PT0S. Fractions spill as in the verbose form.
+func parseISOInterval(s string, bad func() (interval, error)) (interval, error) {
+	t := strings.ToUpper(s[1:])
+	var words []string
+	timePart := false
+	for t != "" {
+		if t[0] == 'T' {
+			if timePart {
+				return bad()
+			}
+			timePart, t = true, t[1:]
+			continue
+		}
+		j := 0
+		for j < len(t) && (t[j] == '+' || t[j] == '-' || t[j] == '.' || (t[j] >= '0' && t[j] <= '9')) {
+			j++
+		}
+		if j == 0 || j == len(t) {
+			return bad()
+		}
+		unit := map[byte]string{'Y': "years", 'M': "months", 'W': "weeks", 'D': "days"}[t[j]]
+		if timePart {
+			unit = map[byte]string{'H': "hours", 'M': "minutes", 'S': "seconds"}[t[j]]
+		}
+		if unit == "" {
+			return bad()
+		}
+		words = append(words, t[:j], unit)
+		t = t[j+1:]
+	}
+	if len(words) == 0 {
+		return bad()
+	}
+	return parseInterval(strings.Join(words, " "))
 }

@@ -211,6 +211,9 @@ func TestGeneralAgreesWithPostgres(t *testing.T) {
 	for _, w := range generatedRichPredicates(16, 3000) {
 		clauses = append(clauses, clause{where: w})
 	}
+	for _, w := range generatedExprPredicates(61, 4000) {
+		clauses = append(clauses, clause{where: w})
+	}
 	for _, p := range paramPredicates {
 		clauses = append(clauses, clause{p.where, p.params})
 	}
@@ -356,4 +359,144 @@ func readRichSchema(ctx context.Context, t *testing.T, conn *pgx.Conn, table str
 		t.Fatal(err)
 	}
 	return cols
+}
+
+// TestIntervalStylesAgree: the snapshot session prints intervals in
+// iso_8601 style, pgoutput in postgres style; both must read the same.
+func TestIntervalStylesAgree(t *testing.T) {
+	pgsrv := testenv.StartPostgres(t)
+	conn := pgsrv.Connect(t)
+	ctx := context.Background()
+	values := []string{"1 mon 2 days 03:00:00", "-1 days +01:00:00", "0", "178000000 years", "-3 mons -0.5 sec",
+		"2 years 11 mons 30 days 23:59:59.999999", "-1 year -2 mons", "1.5 days", "1.5 months", "1.25 years", "-7 weeks",
+		"100 hours", "-0.000001 sec", "1 day -1 hour", "3 decades", "P1Y2.5M", "PT1.5H", "P1W"}
+	for _, v := range values {
+		var pgStyle, iso string
+		if _, err := conn.Exec(ctx, "SET IntervalStyle = postgres"); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT $1::text::interval::text", v).Scan(&pgStyle); err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		if _, err := conn.Exec(ctx, "SET IntervalStyle = iso_8601"); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT $1::text::interval::text", v).Scan(&iso); err != nil {
+			t.Fatal(err)
+		}
+		a, err := parseInterval(v)
+		if err != nil {
+			t.Errorf("%q: %v", v, err)
+			continue
+		}
+		b, err1 := parseInterval(pgStyle)
+		c, err2 := parseInterval(iso)
+		if err1 != nil || err2 != nil || a != b || a != c || formatInterval(a) != pgStyle {
+			t.Errorf("%q: read as %+v, Postgres prints %q (read %+v, %v) and %q (read %+v, %v); the matcher prints %q",
+				v, a, pgStyle, b, err1, iso, c, err2, formatInterval(a))
+		}
+	}
+}
+
+// randomExprs builds random typed expressions over the rich table: nested
+// arithmetic, casts, string functions and date/time arithmetic, compared
+// with boundary literals, so that type resolution, overflow and rounding
+// meet Postgres's in combinations nobody wrote by hand.
+type randomExprs struct{ rng *rand.Rand }
+
+func (g randomExprs) pick(xs ...string) string { return xs[g.rng.Intn(len(xs))] }
+
+func (g randomExprs) num(depth int) string {
+	if depth <= 0 || g.rng.Intn(3) == 0 {
+		return g.pick("i2", "i4", "i8", "n", "f4", "f8", "0", "1", "-1", "2", "7", "3.5", "0.1", "1e10", "2147483647",
+			"32767", "-32768", "9223372036854775807", "'NaN'::numeric", "'Infinity'::float8", "1.5::real", "12::smallint", "3::bigint")
+	}
+	a, b := g.num(depth-1), g.num(depth-1)
+	switch g.rng.Intn(12) {
+	case 0, 1, 2, 3:
+		return fmt.Sprintf("(%s %s %s)", a, g.pick("+", "-", "*", "/", "%"), b)
+	case 4:
+		return fmt.Sprintf("(-%s)", a)
+	case 5:
+		return fmt.Sprintf("(@ %s)", a)
+	case 6:
+		return fmt.Sprintf("%s::%s", a, g.pick("int2", "int4", "int8", "numeric", "real", "float8", "numeric(6,2)"))
+	case 7:
+		return fmt.Sprintf("%s(%s, %s)", g.pick("greatest", "least", "coalesce", "nullif"), a, b)
+	case 8:
+		return fmt.Sprintf("abs(%s)", a)
+	case 9:
+		return fmt.Sprintf("(%s %s %s)", a, g.pick("&", "|", "#"), g.pick("i2", "i4", "i8", "3", "255"))
+	case 10:
+		return fmt.Sprintf("length(%s)", g.text(depth-1))
+	}
+	return fmt.Sprintf("CASE WHEN %s > %s THEN %s ELSE %s END", a, b, b, a)
+}
+
+func (g randomExprs) text(depth int) string {
+	if depth <= 0 || g.rng.Intn(3) == 0 {
+		return g.pick("tx", "vc", "ch", "''", "'abc'", "'A b'", "'%'", "e::text", "u::text")
+	}
+	a := g.text(depth - 1)
+	switch g.rng.Intn(7) {
+	case 0:
+		return fmt.Sprintf("lower(%s)", a)
+	case 1:
+		return fmt.Sprintf("upper(%s)", a)
+	case 2:
+		return fmt.Sprintf("(%s || %s)", a, g.text(depth-1))
+	case 3:
+		return fmt.Sprintf("concat(%s, %s, %s)", a, g.num(depth-1), g.pick("b", "d", "NULL", "ia"))
+	case 4:
+		return fmt.Sprintf("(%s)::text", g.num(depth-1))
+	case 5:
+		return fmt.Sprintf("coalesce(%s, 'z')", a)
+	}
+	return fmt.Sprintf("(%s || %s)", a, g.num(depth-1))
+}
+
+func (g randomExprs) when(depth int) string {
+	switch g.rng.Intn(8) {
+	case 0:
+		return g.pick("d", "'2024-02-29'::date") + g.pick(" + ", " - ") + g.pick("1", "i2", "30", "i4")
+	case 1:
+		return g.pick("ts", "tz", "d") + g.pick(" + ", " - ") + g.pick("iv", "interval '1 mon'", "interval '-1 day 3 hours'", "interval '1.5 days'")
+	case 2:
+		return g.pick("d", "ts::date", "tz::date")
+	case 3:
+		return g.pick("ts", "tz", "d::timestamp", "d + tm", "timezone('Europe/Paris', tz)")
+	}
+	return g.pick("ts", "tz", "d")
+}
+
+func (g randomExprs) pred(depth int) string {
+	op := g.pick("=", "<>", "<", "<=", ">", ">=")
+	switch g.rng.Intn(9) {
+	case 0, 1, 2:
+		return fmt.Sprintf("%s %s %s", g.num(depth), op, g.num(depth-1))
+	case 3:
+		return fmt.Sprintf("%s %s %s", g.text(depth), op, g.pick("''", "'abc'", "'ABC'", "'a'", "'ab'", "tx"))
+	case 4:
+		return fmt.Sprintf("%s %s %s", g.text(depth), g.pick("LIKE", "NOT LIKE", "ILIKE"), g.pick("'a%'", "'%B%'", "'_'", "'%7%'", "''"))
+	case 5:
+		return fmt.Sprintf("%s %s %s", g.when(depth), op, g.pick("'2024-01-31'", "'2024-03-01 00:00'", "'infinity'", "'2000-01-01'"))
+	case 6:
+		return fmt.Sprintf("(%s) - (%s) %s %s", g.pick("ts", "tz", "d::timestamp"), g.pick("'2024-01-01'::timestamp", "tz", "ts"), op, g.pick("'30 days'", "'0'", "'-1 day'"))
+	case 7:
+		return fmt.Sprintf("%s %s %s", g.pick("iv", "-iv", "justify_interval(iv)", "iv + interval '1 day'", "tm - '12:00'::time"), op, g.pick("'1 day'", "'0'", "'1 mon'", "'-1 hour'"))
+	}
+	return fmt.Sprintf("%s IS %sNULL", g.num(depth), g.pick("", "NOT "))
+}
+
+func generatedExprPredicates(seed int64, n int) []string {
+	g := randomExprs{rand.New(rand.NewSource(seed))}
+	out := make([]string, 0, n)
+	for len(out) < n {
+		if g.rng.Intn(3) == 0 {
+			out = append(out, fmt.Sprintf("%s %s %s", g.pred(2), g.pick("AND", "OR"), g.pred(1)))
+		} else {
+			out = append(out, g.pred(3))
+		}
+	}
+	return out
 }

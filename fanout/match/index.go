@@ -257,6 +257,23 @@ func asEquality(n node) (eqConjunct, bool) {
 			}
 		}
 		return out, len(x.args) > 0
+	case *cmpExprNode:
+		// enum_col = 'label': enum equality is label equality, so the index
+		// keys it by the label's text as a text column's value.
+		col, cst := x.l, x.r
+		if _, ok := col.(*colExpr); !ok {
+			col, cst = cst, col
+		}
+		ce, ok1 := col.(*colExpr)
+		k, ok2 := cst.(*constExpr)
+		if x.op != opEq || !ok1 || !ok2 || x.t.k != kEnum || x.t.arr {
+			return eqConjunct{}, false
+		}
+		eq := eqConjunct{col: ce.name, kind: kText, dom: dText}
+		if !k.null {
+			eq.keys = []indexKey{{s: k.v.s}}
+		}
+		return eq, true
 	case *boolOperandNode:
 		if x.x.col == "" {
 			return eqConjunct{}, false

@@ -375,3 +375,100 @@ func TestIndexDecidesOneEquality(t *testing.T) {
 		}
 	}
 }
+
+// richSchema is itemsSchema with an enum and an array column.
+var richSchema = append(append([]fanout.Column(nil), itemsSchema...),
+	fanout.Column{Name: "m", Type: "mood", OID: 90001, Enum: &[]string{"sad", "ok", "happy"}},
+	fanout.Column{Name: "tags", Type: "text[]", OID: 1009, ElemOID: 25})
+
+func richItem(id, owner int, title, m, tags string) fanout.Row {
+	r := item(id, owner, title)
+	r["m"], r["tags"] = str(m), str(tags)
+	return r
+}
+
+// TestRouteRichClauses: enum equalities and $n equalities are indexed (and
+// decided by the index when they are the whole clause); the other new
+// clauses are evaluated.
+func TestRouteRichClauses(t *testing.T) {
+	r := NewRegistry(WithEvalErrors(func(s *fanout.Shape, err error) { t.Errorf("shape %s: %v", s.Handle, err) }))
+	add := func(h, where string, params ...string) {
+		s := shape(h, where)
+		s.Schema, s.Params = richSchema, params
+		if err := r.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("enum", "m = 'happy'")
+	add("enumin", "m IN ('sad', 'ok')")
+	add("param", "owner = $1", "7")
+	add("lower", "lower(title) = 'abc'")
+	add("tags", "tags @> '{red}' AND owner + 1 > 5")
+	for h, indexed := range map[string]bool{"enum": true, "enumin": true, "param": true, "lower": false, "tags": false} {
+		e := r.shapes[h]
+		if (e.col != nil) != indexed || (indexed && e.pred != nil) {
+			t.Errorf("shape %s: indexed %v, keeps a predicate %v; want indexed %v and decided by the index", h, e.col != nil, e.pred != nil, indexed)
+		}
+	}
+	got := route(t, r, RowChange{Table: "public.items", Op: fanout.OpInsert, New: richItem(1, 7, "ABC", "happy", "{red,blue}")})
+	var handles []string
+	for _, l := range got {
+		handles = append(handles, strings.Fields(l)[0])
+	}
+	if strings.Join(handles, ",") != "enum,lower,param,tags" {
+		t.Errorf("routed to %v, want enum, lower, param, tags", handles)
+	}
+	got = route(t, r, RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: richItem(1, 7, "ABC", "happy", "{red,blue}"), New: richItem(1, 3, "x", "ok", "{}")})
+	want := []string{"enum delete old{id=1}", "enumin insert row" + render(richItem(1, 3, "x", "ok", "{}")), "lower delete old{id=1}", "param delete old{id=1}", "tags delete old{id=1}"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("update moving the row:\n got %q\nwant %q", got, want)
+	}
+}
+
+// BenchmarkRouteOperators is the routing cost of the general evaluator's
+// clauses: an insert routed through 100 shapes of one kind of clause (on the
+// scan list, so each is evaluated), reported per shape evaluated; enum and
+// $n equalities are indexed and cost what owner = N does.
+func BenchmarkRouteOperators(b *testing.B) {
+	clauses := []struct{ name, where string }{
+		{"column-equality", "owner = %d"},
+		{"param-equality", "owner = $1"},
+		{"enum-equality", "m = 'happy' AND owner = %d"},
+		{"arithmetic", "owner * 2 + 1 > %d"},
+		{"lower", "lower(title) = 'abc%d'"},
+		{"concat-like", "title || '-' || owner LIKE 'a%%%d'"},
+		{"coalesce-cast", "coalesce(price, 0)::int > %d"},
+		{"timestamp+interval", "created + interval '1 day' > '2024-01-01'::timestamptz + %d * interval '1 hour'"},
+		{"array-contains", "tags @> ARRAY['red', 'x%d']"},
+		{"any", "'x%d' = ANY(tags)"},
+		{"case", "CASE WHEN owner > %d THEN 'hi' ELSE 'lo' END = 'hi'"},
+	}
+	for _, c := range clauses {
+		b.Run(c.name, func(b *testing.B) {
+			r := NewRegistry()
+			const n = 100
+			for i := 0; i < n; i++ {
+				w := c.where
+				var params []string
+				if strings.Contains(w, "$1") {
+					params = []string{fmt.Sprint(i)}
+				} else if strings.Contains(w, "%") {
+					w = fmt.Sprintf(w, i)
+				}
+				s := shape(fmt.Sprintf("s%d", i), w)
+				s.Schema, s.Params = richSchema, params
+				if err := r.Add(s); err != nil {
+					b.Fatal(err)
+				}
+			}
+			row := richItem(1, 7, "abc", "happy", "{red,blue,x7}")
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r.Route(RowChange{Table: "public.items", Op: fanout.OpInsert, New: row}, func(*fanout.Shape, fanout.Change) {})
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/shape")
+		})
+	}
+}
