@@ -27,15 +27,17 @@ func (e *opX) eval(c *evalCtx) (val, bool) {
 	if len(e.args) > 4 {
 		v, n = make([]val, 0, len(e.args)), make([]bool, 0, len(e.args))
 	}
+	anyNull := false
 	for _, a := range e.args {
-		x, null := a.eval(c)
+		x, null := a.eval(c) // every argument, as Postgres evaluates them before a strict call
 		if c.failed != nil {
 			return val{}, true
 		}
-		if null && e.strict {
-			return val{}, true
-		}
+		anyNull = anyNull || null
 		v, n = append(v, x), append(n, null)
+	}
+	if anyNull && e.strict {
+		return val{}, true
 	}
 	out, null, err := e.f(c, v, n)
 	if err != nil {

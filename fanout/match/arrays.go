@@ -264,11 +264,8 @@ type arrayOpNode struct {
 
 func (n *arrayOpNode) eval(c *evalCtx) tri {
 	x, xn := n.a.eval(c)
-	if xn {
-		return tNull
-	}
 	y, yn := n.b.eval(c)
-	if yn {
+	if xn || yn {
 		return tNull
 	}
 	has := func(arr *arrayVal, v val) bool {
@@ -350,6 +347,7 @@ type anyAllNode struct {
 }
 
 func (n *anyAllNode) eval(c *evalCtx) tri {
+	x, xn := n.x.eval(c)
 	a, an := n.arr.eval(c)
 	if an {
 		return tNull
@@ -357,7 +355,6 @@ func (n *anyAllNode) eval(c *evalCtx) tri {
 	if len(a.a.elems) == 0 {
 		return triOf(n.all)
 	}
-	x, xn := n.x.eval(c)
 	if xn {
 		return tNull
 	}

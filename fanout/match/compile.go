@@ -64,6 +64,9 @@ func CompileParams(where string, params []string, schema []fanout.Column) (*Pred
 	if p.root, err = c.boolean(sel.WhereClause); err != nil {
 		return nil, err
 	}
+	if err := failingNode(p.root); err != nil {
+		return nil, fmt.Errorf("where clause: %v", err)
+	}
 	for i := range params {
 		if !c.usedParams[i+1] {
 			return nil, fmt.Errorf("where clause: parameter $%d was given (%s) but the clause does not use it; remove it or reference it", i+1, quote(params[i]))
@@ -102,10 +105,75 @@ type compiler struct {
 	used       map[string]bool
 	params     []string
 	usedParams map[int]bool
+	refs       int // column references compiled so far (a part without any is constant)
 }
 
-// boolean compiles an expression that must yield a boolean.
+// boolean compiles an expression that must yield a boolean. A part that
+// reads no column is evaluated now, as Postgres's planner folds it: its error
+// fails Compile, and AND / OR drop or short-circuit on its value (so
+// `x / 0 > 1 OR true` is true, as in Postgres).
 func (c *compiler) boolean(n *pg.Node) (node, error) {
+	before := c.refs
+	x, err := c.boolean1(n)
+	if err != nil || c.refs != before {
+		return x, err
+	}
+	if _, ok := x.(*constNode); ok {
+		return x, nil
+	}
+	if failingNode(x) != nil {
+		return x, nil
+	}
+	ctx := evalCtx{}
+	v := x.eval(&ctx)
+	if ctx.failed != nil {
+		return &errNode{ctx.failed}, nil
+	}
+	return &constNode{v}, nil
+}
+
+// logic builds AND / OR over args as Postgres's planner simplifies them:
+// a constant that decides the result replaces the whole, others are dropped.
+func logic(and bool, args []node) node {
+	decide, neutral := tFalse, tTrue // AND: FALSE decides, TRUE is neutral
+	if !and {
+		decide, neutral = tTrue, tFalse
+	}
+	var kept []node
+	for i, a := range args {
+		if failingNode(a) != nil {
+			// Postgres fails folding this argument before it reaches a later one.
+			kept = append(kept, args[i:]...)
+			break
+		}
+		if k, ok := a.(*constNode); ok {
+			switch k.v {
+			case decide:
+				return k
+			case neutral:
+				continue
+			}
+		}
+		kept = append(kept, a)
+	}
+	switch len(kept) {
+	case 0:
+		return &constNode{neutral}
+	case 1:
+		return kept[0]
+	}
+	if and {
+		return &andNode{kept}
+	}
+	return &orNode{kept}
+}
+
+// constNode is a folded predicate.
+type constNode struct{ v tri }
+
+func (n *constNode) eval(*evalCtx) tri { return n.v }
+
+func (c *compiler) boolean1(n *pg.Node) (node, error) {
 	switch {
 	case n.GetBoolExpr() != nil:
 		b := n.GetBoolExpr()
@@ -119,9 +187,9 @@ func (c *compiler) boolean(n *pg.Node) (node, error) {
 		}
 		switch b.Boolop {
 		case pg.BoolExprType_AND_EXPR:
-			return &andNode{args}, nil
+			return logic(true, args), nil
 		case pg.BoolExprType_OR_EXPR:
-			return &orNode{args}, nil
+			return logic(false, args), nil
 		case pg.BoolExprType_NOT_EXPR:
 			return &notNode{args[0]}, nil
 		}

@@ -243,7 +243,27 @@ func (c *compiler) variadic(name string, nodes []*pg.Node) (texpr, error) {
 		}
 	}
 	if name == "coalesce" {
-		return &coalesceX{args: args, t: t}, nil
+		// Postgres's planner drops the arguments after the first constant
+		// that is not NULL (and the NULL constants).
+		var kept []texpr
+		for i, a := range args {
+			if failingExpr(a) != nil {
+				kept = append(kept, args[i:]...)
+				break
+			}
+			if k, ok := a.(*constExpr); ok {
+				if k.null {
+					continue
+				}
+				kept = append(kept, a)
+				break
+			}
+			kept = append(kept, a)
+		}
+		if len(kept) == 0 {
+			return &constExpr{t: t, null: true, desc: "NULL"}, nil
+		}
+		return &coalesceX{args: kept, t: t}, nil
 	}
 	if t.k == kJSON || t.k == kJSONB {
 		return nil, fmt.Errorf("where clause: %s() is not supported on %s", name, t)

@@ -221,6 +221,7 @@ func (c *compiler) column(ref *pg.ColumnRef) (rawOperand, error) {
 		return rawOperand{}, fmt.Errorf("where clause: column %q has type %s, which where clauses do not support (supported: %s)", name, col.Type, supportedTypes)
 	}
 	c.used[name] = true
+	c.refs++
 	return rawOperand{t: t, col: name, kind: t.k, desc: fmt.Sprintf("column %q", name)}, nil
 }
 
@@ -319,7 +320,21 @@ func (c *compiler) simple(n *pg.Node) bool {
 		if !ok || !oldKind(k) || k == kBpchar {
 			return false
 		}
-		return t.Arg.GetAConst() != nil || t.Arg.GetParamRef() != nil
+		// The operand path reads the constant's text as the target type:
+		// exact for quoted literals and NULL, and for numbers into a type
+		// that reads their text unchanged (1.5::int rounds: not here).
+		if a := t.Arg.GetAConst(); a != nil {
+			switch {
+			case a.GetSval() != nil, a.Isnull:
+				return true
+			case a.GetIval() != nil:
+				return isNumber(k)
+			case a.GetFval() != nil:
+				return k == kNumeric || isFloat(k)
+			}
+			return false
+		}
+		return t.Arg.GetParamRef() != nil
 	case n.GetAExpr() != nil:
 		e := n.GetAExpr()
 		return e.Kind == pg.A_Expr_Kind_AEXPR_OP && e.Lexpr == nil && opName(e) == "-" && e.Rexpr.GetAConst() != nil && e.Rexpr.GetAConst().GetSval() == nil

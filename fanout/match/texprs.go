@@ -327,11 +327,8 @@ type cmpExprNode struct {
 
 func (n *cmpExprNode) eval(c *evalCtx) tri {
 	a, an := n.l.eval(c)
-	if an {
-		return tNull
-	}
 	b, bn := n.r.eval(c)
-	if bn {
+	if an || bn {
 		return tNull
 	}
 	return triOf(n.op.holds(compareTyped(n.t, a, b)))

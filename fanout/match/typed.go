@@ -122,10 +122,13 @@ func fold(e texpr) (texpr, error) {
 	if isConst(e) || readsColumn(e) {
 		return e, nil
 	}
+	if failingExpr(e) != nil {
+		return e, nil // already failing: keep the first error
+	}
 	c := evalCtx{}
 	v, null := e.eval(&c)
 	if c.failed != nil {
-		return nil, fmt.Errorf("where clause: %v", c.failed)
+		return &errExpr{t: e.typ(), err: c.failed}, nil
 	}
 	if c.err != nil {
 		return nil, fmt.Errorf("where clause: %v", c.err)
