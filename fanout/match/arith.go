@@ -46,18 +46,53 @@ func (e *opX) eval(c *evalCtx) (val, bool) {
 	return out, null
 }
 
-func strict1(t typ, a texpr, f func(a val) (val, error)) *opX {
-	return &opX{args: []texpr{a}, t: t, strict: true, f: func(_ *evalCtx, v []val, _ []bool) (val, bool, error) {
-		r, err := f(v[0])
-		return r, false, err
-	}}
+// op1X and op2X are strict one- and two-argument operators, without the
+// argument slices of opX (they are most of a clause's evaluation).
+type op1X struct {
+	a texpr
+	t typ
+	f func(a val) (val, error)
 }
 
-func strict2(t typ, a, b texpr, f func(a, b val) (val, error)) *opX {
-	return &opX{args: []texpr{a, b}, t: t, strict: true, f: func(_ *evalCtx, v []val, _ []bool) (val, bool, error) {
-		r, err := f(v[0], v[1])
-		return r, false, err
-	}}
+func (e *op1X) typ() typ           { return e.t }
+func (e *op1X) children() []texpr { return []texpr{e.a} }
+func (e *op1X) eval(c *evalCtx) (val, bool) {
+	x, null := e.a.eval(c)
+	if null {
+		return val{}, true
+	}
+	r, err := e.f(x)
+	if err != nil {
+		return c.fail(err)
+	}
+	return r, false
+}
+
+type op2X struct {
+	a, b texpr
+	t    typ
+	f    func(a, b val) (val, error)
+}
+
+func (e *op2X) typ() typ           { return e.t }
+func (e *op2X) children() []texpr { return []texpr{e.a, e.b} }
+func (e *op2X) eval(c *evalCtx) (val, bool) {
+	x, xn := e.a.eval(c)
+	y, yn := e.b.eval(c) // both, as Postgres evaluates them before a strict call
+	if xn || yn || c.failed != nil {
+		return val{}, true
+	}
+	r, err := e.f(x, y)
+	if err != nil {
+		return c.fail(err)
+	}
+	return r, false
+}
+
+func strict1(t typ, a texpr, f func(a val) (val, error)) texpr { return &op1X{a: a, t: t, f: f} }
+
+func strict2(t typ, a, b texpr, f func(a, b val) (val, error)) texpr {
+	return &op2X{a: a, b: b, t: t, f: f}
 }
 
 // operator compiles a value operator: arithmetic, bitwise, ||, and the

@@ -433,12 +433,12 @@ func BenchmarkRouteOperators(b *testing.B) {
 	clauses := []struct{ name, where string }{
 		{"column-equality", "owner = %d"},
 		{"param-equality", "owner = $1"},
-		{"enum-equality", "m = 'happy' AND owner = %d"},
+		{"enum-equality", "m = 'happy'"},
 		{"arithmetic", "owner * 2 + 1 > %d"},
 		{"lower", "lower(title) = 'abc%d'"},
 		{"concat-like", "title || '-' || owner LIKE 'a%%%d'"},
 		{"coalesce-cast", "coalesce(price, 0)::int > %d"},
-		{"timestamp+interval", "created + interval '1 day' > '2024-01-01'::timestamptz + %d * interval '1 hour'"},
+		{"timestamp+interval", "created + interval '1 day' > '2024-01-01'::timestamptz + interval '%d hours'"},
 		{"array-contains", "tags @> ARRAY['red', 'x%d']"},
 		{"any", "'x%d' = ANY(tags)"},
 		{"case", "CASE WHEN owner > %d THEN 'hi' ELSE 'lo' END = 'hi'"},
@@ -452,7 +452,7 @@ func BenchmarkRouteOperators(b *testing.B) {
 				var params []string
 				if strings.Contains(w, "$1") {
 					params = []string{fmt.Sprint(i)}
-				} else if strings.Contains(w, "%") {
+				} else if strings.Contains(w, "%d") {
 					w = fmt.Sprintf(w, i)
 				}
 				s := shape(fmt.Sprintf("s%d", i), w)
