@@ -54,7 +54,7 @@ type op1X struct {
 	f func(a val) (val, error)
 }
 
-func (e *op1X) typ() typ           { return e.t }
+func (e *op1X) typ() typ          { return e.t }
 func (e *op1X) children() []texpr { return []texpr{e.a} }
 func (e *op1X) eval(c *evalCtx) (val, bool) {
 	x, null := e.a.eval(c)
@@ -74,7 +74,7 @@ type op2X struct {
 	f    func(a, b val) (val, error)
 }
 
-func (e *op2X) typ() typ           { return e.t }
+func (e *op2X) typ() typ          { return e.t }
 func (e *op2X) children() []texpr { return []texpr{e.a, e.b} }
 func (e *op2X) eval(c *evalCtx) (val, bool) {
 	x, xn := e.a.eval(c)
