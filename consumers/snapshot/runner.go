@@ -57,6 +57,10 @@ type Runner struct {
 	wg     sync.WaitGroup                // the jobs
 }
 
+// retryPause times the failed attempts is how long a shape waits before
+// its next generation.
+const retryPause = 5 * time.Second
+
 type stateEntry struct {
 	st  *shapestate.State
 	rev uint64
@@ -240,6 +244,9 @@ func (r *Runner) schedule(ctx context.Context) {
 		}
 		if prev.Phase == shapestate.Snapshotting && now.Before(prev.LeaseUntil) {
 			continue // its runner is alive
+		}
+		if prev.Phase == shapestate.Creating && now.Before(prev.Updated.Add(time.Duration(prev.Attempts)*retryPause)) {
+			continue // a failed attempt: give a passing outage time to pass
 		}
 		if prev.Phase == shapestate.Snapshotting {
 			r.log.Warn("snapshot runner stopped renewing its lease; taking the shape over with a new generation", "shape", h, "owner", prev.Owner, "generation", prev.Generation)
