@@ -440,9 +440,6 @@ var nan = num{special: 2}
 
 func numericOp(op string, a, b num) (num, error) {
 	if a.special == 2 || b.special == 2 {
-		if (op == "/" || op == "%") && b.special == 0 && b.r.Sign() == 0 && a.special != 2 {
-			return num{}, evalErrorf("division by zero")
-		}
 		return nan, nil
 	}
 	if a.special != 0 || b.special != 0 {

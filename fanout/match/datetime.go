@@ -134,11 +134,7 @@ func parseInterval(s string) (interval, error) {
 	if len(f) == 0 {
 		return bad()
 	}
-	var months, days, us float64 // accumulated exactly in integers below
-	var m, d, u int64
-	_ = months
-	_ = days
-	_ = us
+	var m, d, u int64 // months, days, microseconds
 	for i := 0; i < len(f); i++ {
 		tok := f[i]
 		if strings.Contains(tok, ":") {
@@ -335,7 +331,6 @@ func tsPlusInterval(ts int64, iv interval) (int64, error) {
 // timeOp compiles the date/time operators.
 func (c *compiler) timeOp(name string, a, b texpr) (texpr, bool, error) {
 	ta, tb := a.typ().k, b.typ().k
-	iv := func(x texpr) (texpr, error) { return c.coerce(x, scalar(kInterval)) }
 	switch {
 	case ta == kDate && isInt(tb) && tb != kInt8 && (name == "+" || name == "-"):
 		return strict2(scalar(kDate), a, b, func(x, y val) (val, error) {
@@ -444,7 +439,6 @@ func (c *compiler) timeOp(name string, a, b texpr) (texpr, bool, error) {
 	case ta == kInterval && isNumber(tb) && (name == "*" || name == "/"), isNumber(ta) && tb == kInterval && name == "*":
 		return nil, true, fmt.Errorf("where clause: interval %s number is not supported (the matcher does not reproduce Postgres's spilling of fractional months and days); write the interval you mean", name)
 	}
-	_ = iv
 	return nil, false, nil
 }
 

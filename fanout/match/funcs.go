@@ -69,9 +69,7 @@ func (c *compiler) funcCall(f *pg.FuncCall) (texpr, error) {
 	case "upper":
 		return text1(func(s string) val { return val{s: asciiUpper(s)} }, kText)
 	case "length", "char_length", "character_length":
-		if len(args) == 1 && args[0].typ().k == kBpchar {
-			// bpchar's length ignores trailing spaces: the cast to text drops them.
-		}
+		// character(n)'s length ignores trailing spaces: the cast to text drops them.
 		return text1(func(s string) val { return val{i: int64(len([]rune(s)))} }, kInt4)
 	case "octet_length":
 		return text1(func(s string) val { return val{i: int64(len(s))} }, kInt4)

@@ -45,8 +45,10 @@ type Option func(*Registry)
 
 // WithEvalErrors sets what happens when a row value cannot be read as its
 // column's type (the table's schema changed under a shape, or a decoder
-// bug). The value counts as NULL for that evaluation. By default the error
-// is logged with slog.Default at warn level.
+// bug): the value counts as NULL for that evaluation; and when evaluating
+// the clause fails on the row as it would in Postgres (overflow, division by
+// zero, a cast that cannot read a value): the row does not match. By
+// default the error is logged with slog.Default at warn level.
 func WithEvalErrors(f func(s *fanout.Shape, err error)) Option {
 	return func(r *Registry) { r.onErr = f }
 }
@@ -55,7 +57,7 @@ func WithEvalErrors(f func(s *fanout.Shape, err error)) Option {
 func NewRegistry(opts ...Option) *Registry {
 	r := &Registry{shapes: map[string]*entry{}, tables: map[string]*tableIndex{}}
 	r.onErr = func(s *fanout.Shape, err error) {
-		slog.Default().Warn("shape where clause could not read a row value; it counted as NULL",
+		slog.Default().Warn("shape where clause could not be evaluated on a row (an unreadable value counts as NULL; an error Postgres would raise, such as division by zero, makes the row not match); check the clause against the table's data",
 			"shape", s.Handle, "table", s.Table, "err", err)
 	}
 	for _, o := range opts {
