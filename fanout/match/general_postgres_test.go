@@ -170,6 +170,7 @@ var paramPredicates = []struct {
 	{"ia @> $1", []string{"{1,2}"}}, {"$1 = ANY(ia)", []string{"5"}}, {"d > $1", []string{"2024-01-01"}},
 	{"iv > $1", []string{"1 day"}}, {"lower(tx) LIKE $1", []string{"a%"}}, {"n > $1::numeric", []string{"1.5"}},
 	{"i4 + $1 > $2", []string{"3", "10"}}, {"tz >= $1 AND tz < $2", []string{"2024-01-01 00:00+00", "2024-12-31 00:00+00"}},
+	{"i4 = ANY($1)", []string{"{7,12,99}"}}, {"tx = ANY($1) OR i4 <> ALL($2)", []string{`{abc,"hello world",NULL}`, "{7,12}"}},
 	{"j = $1", []string{`{"a":1}`}}, {"u = $1", []string{"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"}}, {"b = $1", []string{"t"}},
 }
 

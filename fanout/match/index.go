@@ -274,6 +274,28 @@ func asEquality(n node) (eqConjunct, bool) {
 			eq.keys = []indexKey{{s: k.v.s}}
 		}
 		return eq, true
+	case *anyAllNode:
+		// col = ANY('{...}' or $n): an IN list of the array's elements.
+		ce, ok1 := x.x.(*colExpr)
+		k, ok2 := x.arr.(*constExpr)
+		if x.op != opEq || x.all || !ok1 || !ok2 || x.t.arr || !anyIndexable(x.t.k) {
+			return eqConjunct{}, false
+		}
+		eq := eqConjunct{col: ce.name, kind: x.t.k, dom: domainOf(x.t.k)}
+		if k.null {
+			return eq, true
+		}
+		seen := map[indexKey]bool{}
+		for i, v := range k.v.a.elems {
+			if k.v.a.nulls[i] {
+				continue
+			}
+			if kk := key(eq.dom, v); !seen[kk] {
+				seen[kk] = true
+				eq.keys = append(eq.keys, kk)
+			}
+		}
+		return eq, true
 	case *boolOperandNode:
 		if x.x.col == "" {
 			return eqConjunct{}, false
@@ -426,4 +448,10 @@ func sameColumn(a, b fanout.Column) bool {
 	la, lb := *a.Enum, *b.Enum
 	a.Enum, b.Enum = nil, nil
 	return a == b && slices.Equal(la, lb)
+}
+
+// anyIndexable lists the kinds whose general-evaluator value is the value
+// the index's keys are made of (key(domainOf(k), v)).
+func anyIndexable(k kind) bool {
+	return isInt(k) || k == kText || k == kVarchar || k == kUUID || k == kBool || isTemporal(k)
 }

@@ -346,7 +346,8 @@ func BenchmarkRoute300K(b *testing.B) { benchRoute(b, 300_000) }
 // on every row, NULLs, missing and unreadable values included.
 func TestIndexDecidesOneEquality(t *testing.T) {
 	wheres := []string{"owner = 7", "owner IN (1, 7, NULL)", "owner = NULL", "flag", "flag = false",
-		"title = 'x'", "price = 1.5", "owner = 7.0", "created = '2024-01-02 05:04:05+02'"}
+		"title = 'x'", "price = 1.5", "owner = 7.0", "created = '2024-01-02 05:04:05+02'",
+		"owner = ANY('{1,7,NULL}')", "title = ANY(ARRAY['x', 'y'])", "owner = ANY(NULL::int[])"}
 	rows := []fanout.Row{item(1, 7, "x"), item(1, 1, "y"), item(1, 8, "-"), without(item(1, 7, "x"), "owner"),
 		{"id": str("1"), "owner": nil, "flag": nil, "price": nil, "title": nil, "created": nil}}
 	odd := item(1, 7, "x")
@@ -404,7 +405,8 @@ func TestRouteRichClauses(t *testing.T) {
 	add("param", "owner = $1", "7")
 	add("lower", "lower(title) = 'abc'")
 	add("tags", "tags @> '{red}' AND owner + 1 > 5")
-	for h, indexed := range map[string]bool{"enum": true, "enumin": true, "param": true, "lower": false, "tags": false} {
+	add("any", "owner = ANY($1)", "{9,7,NULL}")
+	for h, indexed := range map[string]bool{"enum": true, "enumin": true, "param": true, "lower": false, "tags": false, "any": true} {
 		e := r.shapes[h]
 		if (e.col != nil) != indexed || (indexed && e.pred != nil) {
 			t.Errorf("shape %s: indexed %v, keeps a predicate %v; want indexed %v and decided by the index", h, e.col != nil, e.pred != nil, indexed)
@@ -415,11 +417,11 @@ func TestRouteRichClauses(t *testing.T) {
 	for _, l := range got {
 		handles = append(handles, strings.Fields(l)[0])
 	}
-	if strings.Join(handles, ",") != "enum,lower,param,tags" {
-		t.Errorf("routed to %v, want enum, lower, param, tags", handles)
+	if strings.Join(handles, ",") != "any,enum,lower,param,tags" {
+		t.Errorf("routed to %v, want any, enum, lower, param, tags", handles)
 	}
 	got = route(t, r, RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: richItem(1, 7, "ABC", "happy", "{red,blue}"), New: richItem(1, 3, "x", "ok", "{}")})
-	want := []string{"enum delete old{id=1}", "enumin insert row" + render(richItem(1, 3, "x", "ok", "{}")), "lower delete old{id=1}", "param delete old{id=1}", "tags delete old{id=1}"}
+	want := []string{"any delete old{id=1}", "enum delete old{id=1}", "enumin insert row" + render(richItem(1, 3, "x", "ok", "{}")), "lower delete old{id=1}", "param delete old{id=1}", "tags delete old{id=1}"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("update moving the row:\n got %q\nwant %q", got, want)
 	}
