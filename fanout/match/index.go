@@ -260,13 +260,19 @@ func asEquality(n node) (eqConjunct, bool) {
 	case *cmpExprNode:
 		// enum_col = 'label': enum equality is label equality, so the index
 		// keys it by the label's text as a text column's value.
+		// enum_col::text = 'label' (what Electric's docs recommend) too.
 		col, cst := x.l, x.r
-		if _, ok := col.(*colExpr); !ok {
+		if _, ok := cst.(*constExpr); !ok {
 			col, cst = cst, col
+		}
+		if cx, ok := col.(*castX); ok && x.t.k == kText && !x.t.arr && cx.to.mod == 0 {
+			if ce, ok := cx.x.(*colExpr); ok && ce.t.k == kEnum && !ce.t.arr {
+				col = ce
+			}
 		}
 		ce, ok1 := col.(*colExpr)
 		k, ok2 := cst.(*constExpr)
-		if x.op != opEq || !ok1 || !ok2 || x.t.k != kEnum || x.t.arr {
+		if x.op != opEq || !ok1 || !ok2 || ce.t.k != kEnum || ce.t.arr {
 			return eqConjunct{}, false
 		}
 		eq := eqConjunct{col: ce.name, kind: kText, dom: dText}

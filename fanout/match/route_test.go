@@ -406,7 +406,8 @@ func TestRouteRichClauses(t *testing.T) {
 	add("lower", "lower(title) = 'abc'")
 	add("tags", "tags @> '{red}' AND owner + 1 > 5")
 	add("any", "owner = ANY($1)", "{9,7,NULL}")
-	for h, indexed := range map[string]bool{"enum": true, "enumin": true, "param": true, "lower": false, "tags": false, "any": true} {
+	add("enumtext", "m::text IN ('happy', 'nope')")
+	for h, indexed := range map[string]bool{"enum": true, "enumin": true, "param": true, "lower": false, "tags": false, "any": true, "enumtext": true} {
 		e := r.shapes[h]
 		if (e.col != nil) != indexed || (indexed && e.pred != nil) {
 			t.Errorf("shape %s: indexed %v, keeps a predicate %v; want indexed %v and decided by the index", h, e.col != nil, e.pred != nil, indexed)
@@ -417,11 +418,11 @@ func TestRouteRichClauses(t *testing.T) {
 	for _, l := range got {
 		handles = append(handles, strings.Fields(l)[0])
 	}
-	if strings.Join(handles, ",") != "any,enum,lower,param,tags" {
-		t.Errorf("routed to %v, want any, enum, lower, param, tags", handles)
+	if strings.Join(handles, ",") != "any,enum,enumtext,lower,param,tags" {
+		t.Errorf("routed to %v, want any, enum, enumtext, lower, param, tags", handles)
 	}
 	got = route(t, r, RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: richItem(1, 7, "ABC", "happy", "{red,blue}"), New: richItem(1, 3, "x", "ok", "{}")})
-	want := []string{"any delete old{id=1}", "enum delete old{id=1}", "enumin insert row" + render(richItem(1, 3, "x", "ok", "{}")), "lower delete old{id=1}", "param delete old{id=1}", "tags delete old{id=1}"}
+	want := []string{"any delete old{id=1}", "enum delete old{id=1}", "enumin insert row" + render(richItem(1, 3, "x", "ok", "{}")), "enumtext delete old{id=1}", "lower delete old{id=1}", "param delete old{id=1}", "tags delete old{id=1}"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("update moving the row:\n got %q\nwant %q", got, want)
 	}
