@@ -154,7 +154,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.fail(w, err)
 		return
 	}
-	if !req.Offset.Start && req.Handle != handle {
+	if !req.Offset.Start && (req.Handle != handle && (!req.Now || req.Handle != "")) {
 		s.refetch(w, handle)
 		return
 	}
@@ -192,7 +192,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 			c.Control(UpToDate(watermark(last, ok, s.safe.Load())))
 			h.Set("electric-up-to-date", "")
 		}
-		s.finish(w, r, req, v, c, KindCatchUp)
+		s.finish(w, r, req, v, c.Last(), c.Bytes(), KindCatchUp)
 		return
 	}
 	if req.SSE {
@@ -232,7 +232,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 			if req.Live {
 				kind = KindLive
 			}
-			s.finish(w, r, req, v, c, kind)
+			s.finish(w, r, req, v, c.Last(), c.Bytes(), kind)
 			return
 		}
 		select {
@@ -245,13 +245,13 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 			last, ok := end.Last()
 			c.Control(UpToDate(watermark(last, ok, s.safe.Load())))
 			h.Set("electric-up-to-date", "")
-			s.finish(w, r, req, v, c, KindLive)
+			s.finish(w, r, req, v, c.Last(), c.Bytes(), KindLive)
 			return
 		case <-rctx.Done():
 			if ctx.Err() != nil { // shutdown: answer so the client comes back elsewhere
 				c.Control(UpToDate(watermark(fanout.Position{}, false, safe)))
 				h.Set("electric-up-to-date", "")
-				s.finish(w, r, req, v, c, KindLive)
+				s.finish(w, r, req, v, c.Last(), c.Bytes(), KindLive)
 			}
 			return
 		}
@@ -295,10 +295,26 @@ func (v *shapeView) chunks() int {
 // serveSnapshotChunk answers with snapshot chunk i (offset 0_i); the last
 // chunk ends with snapshot-end. Never up-to-date: the log follows.
 func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, i int) {
-	c := NewChunk(1<<62, Offset{Tx: 0, Op: uint64(i)})
+	kind := KindCatchUp
+	if req.Offset.Start {
+		kind = KindInitial
+	}
+	last := Offset{Tx: 0, Op: uint64(i)}
+	var key string
+	if v.snap != nil && v.snap.snap != nil {
+		key = fmt.Sprintf("%s/%d/%d", v.shape.Handle, v.snap.snap.Generation, i)
+		if body := s.chunkCache.get(key); body != nil {
+			s.finish(w, r, req, v, last, body, kind)
+			return
+		}
+	}
+	c := NewChunk(1<<62, last)
 	if i < v.chunks() {
+		headers := snapshotHeaders(v.rel)
+		var msg []byte
 		err := v.snap.snap.ReadChunk(i, func(row fanout.Row) error {
-			c.Control(SnapshotRow(v.rel, row))
+			msg = appendMessage(msg[:0], v.rel, row, headers)
+			c.Control(msg)
 			return nil
 		})
 		if err != nil {
@@ -314,11 +330,11 @@ func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req 
 		}
 		c.Control(SnapshotEnd(xmin, xmax, xip))
 	}
-	kind := KindCatchUp
-	if req.Offset.Start {
-		kind = KindInitial
+	body := c.Bytes()
+	if key != "" {
+		s.chunkCache.put(key, body)
 	}
-	s.finish(w, r, req, v, c, kind)
+	s.finish(w, r, req, v, last, body, kind)
 }
 
 // readLog reads the log after from into one chunk, skipping transactions the
@@ -371,22 +387,22 @@ func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, at
 }
 
 // finish writes a 200 (or 304) with the protocol's headers.
-func (s *Server) finish(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, c *Chunk, kind Kind) {
+func (s *Server) finish(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, last Offset, body []byte, kind Kind) {
 	h := w.Header()
-	h.Set("electric-offset", c.Last().String())
+	h.Set("electric-offset", last.String())
 	if kind == KindLive {
 		h.Set("electric-cursor", NextCursor(time.Now(), req.Cursor))
 	} else {
 		h.Set("electric-schema", v.schema)
 	}
 	h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
-	etag := ETag(h.Get("electric-handle"), req.Offset, c.Last())
+	etag := ETag(h.Get("electric-handle"), req.Offset, last)
 	h.Set("etag", etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	writeJSON(w, http.StatusOK, c.Bytes())
+	writeJSON(w, http.StatusOK, body)
 }
 
 // serveSSE streams the log as server-sent events: each message one data

@@ -290,3 +290,20 @@ func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 		t.Fatalf("snapshot row %s (%v)", msg, err)
 	}
 }
+
+func TestChunkCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	c := newChunkCache(100)
+	c.put("a", make([]byte, 20))
+	c.put("b", make([]byte, 20))
+	c.get("a")
+	c.put("c", make([]byte, 25))
+	c.put("d", make([]byte, 25)) // over 100: b goes first
+	c.put("e", make([]byte, 25))
+	if c.get("b") != nil || c.get("a") == nil || c.get("e") == nil {
+		t.Fatalf("after eviction: a %v b %v e %v", c.get("a") != nil, c.get("b") != nil, c.get("e") != nil)
+	}
+	c.put("huge", make([]byte, 60))
+	if c.get("huge") != nil {
+		t.Fatal("a body over a quarter of the cache was kept")
+	}
+}

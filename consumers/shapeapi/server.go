@@ -50,6 +50,8 @@ type Server struct {
 	columns map[string][]ColumnInfo
 	snaps   map[string]*snapshotView
 
+	chunkCache *chunkCache
+
 	requests *prometheus.CounterVec
 	heldG    prometheus.GaugeFunc
 }
@@ -85,7 +87,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
-		indexes: map[string]*logIndex{}, columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{}}
+		indexes: map[string]*logIndex{}, columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{},
+		chunkCache: newChunkCache(chunkCacheBytes)}
 	s.shapes = &shapeSet{kv: bus, known: map[string]*fanout.Shape{}, removed: map[string]bool{}, primed: make(chan struct{}), onGone: s.forget}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})

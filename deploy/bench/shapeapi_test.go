@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -110,11 +111,8 @@ func syncShape(ctx context.Context, c *http.Client, base string, def url.Values)
 		default:
 			return "", "", 0, fmt.Errorf("GET %s: %d %s", q.Encode(), r.status, r.body)
 		}
-		var msgs []json.RawMessage
-		if err := json.Unmarshal(r.body, &msgs); err != nil {
-			return "", "", 0, err
-		}
-		messages += len(msgs)
+		// Counted, not parsed: the server is measured, not a JSON decoder.
+		messages += bytes.Count(r.body, []byte(`{"key":`))
 		handle, offset = r.handle, r.offset
 		if r.upToDate {
 			return handle, offset, messages, nil
@@ -133,27 +131,36 @@ func BenchmarkShapeAPI(b *testing.B) {
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, shapes, rows))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: polls + 100, IdleConnTimeout: time.Minute}}
 
-	// Initial sync of the whole table, once the shape's snapshot is taken.
+	// Initial sync of the whole table: the first read once the shape's
+	// snapshot is taken (chunks encoded from the snapshot files), then a
+	// second client's (chunks from the API's cache).
 	all := url.Values{"table": {"items"}}
-	if _, _, _, err := syncShape(ctx, client, base, all); err != nil {
-		b.Fatal(err)
+	var first, second time.Duration
+	testenv.Eventually(b, 5*time.Minute, "the shape's snapshot", func() bool {
+		// offset=now answers once the snapshot is complete, without reading it.
+		r, err := getShape(ctx, client, base, url.Values{"table": {"items"}, "offset": {"now"}})
+		return err == nil && r.status == http.StatusOK
+	})
+	for _, d := range []*time.Duration{&first, &second} {
+		start := time.Now()
+		_, _, n, err := syncShape(ctx, client, base, all)
+		if err != nil {
+			b.Fatal(err)
+		}
+		*d = time.Since(start)
+		if n < rows {
+			b.Fatalf("initial sync read %d messages, the table has %d rows", n, rows)
+		}
 	}
 	start := time.Now()
-	_, _, n, err := syncShape(ctx, client, base, all)
-	if err != nil {
-		b.Fatal(err)
-	}
-	apiTime := time.Since(start)
-	if n < rows {
-		b.Fatalf("initial sync read %d messages, the table has %d rows", n, rows)
-	}
-	start = time.Now()
 	if _, err := p.conn.PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, owner, title FROM items) TO STDOUT`); err != nil {
 		b.Fatal(err)
 	}
 	copyTime := time.Since(start)
-	addRow("shapeapi initial sync, rows/s", fmt.Sprintf("%.0f", rate(rows, apiTime)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/apiTime.Seconds()),
-		fmt.Sprintf("%d rows, %s through the API (chunk_bytes 10 MiB), COPY %s; target ratio 0.5", rows, apiTime.Round(time.Millisecond), copyTime.Round(time.Millisecond)))
+	addRow("shapeapi initial sync (first read), rows/s", fmt.Sprintf("%.0f", rate(rows, first)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/first.Seconds()),
+		fmt.Sprintf("%d rows in %s (snapshot chunks decoded and encoded), COPY %s; target ratio 0.5", rows, first.Round(time.Millisecond), copyTime.Round(time.Millisecond)))
+	addRow("shapeapi initial sync (cached chunks), rows/s", fmt.Sprintf("%.0f", rate(rows, second)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/second.Seconds()),
+		fmt.Sprintf("%d rows in %s (a second client of the shape), COPY %s; target ratio 0.5", rows, second.Round(time.Millisecond), copyTime.Round(time.Millisecond)))
 
 	// Shapes owner = i, created on demand, 8 requests at a time.
 	type live struct{ handle, offset string }
