@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/fanout/pipeline/fanout"
 )
 
 // walMsg is one message of the replication stream: either WAL data (one
@@ -27,7 +29,14 @@ func connectReplication(ctx context.Context, pgURL string) (*pgconn.PgConn, erro
 	q := u.Query()
 	q.Set("replication", "database")
 	u.RawQuery = q.Encode()
-	conn, err := pgconn.Connect(ctx, u.String())
+	cfg, err := pgconn.ParseConfig(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("postgres.url: %w", err)
+	}
+	for k, v := range fanout.TextSettings { // values print as the snapshot reads print them
+		cfg.RuntimeParams[k] = v
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open replication connection: %w (check postgres.url and that the user has the REPLICATION attribute)", err)
 	}
