@@ -107,7 +107,7 @@ func TestBadConfigGivesOneClearLineNamingTheKey(t *testing.T) {
 }
 
 func TestEveryServiceDefaultLoads(t *testing.T) {
-	for _, svc := range []string{"ingest", "flushd", "consumer", "fanoutctl"} {
+	for _, svc := range []string{"ingest", "flushd", "consumer", "fanoutctl", "shapeapi"} {
 		if _, err := Default(svc); err != nil {
 			t.Fatalf("%s: %v", svc, err)
 		}

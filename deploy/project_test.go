@@ -23,6 +23,7 @@ var appServices = map[string]string{
 	"flushd":    "flushd",
 	"consumer":  "consumer",
 	"fanoutctl": "fanoutctl",
+	"shapeapi":  "shapeapi",
 }
 
 // cmdPackages is where `make build` finds each binary's main package.
@@ -31,6 +32,7 @@ var cmdPackages = map[string]string{
 	"flushd":    "./flushd/cmd/flushd",
 	"consumer":  "./consumers/cmd/consumer",
 	"fanoutctl": "./fanout/cmd/fanoutctl",
+	"shapeapi":  "./consumers/cmd/shapeapi",
 }
 
 // loadProject parses docker-compose.yml the way `docker compose` does, with

@@ -244,6 +244,9 @@ func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(str
 		s.router.tracker, s.router.sink = s.tracker, s.publisher
 		goWorker("progress writer", s.writeProgress)
 	}
+	// A new session may send WAL that was already published: the publisher
+	// probes the stream before it chains sequences again.
+	s.publisher.Replay()
 	if uint64(st.ConfirmedFlush) > s.confirmed.Load() {
 		s.confirmed.Store(uint64(st.ConfirmedFlush))
 	}

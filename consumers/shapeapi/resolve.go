@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
-	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/shapes"
 	"github.com/fanout/pipeline/fanout/shapestate"
 )
@@ -96,58 +94,17 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 	}
 }
 
-// register validates and adds the shape of def: shapes.Add, or, for a
-// where clause with $n parameters (which shapes.Add does not take), the
-// same checks with the parameters compiled in, then the same writes.
+// register validates and adds the shape of def with shapes.Add.
 func (s *Server) register(ctx context.Context, def Definition) (*fanout.Shape, error) {
 	var sh *fanout.Shape
 	err := s.pg.with(ctx, func(conn *pgx.Conn) error {
 		var err error
-		if len(def.Params) == 0 {
-			sh, err = shapes.Add(ctx, s.bus, conn, def.Qualified(), def.Where, def.Columns)
-			return err
-		}
-		sh, err = s.addWithParams(ctx, conn, def)
+		sh, err = shapes.Add(ctx, s.bus, conn, def.Qualified(), def.Where, def.Params, def.Columns)
 		return err
 	})
 	if err != nil {
 		return nil, classifyAddError(err)
 	}
-	return sh, nil
-}
-
-func (s *Server) addWithParams(ctx context.Context, conn *pgx.Conn, def Definition) (*fanout.Shape, error) {
-	table := def.Qualified()
-	schema, pk, err := shapes.LoadSchema(ctx, conn, table)
-	if err != nil {
-		return nil, err
-	}
-	var cols []string
-	for _, c := range def.Columns {
-		found := false
-		for _, sc := range schema {
-			found = found || sc.Name == c
-		}
-		if !found {
-			return nil, fmt.Errorf("table %s has no column %q", table, c)
-		}
-		if !slices.Contains(cols, c) {
-			cols = append(cols, c)
-		}
-	}
-	sh := &fanout.Shape{Handle: fanout.NewHandle(), Table: table, Where: def.Where, Params: def.Params, Columns: cols,
-		PrimaryKey: pk, Schema: schema, CreatedAt: time.Now().UTC()}
-	if err := sh.Validate(); err != nil {
-		return nil, err
-	}
-	if _, err := match.CompileParams(sh.Where, sh.Params, schema); err != nil {
-		return nil, fmt.Errorf("table %s: %w", table, err)
-	}
-	if _, err := s.bus.Shapes.Create(ctx, sh.Handle, sh.Encode()); err != nil {
-		return nil, fmt.Errorf("store shape %s in KV bucket %s: %w", sh.Handle, fanout.ShapesBucket, err)
-	}
-	// As shapes.Add: the shape starts creating (a missing state means the same).
-	shapestate.Swap(ctx, s.states, &shapestate.State{Handle: sh.Handle, Phase: shapestate.Creating}, 0)
 	return sh, nil
 }
 

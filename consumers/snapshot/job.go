@@ -169,7 +169,7 @@ func (j *job) take(ctx context.Context, log interface {
 		return nil, errPermanent{err}
 	}
 	j.shapeRev = max(j.shapeRev, e.Revision())
-	pred, err := match.Compile(j.shape.Where, j.shape.Schema)
+	pred, err := match.CompileParams(j.shape.Where, j.shape.Params, j.shape.Schema)
 	if err != nil {
 		return nil, errPermanent{fmt.Errorf("where clause: %w", err)}
 	}

@@ -10,14 +10,9 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// sessionSettings make snapshot values print as pgoutput prints them.
-var sessionSettings = map[string]string{
-	"DateStyle":          "ISO",
-	"TimeZone":           "UTC",
-	"bytea_output":       "hex",
-	"extra_float_digits": "1",
-	"IntervalStyle":      "iso_8601",
-}
+// sessionSettings make snapshot values print as pgoutput prints them (the
+// replication connection uses the same).
+var sessionSettings = fanout.TextSettings
 
 // selectSQL is the snapshot query of s: every column of the table's schema
 // (the matcher needs them to post-filter; the projection is applied in Go),

@@ -165,8 +165,10 @@ func (p *pipe) start(name, bin string, env ...string) *testenv.Process {
 func (p *pipe) startAll() {
 	p.b.Helper()
 	p.start("flushd", "flushd")
-	p.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1")
-	p.start("c2", "consumer", "FANOUT_CONSUMER_ID=c2")
+	// The throughput runs put up to 300K shapes in KV at once: their initial
+	// snapshots are measured by BenchmarkSnapshot, not here.
+	p.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1", "FANOUT_SNAPSHOT_ENABLED=false")
+	p.start("c2", "consumer", "FANOUT_CONSUMER_ID=c2", "FANOUT_SNAPSHOT_ENABLED=false")
 	p.start("ingest", "ingest")
 	// 300K shapes take a while to load and compile.
 	for _, name := range []string{"flushd", "c1", "c2", "ingest"} {

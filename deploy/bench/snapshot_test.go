@@ -58,7 +58,7 @@ func BenchmarkSnapshot(b *testing.B) {
 				b.Fatal(err)
 			}
 			addStart := time.Now()
-			s, err := shapes.Add(ctx, p.bus, p.conn, "public.items", c.where, nil)
+			s, err := shapes.Add(ctx, p.bus, p.conn, "public.items", c.where, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -125,7 +125,7 @@ func run() error {
 	}
 	var demo []demoShape
 	for _, where := range []string{"owner = 1", "owner = 2", "owner IN (3, 4) AND NOT done", "title LIKE 'urgent%'"} {
-		s, err := shapes.Add(ctx, bus, conn, "public.items", where, nil)
+		s, err := shapes.Add(ctx, bus, conn, "public.items", where, nil, nil)
 		if err != nil {
 			return fmt.Errorf("add demo shape %q: %w", where, err)
 		}

@@ -307,7 +307,7 @@ func TestBadInputDroppedTableAndTypeChange(t *testing.T) {
 	}
 	s.settle(asText)
 	testenv.Eventually(t, 10*time.Second, "ingest to log that a value could not be read as the shape's type", func() bool {
-		return strings.Contains(ingest.Output(), "could not read a row value")
+		return strings.Contains(ingest.Output(), "could not be evaluated on a row")
 	})
 
 	s.ctl("shape", "rm", doomed.handle)

@@ -27,7 +27,7 @@ var ErrUnknownShape = errors.New("unknown shape")
 // a primary key, the columns exist and include the key, the where clause
 // parses and type-checks) and stores it under a fresh handle. Nothing is
 // written when anything fails.
-func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where string, columns []string) (*fanout.Shape, error) {
+func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where string, params, columns []string) (*fanout.Shape, error) {
 	table = fanout.QualifiedTable(table)
 	schema, pk, err := LoadSchema(ctx, conn, table)
 	if err != nil {
@@ -48,6 +48,7 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 		Handle:     fanout.NewHandle(),
 		Table:      table,
 		Where:      strings.TrimSpace(where),
+		Params:     params,
 		Columns:    cols,
 		PrimaryKey: pk,
 		Schema:     schema,
@@ -56,7 +57,7 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := match.Compile(s.Where, schema); err != nil {
+	if _, err := match.CompileParams(s.Where, s.Params, schema); err != nil {
 		return nil, fmt.Errorf("table %s: %w", table, err)
 	}
 	if _, err := bus.Shapes.Create(ctx, s.Handle, s.Encode()); err != nil {

@@ -100,7 +100,7 @@ func TestAddValidatesAndStoresNothingOnError(t *testing.T) {
 		{"ck", "", []string{"a", "c"}, `^shape s[0-9a-f]{16}: --columns must include the primary key column "b"$`},
 	}
 	for _, c := range bad {
-		s, err := Add(e.ctx, e.bus, e.conn, c.table, c.where, c.columns)
+		s, err := Add(e.ctx, e.bus, e.conn, c.table, c.where, nil, c.columns)
 		if err == nil {
 			t.Errorf("Add(%s, %q, %v) = %s, want an error", c.table, c.where, c.columns, s.Handle)
 			continue
@@ -113,7 +113,7 @@ func TestAddValidatesAndStoresNothingOnError(t *testing.T) {
 		t.Fatalf("failed adds left shapes in the bucket: %v", keys)
 	}
 
-	s, err := Add(e.ctx, e.bus, e.conn, "items", " owner = 7 ", []string{"title", "id", "title"})
+	s, err := Add(e.ctx, e.bus, e.conn, "items", " owner = 7 ", nil, []string{"title", "id", "title"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestListSorted(t *testing.T) {
 	e := start(t)
 	var want []*fanout.Shape
 	for _, table := range []string{"items", "ck", "items", "ck"} {
-		s, err := Add(e.ctx, e.bus, e.conn, table, "", nil)
+		s, err := Add(e.ctx, e.bus, e.conn, table, "", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,11 +169,11 @@ func TestListSorted(t *testing.T) {
 
 func TestRemovePurgesFragments(t *testing.T) {
 	e := start(t)
-	a, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil)
+	a, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil)
+	b, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestRemovePurgesFragments(t *testing.T) {
 
 func TestWatch(t *testing.T) {
 	e := start(t)
-	first, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil)
+	first, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestWatch(t *testing.T) {
 	}
 	mu.Unlock()
 
-	second, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil)
+	second, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // its state.
 func TestAddStartsCreatingAndRemoveClearsState(t *testing.T) {
 	e := start(t)
-	s, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 7", nil)
+	s, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 7", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

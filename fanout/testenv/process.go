@@ -21,6 +21,7 @@ var packages = map[string]string{
 	"flushd":      "./flushd/cmd/flushd",
 	"consumer":    "./consumers/cmd/consumer",
 	"fanoutctl":   "./fanout/cmd/fanoutctl",
+	"shapeapi":    "./consumers/cmd/shapeapi",
 	"nats-server": "github.com/nats-io/nats-server/v2",
 }
 

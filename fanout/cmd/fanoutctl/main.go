@@ -40,7 +40,7 @@ type Config struct {
 }
 
 const usage = `usage:
-  fanoutctl shape add --table SCHEMA.TABLE [--where SQL] [--columns a,b]
+  fanoutctl shape add --table SCHEMA.TABLE [--where SQL] [--param VALUE]... [--columns a,b]
   fanoutctl shape rm HANDLE
   fanoutctl shape ls
   fanoutctl shape rows HANDLE
@@ -63,6 +63,8 @@ type command struct {
 	table   string
 	where   string
 	columns []string
+	params  []string      // shape add: values of $1, $2, ...
+	wait    time.Duration // shape rows: how long to wait for the shape to be ready
 	json    bool
 	args    []string
 }
@@ -73,6 +75,8 @@ func run(argv []string) error {
 	extra.StringVar(&cmd.table, "table", "", "shape add: schema-qualified table")
 	extra.StringVar(&cmd.where, "where", "", "shape add: SQL where clause")
 	extra.StringSliceVar(&cmd.columns, "columns", nil, "shape add: columns to keep (must include the primary key)")
+	extra.StringArrayVar(&cmd.params, "param", nil, "shape add: value of the where clause's next $n placeholder ($1 first; repeat the flag)")
+	extra.DurationVar(&cmd.wait, "wait", 0, "shape rows: wait up to this long for the shape to be ready")
 	extra.BoolVar(&cmd.json, "json", false, "machine-readable output")
 	var cfg Config
 	words, err := configs.LoadCommand("fanoutctl", argv, &cfg, extra)
@@ -93,11 +97,11 @@ func run(argv []string) error {
 		cmd.args = words[1:]
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute+cmd.wait)
 	defer cancel()
 	if cmd.name == "shape rows" {
 		// Rows are read from the consumers' storage; NATS gives the shape's key.
-		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return shapeRows(ctx, cfg, bus, cmd) })
+		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return shapeRowsWait(ctx, cfg, bus, cmd, cmd.wait) })
 	}
 	switch cmd.name {
 	case "shape add":

@@ -28,7 +28,7 @@ func shapeAdd(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) err
 		return fmt.Errorf("connect to Postgres to check the table's schema: %w (set --postgres.url or FANOUT_POSTGRES_URL)", err)
 	}
 	defer conn.Close(context.Background())
-	s, err := shapes.Add(ctx, bus, conn, cmd.table, cmd.where, cmd.columns)
+	s, err := shapes.Add(ctx, bus, conn, cmd.table, cmd.where, cmd.params, cmd.columns)
 	if err != nil {
 		return err
 	}
@@ -97,14 +97,10 @@ func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command) error {
 	return w.Flush()
 }
 
-// shapeRows prints the materialized rows, one JSON object per line, sorted by
-// primary key. Values are in Postgres text format, as in the shape log.
-func shapeRows(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error {
-	return shapeRowsWait(ctx, cfg, bus, cmd, 0)
-}
-
-// shapeRowsWait is shapeRows that first waits up to wait for the shape to
-// be ready (wait 0: a shape that is not ready is an error).
+// shapeRowsWait prints the materialized rows, one JSON object per line,
+// sorted by primary key (values in Postgres text format, as in the shape
+// log), after waiting up to wait for the shape to be ready (wait 0: a shape
+// that is not ready is an error).
 func shapeRowsWait(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command, wait time.Duration) error {
 	if len(cmd.args) != 1 {
 		return fmt.Errorf("shape rows needs exactly one HANDLE")
