@@ -239,7 +239,10 @@ func (s *stack) freezeHoldingFragments(p *testenv.Process, id string) int {
 		}
 		return n
 	}
-	for attempt := 0; attempt < 50; attempt++ {
+	// Under a light load a batch is in flight only a small part of the
+	// time: keep sampling, bounded by a deadline rather than a count.
+	deadline := time.Now().Add(90 * time.Second)
+	for attempt := 0; time.Now().Before(deadline); attempt++ {
 		if pending() == 0 {
 			time.Sleep(20 * time.Millisecond) // poll for the next batch in flight
 			continue
@@ -256,7 +259,7 @@ func (s *stack) freezeHoldingFragments(p *testenv.Process, id string) int {
 		}
 		p.Signal(syscall.SIGCONT)
 	}
-	s.t.Fatalf("could not freeze %s while it held unacked fragments in 50 tries", id)
+	s.t.Fatalf("could not freeze %s while it held unacked fragments within 90 s", id)
 	return 0
 }
 
