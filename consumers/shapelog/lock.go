@@ -65,9 +65,6 @@ func ensurePartitionDir(dir string, partition int) error {
 	return syncDir(filepath.Dir(pdir))
 }
 
-// fileLock is a held flock(2) lock.
-type fileLock struct{ f *os.File }
-
 // openLock opens (creating it) a lock file without locking it.
 func openLock(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
