@@ -111,6 +111,8 @@ func ParseRequest(q url.Values) (*Request, *BadRequest) {
 	r.Def.Where = strings.TrimSpace(q.Get("where"))
 	if len(r.Def.Where) > maxWhereBytes {
 		bad.add("where", fmt.Sprintf("is longer than %d bytes", maxWhereBytes))
+	} else if err := whereSyntax(q.Get("where")); err != nil { // located in the text as sent
+		bad.add("where", err.Error())
 	}
 	params, err := parseParams(q)
 	if err != nil {
