@@ -50,13 +50,13 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 			return
 		}
 		switch r.Method {
-		case http.MethodGet:
+		case http.MethodGet, http.MethodPost: // POST: a subset snapshot, its fields in the body
 			s.serveShape(ctx, w, r)
 		case http.MethodDelete:
 			s.deleteShape(w, r)
 		default:
 			w.Header().Set("cache-control", "no-store")
-			writeJSON(w, http.StatusMethodNotAllowed, errorBody("method not allowed: use GET, DELETE or OPTIONS"))
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody("method not allowed: use GET, POST, DELETE or OPTIONS"))
 		}
 	})
 	return mux
@@ -140,9 +140,13 @@ func (s *Server) view(ctx context.Context, handle string) (*shapeView, error) {
 }
 
 func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-	req, bad := ParseRequest(r.URL.Query())
+	req, bad := parseShapeRequest(r)
 	if bad != nil {
 		s.badRequest(w, bad)
+		return
+	}
+	if r.Method == http.MethodPost && req.Subset == nil {
+		s.badRequest(w, Invalid("subset", "POST /v1/shape is a subset snapshot request: its body holds the subset"))
 		return
 	}
 	rctx, cancel := context.WithCancel(r.Context())
@@ -165,6 +169,10 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 	}
 	h := w.Header()
 	h.Set("electric-handle", handle)
+	if req.Subset != nil {
+		s.serveSubset(rctx, w, req, v)
+		return
+	}
 
 	// The initial snapshot: chunk i ends at 0_i.
 	if n := v.chunks(); !req.Now && req.Def.Log == "full" && (req.Offset.Start || (req.Offset.Tx == 0 && req.Offset.Op+1 < uint64(n))) {

@@ -44,17 +44,24 @@ type Request struct {
 	Live   bool
 	SSE    bool
 	Cursor string
+	// Subset is a subset snapshot request (subset__* or a POST body), or nil.
+	Subset *Subset
 }
 
 // BadRequest is a 400 with Electric's error body.
 type BadRequest struct {
 	Errors map[string][]string
+	// Subset holds the errors of a subset's fields, errors.subset in the body.
+	Subset map[string][]string
 }
 
 func (e *BadRequest) Error() string {
 	var parts []string
 	for _, k := range e.keys() {
 		parts = append(parts, k+": "+strings.Join(e.Errors[k], "; "))
+	}
+	for k, msgs := range e.Subset {
+		parts = append(parts, "subset "+k+": "+strings.Join(msgs, "; "))
 	}
 	return "invalid request: " + strings.Join(parts, ", ")
 }
@@ -70,8 +77,22 @@ func (e *BadRequest) keys() []string {
 
 // Body is Electric's 400 body.
 func (e *BadRequest) Body() []byte {
-	b, _ := json.Marshal(map[string]any{"message": "Invalid request", "errors": e.Errors})
+	errs := map[string]any{}
+	for k, v := range e.Errors {
+		errs[k] = v
+	}
+	if e.Subset != nil {
+		errs["subset"] = e.Subset
+	}
+	b, _ := json.Marshal(map[string]any{"message": "Invalid request", "errors": errs})
 	return b
+}
+
+func (e *BadRequest) addSubset(field, msg string) {
+	if e.Subset == nil {
+		e.Subset = map[string][]string{}
+	}
+	e.Subset[field] = append(e.Subset[field], msg)
 }
 
 func (e *BadRequest) add(param, msg string) {
@@ -164,7 +185,14 @@ func ParseRequest(q url.Values) (*Request, *BadRequest) {
 	if r.Live && (r.Offset.Start || r.Now) {
 		bad.add("live", "can't be true when offset is -1 or now")
 	}
-	if bad.Errors != nil {
+	sub, subErrs := ParseSubset(q)
+	for f, msgs := range subErrs {
+		for _, m := range msgs {
+			bad.addSubset(f, m)
+		}
+	}
+	r.Subset = sub
+	if bad.Errors != nil || bad.Subset != nil {
 		return nil, bad
 	}
 	return r, nil

@@ -51,6 +51,7 @@ type Server struct {
 	snaps   map[string]*snapshotView
 
 	chunkCache *chunkCache
+	subsets    *subsetConns // subset snapshot reads (subset.go)
 
 	requests *prometheus.CounterVec
 	heldG    prometheus.GaugeFunc
@@ -85,7 +86,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
+	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: map[string]*logIndex{}, columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{},
 		chunkCache: newChunkCache(chunkCacheBytes)}
@@ -112,6 +113,7 @@ func (s *Server) forget(handle string) {
 func (s *Server) Run(ctx context.Context) error {
 	defer s.nc.Close()
 	defer s.pg.close()
+	defer s.subsets.close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 4)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/fanout/pipeline/fanout/testenv"
 )
@@ -150,6 +153,7 @@ type client struct {
 	off  string
 	errs []map[string]any
 	msgs []map[string]any // mode messages: every message received
+	evs  []map[string]any // mode subset: the requested and fetched events
 	seen int              // rows events
 	done chan struct{}
 	out  *lockedBuffer
@@ -164,6 +168,9 @@ type clientArgs struct {
 	Offset string            `json:"offset,omitempty"`
 	Handle string            `json:"handle,omitempty"`
 	Once   bool              `json:"once,omitempty"`
+	Log    string            `json:"log,omitempty"`
+	Subset map[string]any    `json:"subset,omitempty"`
+	Fetch  map[string]any    `json:"fetch,omitempty"`
 	Extra  map[string]string `json:"-"`
 }
 
@@ -211,6 +218,10 @@ func (s *stack) startClient(name string, a clientArgs) *client {
 				var e map[string]any
 				json.Unmarshal(line, &e)
 				c.errs = append(c.errs, e)
+			case "requested", "fetched":
+				var e map[string]any
+				json.Unmarshal(line, &e)
+				c.evs = append(c.evs, e)
 			}
 			c.mu.Unlock()
 		}
@@ -453,5 +464,173 @@ func TestElectricClientsSyncShapes(t *testing.T) {
 			})
 		}
 		check("after shape rm")
+	})
+}
+
+// event waits for client c's first event named name (mode subset).
+func (c *client) event(t *testing.T, name string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		evs, errs := c.evs, c.errs
+		c.mu.Unlock()
+		if len(errs) > 0 {
+			t.Fatalf("client %s stopped with an error: %v", c.name, errs)
+		}
+		for _, e := range evs {
+			if e["event"] == name {
+				return e
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("client %s: no %s event in 60 s\n%s", c.name, name, c.out.String())
+	return nil
+}
+
+// clientError waits for client c to stop with an error and returns it.
+func (c *client) clientError(t *testing.T) map[string]any {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("client %s did not stop with an error", c.name)
+	}
+	_, _, errs := c.state()
+	if len(errs) == 0 {
+		t.Fatalf("client %s stopped without an error\n%s", c.name, c.out.String())
+	}
+	return errs[0]
+}
+
+// ids lists the id of every row (as the client parses an int4: a float64).
+func ids(rows []map[string]any) []float64 {
+	out := make([]float64, len(rows))
+	for i, r := range rows {
+		out[i], _ = r["id"].(float64)
+	}
+	return out
+}
+
+// TestShapeAPISubsetSnapshots: the 1.5 client in log: 'changes_only' mode
+// asks for subsets of a shape (requestSnapshot by GET, fetchSnapshot by
+// POST) and holds exactly the rows of the corresponding SELECT, then keeps
+// them current from the stream; bad where clauses and order_by get
+// Electric's 400s.
+func TestShapeAPISubsetSnapshots(t *testing.T) {
+	s := newStack(t)
+	s.exec(electricItems)
+	s.exec(`INSERT INTO items SELECT g, g % 3, 't' || g, g * 1000000000000, g % 2 = 0,
+		jsonb_build_object('g', g), g / 4.0, ARRAY['a' || g, 'b'] FROM generate_series(1, 60) g`)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startIngest()
+	s.waitSlot()
+	url := s.startShapeAPI()
+
+	// The shape is owner <> 0; the subset adds its own where, with a parameter.
+	shape := map[string]any{"table": "items", "where": "owner <> 0"}
+	c := s.startClient("1.5-subset", clientArgs{Client: "1.5", URL: url, Params: shape, Mode: "subset", Log: "changes_only",
+		Subset: map[string]any{"where": "score > $1", "params": map[string]string{"1": "3"}, "orderBy": "score DESC NULLS LAST", "limit": 7},
+		Fetch:  map[string]any{"where": "title LIKE $1", "params": []string{"t1%"}, "orderBy": "id DESC", "limit": 4, "offset": 1, "method": "POST"}})
+
+	requested := c.event(t, "requested")
+	var held []map[string]any
+	b, _ := json.Marshal(requested["rows"])
+	json.Unmarshal(b, &held)
+	// (items.score: expectedRows selects score::text AS score, which would order as text)
+	want := s.expectedClientRows("items", "owner <> 0 AND (score > 3) ORDER BY items.score DESC NULLS LAST, items.id LIMIT 7", nil)
+	if got := sortByID(held); !reflect.DeepEqual(got, want) {
+		t.Fatalf("requestSnapshot rows differ from SELECT:\n--- client (%d rows)\n%s\n--- SELECT (%d rows)\n%s", len(got), firstRows(got), len(want), firstRows(want))
+	}
+	t.Logf("requestSnapshot (GET): the client holds the %d rows of the SELECT", len(held))
+
+	fetched := c.event(t, "fetched")
+	var data []map[string]any
+	b, _ = json.Marshal(fetched["data"])
+	json.Unmarshal(b, &data)
+	meta, _ := fetched["metadata"].(map[string]any)
+	for _, k := range []string{"xmin", "xmax", "database_lsn"} {
+		if v, ok := meta[k].(string); !ok || v == "" {
+			t.Fatalf("metadata %s is %v, want a decimal string: %v", k, meta[k], meta)
+		}
+	}
+	if _, ok := meta["xip_list"].([]any); !ok {
+		t.Fatalf("metadata xip_list is %v", meta["xip_list"])
+	}
+	var values []map[string]any
+	for _, m := range data {
+		h, _ := m["headers"].(map[string]any)
+		if h["operation"] != "insert" || h["snapshot_mark"] != meta["snapshot_mark"] || meta["snapshot_mark"] == nil {
+			t.Fatalf("subset row headers %v, metadata %v", h, meta)
+		}
+		v, _ := m["value"].(map[string]any)
+		values = append(values, normalize(v))
+	}
+	rows, err := s.conn.Query(context.Background(), `SELECT id FROM items WHERE owner <> 0 AND title LIKE 't1%' ORDER BY id DESC LIMIT 4 OFFSET 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIDs, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantOrder []float64
+	for _, id := range wantIDs {
+		wantOrder = append(wantOrder, float64(id))
+	}
+	if got := ids(values); !reflect.DeepEqual(got, wantOrder) {
+		t.Fatalf("fetchSnapshot (POST) ids %v, SELECT gives %v", got, wantOrder)
+	}
+	if want := s.expectedClientRows("items", "owner <> 0 AND title LIKE 't1%' ORDER BY items.id DESC LIMIT 4 OFFSET 1", nil); !reflect.DeepEqual(sortByID(values), want) {
+		t.Fatalf("fetchSnapshot rows differ from SELECT:\n%s\n---\n%s", firstRows(sortByID(values)), firstRows(want))
+	}
+	t.Logf("fetchSnapshot (POST): %d rows in SELECT order, metadata %v", len(values), meta)
+
+	// The stream keeps the held rows current: a change after the snapshot
+	// reaches the client (its xid is not one the snapshot saw).
+	var heldIDs []string
+	for _, id := range ids(held) {
+		heldIDs = append(heldIDs, strconv.Itoa(int(id)))
+	}
+	s.exec(`UPDATE items SET title = 'changed after the subset', flag = NULL WHERE id = ` + heldIDs[0])
+	s.waitEqual(c, "items", "id IN ("+strings.Join(heldIDs, ",")+")", nil)
+	t.Logf("a change to a held row after the subset reached the client")
+
+	t.Run("bad where clause", func(t *testing.T) {
+		c := s.startClient("1.5-bad-where-location", clientArgs{Client: "1.5", URL: url, Params: map[string]any{"table": "items", "where": "owner = = 1"}})
+		e := c.clientError(t)
+		body, _ := e["json"].(map[string]any)
+		errs, _ := body["errors"].(map[string]any)
+		where, _ := errs["where"].([]any)
+		if e["status"] != float64(400) || body["message"] != "Invalid request" || len(where) != 1 || where[0] != `At location 23: syntax error at or near "="` {
+			t.Fatalf("client error %v, want a 400 with errors.where [At location 23: syntax error at or near \"=\"]", e)
+		}
+	})
+
+	t.Run("bad subset where and order_by", func(t *testing.T) {
+		for name, tc := range map[string]struct {
+			subset map[string]any
+			field  string
+			msg    string
+		}{
+			"syntax":      {map[string]any{"where": "id = = 1"}, "where", `At location 20: syntax error at or near "="`},
+			"type":        {map[string]any{"where": "title > 3"}, "where", ""},
+			"order_by":    {map[string]any{"orderBy": "nope DESC", "limit": 2}, "order_by", `At location 18: unknown reference "nope"`},
+			"expressions": {map[string]any{"orderBy": "lower(title)", "limit": 2}, "order_by", ""},
+		} {
+			c := s.startClient("1.5-bad-subset-"+name, clientArgs{Client: "1.5", URL: url, Params: shape, Mode: "subset", Log: "changes_only", Subset: tc.subset})
+			e := c.clientError(t)
+			body, _ := e["json"].(map[string]any)
+			errs, _ := body["errors"].(map[string]any)
+			sub, _ := errs["subset"].(map[string]any)
+			msgs, _ := sub[tc.field].([]any)
+			if e["status"] != float64(400) || len(msgs) == 0 || (tc.msg != "" && msgs[0] != tc.msg) {
+				t.Errorf("%s: client error %v, want a 400 with errors.subset.%s %q", name, e, tc.field, tc.msg)
+				continue
+			}
+			t.Logf("%s: %v", name, msgs[0])
+		}
 	})
 }

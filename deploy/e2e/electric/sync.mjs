@@ -8,6 +8,10 @@
 //   shape's rows: {"event":"rows","handle":...,"offset":...,"rows":[...]}.
 // mode "messages": a ShapeStream from args.offset/args.handle; each batch of
 //   messages as {"event":"messages",...}; with args.once, exits at the first up-to-date.
+// mode "subset": a Shape on a log: 'changes_only' stream; once up to date,
+//   shape.requestSnapshot(args.subset), then {"event":"requested","rows":[...]}
+//   (rows events follow as in mode rows); with args.fetch,
+//   stream.fetchSnapshot(args.fetch) -> {"event":"fetched","metadata":...,"data":[...]}.
 // Errors: {"event":"error","status":...,"message":...}, then exit 1.
 const args = JSON.parse(process.argv[2])
 const pkg = args.client === `1.0` ? `electric-client-1014` : `@electric-sql/client`
@@ -33,17 +37,31 @@ if (args.sse) {
   options.experimentalLiveSse = true
 }
 if (args.offset) options.offset = args.offset
+if (args.log) options.log = args.log
 if (args.handle) {
   options.handle = args.handle
   options.shapeHandle = args.handle
 }
 const stream = new ShapeStream(options)
 
-if ((args.mode ?? `rows`) === `rows`) {
+const mode = args.mode ?? `rows`
+if (mode === `rows` || mode === `subset`) {
   const shape = new Shape(stream)
   shape.subscribe(({ rows }) => {
     print({ event: `rows`, handle: stream.shapeHandle, offset: stream.lastOffset, rows })
   })
+  if (mode === `subset`) {
+    try {
+      await shape.requestSnapshot(args.subset)
+      print({ event: `requested`, handle: stream.shapeHandle, offset: stream.lastOffset, rows: shape.currentRows })
+      if (args.fetch) {
+        const { metadata, data } = await stream.fetchSnapshot(args.fetch)
+        print({ event: `fetched`, handle: stream.shapeHandle, offset: stream.lastOffset, metadata, data })
+      }
+    } catch (e) {
+      fail(e)
+    }
+  }
 } else {
   stream.subscribe(
     (messages) => {
