@@ -3,6 +3,7 @@ package shapeapi
 import (
 	"strings"
 
+	"github.com/fanout/pipeline/consumers/shapemsg"
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -39,22 +40,12 @@ func NewRelation(s *fanout.Shape) Relation {
 // Key is a row's message key: "schema"."table"/"<pk1>"/"<pk2>", with a
 // "/" inside a value doubled and NULL written _, as Electric keys rows.
 func (r Relation) Key(row fanout.Row) string {
-	var b strings.Builder
-	b.WriteString(quoteIdent(r.Schema))
-	b.WriteByte('.')
-	b.WriteString(quoteIdent(r.Table))
+	var buf [128]byte
+	b := shapemsg.AppendRelationKey(buf[:0], r.Schema, r.Table)
 	for _, c := range r.PK {
-		b.WriteByte('/')
-		v := row[c]
-		if v == nil {
-			b.WriteByte('_')
-			continue
-		}
-		b.WriteByte('"')
-		b.WriteString(strings.ReplaceAll(*v, "/", "//"))
-		b.WriteByte('"')
+		b = shapemsg.AppendKeyPart(b, row[c])
 	}
-	return b.String()
+	return string(b)
 }
 
 // quoteIdent quotes a Postgres identifier.

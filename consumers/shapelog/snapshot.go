@@ -31,6 +31,14 @@ package shapelog
 // shape's columns (its projection, primary key included), keyed by
 // Snapshot.PrimaryKey. Each row was accepted by the shape's compiled where
 // clause (the same matcher that routes streamed changes).
+//
+// The chunk format is Snapshot.Version (SnapshotVersion is written; a reader
+// refuses a version it does not know). Version 2: each row is stored as the
+// Electric snapshot-row message the HTTP API serves (consumers/shapemsg),
+// one per line, every line after a chunk's first starting with a comma, so
+// "[" + chunk + "]" is the JSON array of its messages and the API serves a
+// chunk by copying its file (OpenChunk). Version 1 (manifests without a
+// version): each row is a JSON array of its values in Columns order.
 
 import (
 	"bufio"
@@ -50,8 +58,12 @@ import (
 
 // Snapshot is one complete generation of a shape's initial snapshot.
 type Snapshot struct {
+	// Version is the chunk format (0 in manifests written before versions: 1).
+	Version    int    `json:"version,omitempty"`
 	Handle     string `json:"handle"`
 	Generation uint64 `json:"generation"`
+	// Table is the shape's schema.table, the relation of its messages.
+	Table string `json:"table,omitempty"`
 	// Snapshot is the pg_current_snapshot() the rows were read at: it
 	// decides which logged transactions are already in the rows (Seen).
 	Snapshot visibility.Snapshot `json:"snapshot"`
@@ -101,38 +113,93 @@ func CurrentSnapshot(dir, handle string) (*Snapshot, error) {
 		if err := json.Unmarshal(data, &s); err != nil {
 			return nil, fmt.Errorf("snapshot of shape %s generation %d: manifest %s is not valid JSON: %w (remove the folder; the snapshot is taken again)", handle, gens[i], gdir, err)
 		}
+		if s.Version == 0 {
+			s.Version = 1
+		}
+		if s.Version > SnapshotVersion {
+			return nil, fmt.Errorf("snapshot of shape %s generation %d: chunk format version %d is newer than this build reads (%d): upgrade this service, or remove %s and the snapshot is taken again", handle, gens[i], s.Version, SnapshotVersion, gdir)
+		}
 		s.dir = gdir
 		return &s, nil
 	}
 	return nil, nil
 }
 
+// SnapshotVersion is the chunk format this build writes (see the top of this file).
+const SnapshotVersion = 2
+
+// LatestGeneration is the highest generation of handle with files under
+// dir, complete or not (0 for none): a new generation must be above it.
+func LatestGeneration(dir, handle string) (uint64, error) {
+	if err := fanout.ValidateHandle(handle); err != nil {
+		return 0, err
+	}
+	gens, err := snapshotGenerations(dir, handle)
+	if err != nil || len(gens) == 0 {
+		return 0, err
+	}
+	return gens[len(gens)-1], nil
+}
+
+// Replaced reports whether s is no longer on disk (a newer generation
+// completed and removed it, or the shape was removed): a reader must look
+// the current snapshot up again.
+func (s *Snapshot) Replaced() bool {
+	_, err := os.Stat(filepath.Join(s.dir, manifestName))
+	return err != nil
+}
+
+// Messages reports whether the chunks hold encoded messages (version 2),
+// so OpenChunk may serve them.
+func (s *Snapshot) Messages() bool { return s.Version >= 2 }
+
+// OpenChunk opens chunk i of a version 2 snapshot for copying: its Bytes
+// bytes are the messages of its rows, comma separated (a JSON array's
+// inside). The caller closes the file.
+func (s *Snapshot) OpenChunk(i int) (*os.File, error) {
+	if !s.Messages() {
+		return nil, fmt.Errorf("snapshot of shape %s generation %d: chunk format version %d stores rows, not messages", s.Handle, s.Generation, s.Version)
+	}
+	f, err := s.openChunk(i)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (s *Snapshot) openChunk(i int) (*os.File, error) {
+	if i < 0 || i >= len(s.Chunks) {
+		return nil, fmt.Errorf("snapshot of shape %s generation %d has %d chunks, not chunk %d", s.Handle, s.Generation, len(s.Chunks), i)
+	}
+	f, err := os.Open(filepath.Join(s.dir, chunkName(i)))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot of shape %s: open chunk %d: %w (a newer generation may have replaced it: read the shape again)", s.Handle, i, err)
+	}
+	if st, err := f.Stat(); err != nil || st.Size() != s.Chunks[i].Bytes {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("it is %d bytes, its manifest says %d (storage damaged?)", st.Size(), s.Chunks[i].Bytes)
+		}
+		return nil, fmt.Errorf("snapshot of shape %s generation %d: chunk %d: %w", s.Handle, s.Generation, i, err)
+	}
+	return f, nil
+}
+
 // ReadChunk calls fn for each row of chunk i, in stored order. fn may keep
 // the row.
 func (s *Snapshot) ReadChunk(i int, fn func(row fanout.Row) error) error {
-	if i < 0 || i >= len(s.Chunks) {
-		return fmt.Errorf("snapshot of shape %s generation %d has %d chunks, not chunk %d", s.Handle, s.Generation, len(s.Chunks), i)
-	}
-	path := filepath.Join(s.dir, chunkName(i))
-	f, err := os.Open(path)
+	f, err := s.openChunk(i)
 	if err != nil {
-		return fmt.Errorf("snapshot of shape %s: open chunk %d: %w (a newer generation may have replaced it: read the shape again)", s.Handle, i, err)
+		return err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() != s.Chunks[i].Bytes {
-		return fmt.Errorf("snapshot of shape %s generation %d: chunk %d is %d bytes, its manifest says %d (storage damaged?)", s.Handle, s.Generation, i, st.Size(), s.Chunks[i].Bytes)
-	}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<30)
 	var n int64
 	for sc.Scan() {
-		var vals []*string
-		if err := json.Unmarshal(sc.Bytes(), &vals); err != nil || len(vals) != len(s.Columns) {
-			return fmt.Errorf("snapshot of shape %s: chunk %d row %d is not a row of %d columns: %v", s.Handle, i, n, len(s.Columns), err)
-		}
-		row := make(fanout.Row, len(vals))
-		for j, c := range s.Columns {
-			row[c] = vals[j]
+		row, err := s.decodeRow(sc.Bytes(), n == 0)
+		if err != nil {
+			return fmt.Errorf("snapshot of shape %s generation %d: chunk %d row %d: %w", s.Handle, s.Generation, i, n, err)
 		}
 		if err := fn(row); err != nil {
 			return err
@@ -146,6 +213,34 @@ func (s *Snapshot) ReadChunk(i int, fn func(row fanout.Row) error) error {
 		return fmt.Errorf("snapshot of shape %s generation %d: chunk %d holds %d rows, its manifest says %d", s.Handle, s.Generation, i, n, s.Chunks[i].Rows)
 	}
 	return nil
+}
+
+// decodeRow reads one stored line of s's format.
+func (s *Snapshot) decodeRow(line []byte, first bool) (fanout.Row, error) {
+	if s.Version == 1 {
+		var vals []*string
+		if err := json.Unmarshal(line, &vals); err != nil || len(vals) != len(s.Columns) {
+			return nil, fmt.Errorf("not a row of %d columns: %v", len(s.Columns), err)
+		}
+		row := make(fanout.Row, len(vals))
+		for j, c := range s.Columns {
+			row[c] = vals[j]
+		}
+		return row, nil
+	}
+	if !first {
+		if len(line) == 0 || line[0] != ',' {
+			return nil, errors.New("a row after the first does not start with a comma")
+		}
+		line = line[1:]
+	}
+	var msg struct {
+		Value fanout.Row `json:"value"`
+	}
+	if err := json.Unmarshal(line, &msg); err != nil || len(msg.Value) != len(s.Columns) {
+		return nil, fmt.Errorf("not a message with a value of %d columns: %v", len(s.Columns), err)
+	}
+	return msg.Value, nil
 }
 
 // EachRow calls fn for every row of every chunk, in order.

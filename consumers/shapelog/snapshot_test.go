@@ -2,6 +2,12 @@ package shapelog
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -17,7 +23,7 @@ func sv(s string) *string { return &s }
 func TestSnapshotWriteReadAndHandOff(t *testing.T) {
 	dir := t.TempDir()
 	cols := []string{"id", "title"}
-	w, err := NewSnapshotWriter(dir, "sa", 1, cols, []string{"id"}, 2, 1<<20)
+	w, err := NewSnapshotWriter(dir, "sa", 1, "public.items", cols, []string{"id"}, 2, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +87,9 @@ func TestSnapshotWriteReadAndHandOff(t *testing.T) {
 	}
 
 	// A newer generation replaces it; leftovers of a crashed one are removed.
-	w3, _ := NewSnapshotWriter(dir, "sa", 3, cols, []string{"id"}, 10, 1<<20)
+	w3, _ := NewSnapshotWriter(dir, "sa", 3, "public.items", cols, []string{"id"}, 10, 1<<20)
 	w3.Add(fanout.Row{"id": sv("9")}) // never completed: a crash
-	w4, err := NewSnapshotWriter(dir, "sa", 4, cols, []string{"id"}, 10, 1<<20)
+	w4, err := NewSnapshotWriter(dir, "sa", 4, "public.items", cols, []string{"id"}, 10, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,4 +119,97 @@ func join(s []string) string {
 		out += x
 	}
 	return out
+}
+
+// Version 2 chunks hold the Electric messages: "[" + chunk + "]" is the
+// JSON array the API serves, keys escaped as Electric keys rows.
+func TestSnapshotChunksAreMessages(t *testing.T) {
+	dir := t.TempDir()
+	w, err := NewSnapshotWriter(dir, "sm", 1, `public.it"ems`, []string{"id", "title"}, []string{"id"}, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Add(fanout.Row{"id": sv("a/b"), "title": sv("x\"\n\u2028")})
+	w.Add(fanout.Row{"id": sv("2")})
+	s, err := w.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Version != SnapshotVersion || !s.Messages() {
+		t.Fatalf("version %d", s.Version)
+	}
+	f, err := s.OpenChunk(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(f)
+	f.Close()
+	var msgs []struct {
+		Key     string             `json:"key"`
+		Value   map[string]*string `json:"value"`
+		Headers map[string]any     `json:"headers"`
+	}
+	if err := json.Unmarshal([]byte("["+string(data)+"]"), &msgs); err != nil {
+		t.Fatalf("chunk is not an array's inside: %v\n%s", err, data)
+	}
+	if len(msgs) != 2 || msgs[0].Key != `"public"."it""ems"/"a//b"` || *msgs[0].Value["title"] != "x\"\n\u2028" ||
+		msgs[1].Value["title"] != nil || msgs[1].Headers["operation"] != "insert" || fmt.Sprint(msgs[1].Headers["relation"]) != `[public it"ems]` {
+		t.Fatalf("messages: %+v\n%s", msgs, data)
+	}
+	want := `{"key":"\"public\".\"it\"\"ems\"/\"2\"","value":{"id":"2","title":null},"headers":{"operation":"insert","relation":["public","it\"ems"]}}`
+	if !strings.Contains(string(data), "\n,"+want+"\n") {
+		t.Fatalf("second message is not exactly %s:\n%s", want, data)
+	}
+	var rows []fanout.Row
+	if err := s.EachRow(func(r fanout.Row) error { rows = append(rows, r); return nil }); err != nil || len(rows) != 2 || *rows[0]["id"] != "a/b" {
+		t.Fatalf("rows %v %v", rows, err)
+	}
+
+	// A generation number is never reused; the latest is known.
+	if _, err := NewSnapshotWriter(dir, "sm", 1, "public.items", []string{"id"}, []string{"id"}, 10, 1<<20); err == nil {
+		t.Fatal("a complete generation was written again")
+	}
+	if g, err := LatestGeneration(dir, "sm"); g != 1 || err != nil {
+		t.Fatalf("LatestGeneration = %d %v", g, err)
+	}
+	w2, err := NewSnapshotWriter(dir, "sm", 2, "public.items", []string{"id"}, []string{"id"}, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Replaced() {
+		t.Fatal("replaced before the next generation completed")
+	}
+	if _, err := w2.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Replaced() {
+		t.Fatal("generation 1 not replaced by 2")
+	}
+}
+
+// A version 1 snapshot (rows as arrays, no version in the manifest) is
+// still read; an unknown version is refused with a clear error.
+func TestSnapshotVersions(t *testing.T) {
+	dir := t.TempDir()
+	gdir := generationDir(dir, "sv", 1)
+	os.MkdirAll(gdir, 0o755)
+	chunk := "[\"1\",\"a\"]\n[\"2\",null]\n"
+	os.WriteFile(filepath.Join(gdir, chunkName(0)), []byte(chunk), 0o644)
+	manifest := fmt.Sprintf(`{"handle":"sv","generation":1,"snapshot":{"xmin":1,"xmax":1},"columns":["id","title"],"primary_key":["id"],"rows":2,"bytes":%d,"chunks":[{"rows":2,"bytes":%d}]}`, len(chunk), len(chunk))
+	os.WriteFile(filepath.Join(gdir, manifestName), []byte(manifest), 0o644)
+	s, err := CurrentSnapshot(dir, "sv")
+	if err != nil || s == nil || s.Version != 1 || s.Messages() {
+		t.Fatalf("version 1 snapshot: %+v %v", s, err)
+	}
+	var rows []fanout.Row
+	if err := s.EachRow(func(r fanout.Row) error { rows = append(rows, r); return nil }); err != nil || len(rows) != 2 || rows[1]["title"] != nil {
+		t.Fatalf("version 1 rows %v %v", rows, err)
+	}
+	if _, err := s.OpenChunk(0); err == nil {
+		t.Fatal("OpenChunk served a version 1 chunk as messages")
+	}
+	os.WriteFile(filepath.Join(gdir, manifestName), []byte(strings.Replace(manifest, `{"handle"`, `{"version":9,"handle"`, 1)), 0o644)
+	if _, err := CurrentSnapshot(dir, "sv"); err == nil || !strings.Contains(err.Error(), "version 9") {
+		t.Fatalf("unknown version: %v", err)
+	}
 }

@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-	"unicode/utf8"
 
+	"github.com/fanout/pipeline/consumers/shapemsg"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/visibility"
 )
@@ -24,14 +24,24 @@ type SnapshotWriter struct {
 	bw         *bufio.Writer
 	cur        SnapshotChunk
 	line       []byte
+	enc        *shapemsg.SnapshotEncoder
+	vals       []*string
 }
 
-// NewSnapshotWriter starts generation gen of handle's snapshot with columns
-// in that order. It removes every incomplete generation (a crashed runner's
-// leftovers) and any earlier files of gen itself.
-func NewSnapshotWriter(dir, handle string, gen uint64, columns, pk []string, chunkRows, chunkBytes int) (*SnapshotWriter, error) {
+// NewSnapshotWriter starts generation gen of handle's snapshot of table
+// (schema.table) with columns in that order, keyed by pk (each among
+// columns). gen must be above every complete generation on disk (a
+// generation number is never reused: readers tell generations apart by
+// it). It removes every incomplete generation (a crashed runner's
+// leftovers), gen's own included.
+func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk []string, chunkRows, chunkBytes int) (*SnapshotWriter, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return nil, err
+	}
+	schema, name := fanout.SplitTable(table)
+	enc := shapemsg.NewSnapshotEncoder(schema, name, columns, pk)
+	if !enc.KeyColumns(pk) {
+		return nil, fmt.Errorf("snapshot of shape %s: primary key %v is not among the columns %v", handle, pk, columns)
 	}
 	gens, err := snapshotGenerations(dir, handle)
 	if err != nil {
@@ -39,7 +49,11 @@ func NewSnapshotWriter(dir, handle string, gen uint64, columns, pk []string, chu
 	}
 	for _, g := range gens {
 		gd := generationDir(dir, handle, g)
-		if _, err := os.Stat(filepath.Join(gd, manifestName)); err != nil || g == gen {
+		_, err := os.Stat(filepath.Join(gd, manifestName))
+		if err == nil && g >= gen {
+			return nil, fmt.Errorf("snapshot of shape %s: generation %d is complete on disk, so generation %d cannot be written (generation numbers are never reused)", handle, g, gen)
+		}
+		if err != nil {
 			if err := os.RemoveAll(gd); err != nil {
 				return nil, fmt.Errorf("snapshot of shape %s: remove incomplete generation %d: %w", handle, g, err)
 			}
@@ -50,8 +64,10 @@ func NewSnapshotWriter(dir, handle string, gen uint64, columns, pk []string, chu
 		return nil, fmt.Errorf("snapshot of shape %s: create %s: %w (check storage.dir)", handle, gdir, err)
 	}
 	w := &SnapshotWriter{
-		s:         Snapshot{Handle: handle, Generation: gen, Columns: columns, PrimaryKey: pk, Chunks: []SnapshotChunk{}, dir: gdir},
+		s: Snapshot{Version: SnapshotVersion, Handle: handle, Generation: gen, Table: table, Columns: columns, PrimaryKey: pk,
+			Chunks: []SnapshotChunk{}, dir: gdir},
 		chunkRows: int64(max(chunkRows, 1)), chunkBytes: int64(max(chunkBytes, 1)),
+		enc: enc, vals: make([]*string, len(columns)),
 	}
 	return w, nil
 }
@@ -65,7 +81,14 @@ func (w *SnapshotWriter) Add(row fanout.Row) error {
 		}
 		w.f, w.bw, w.cur = f, bufio.NewWriterSize(f, 256<<10), SnapshotChunk{}
 	}
-	w.line = appendRow(w.line[:0], w.s.Columns, row)
+	w.line = w.line[:0]
+	if w.cur.Rows > 0 {
+		w.line = append(w.line, ',')
+	}
+	for i, c := range w.s.Columns {
+		w.vals[i] = row[c]
+	}
+	w.line = append(w.enc.Append(w.line, w.vals), '\n')
 	if _, err := w.bw.Write(w.line); err != nil {
 		return fmt.Errorf("snapshot of shape %s: write chunk: %w", w.s.Handle, err)
 	}
@@ -170,38 +193,4 @@ func writeSynced(path string, data []byte) error {
 		err = cerr
 	}
 	return err
-}
-
-// appendRow encodes a row as a JSON array of its values in column order.
-func appendRow(b []byte, cols []string, row fanout.Row) []byte {
-	b = append(b, '[')
-	for i, c := range cols {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		v := row[c]
-		if v == nil {
-			b = append(b, "null"...)
-			continue
-		}
-		b = appendJSONString(b, *v)
-	}
-	return append(b, ']', '\n')
-}
-
-// appendJSONString quotes s; plain text (the common case) is copied as is.
-func appendJSONString(b []byte, s string) []byte {
-	plain := utf8.ValidString(s)
-	for i := 0; plain && i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' {
-			plain = false
-		}
-	}
-	if plain {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	q, _ := json.Marshal(s)
-	return append(b, q...)
 }

@@ -277,11 +277,15 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 	if err != nil {
 		return nil, nil, errPermanent{err}
 	}
-	out := j.shape.Columns
-	if len(out) == 0 {
-		out = cols
+	// The stored columns: the projection in table order, as the API orders
+	// a message's values.
+	var out []string
+	for _, c := range cols {
+		if j.shape.Projected(c) {
+			out = append(out, c)
+		}
 	}
-	w, err := shapelog.NewSnapshotWriter(j.r.d.Dir, j.shape.Handle, j.st.Generation, out, j.shape.PrimaryKey, j.r.cfg.ChunkRows, j.r.cfg.ChunkBytes)
+	w, err := shapelog.NewSnapshotWriter(j.r.d.Dir, j.shape.Handle, j.st.Generation, j.shape.Table, out, j.shape.PrimaryKey, j.r.cfg.ChunkRows, j.r.cfg.ChunkBytes)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fanout/pipeline/configs"
+	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapestate"
 )
@@ -251,8 +252,16 @@ func (r *Runner) schedule(ctx context.Context) {
 		if prev.Phase == shapestate.Snapshotting {
 			r.log.Warn("snapshot runner stopped renewing its lease; taking the shape over with a new generation", "shape", h, "owner", prev.Owner, "generation", prev.Generation)
 		}
+		// A new generation is above every one on disk too: a state lost or
+		// reset in KV must not number a generation that readers served.
+		latest, err := shapelog.LatestGeneration(r.d.Dir, h)
+		if err != nil {
+			r.log.Warn("could not list a shape's snapshot generations; trying again", "shape", h, "err", err)
+			continue
+		}
+		gen := max(prev.Generation, latest)
 		next := &shapestate.State{
-			Handle: h, Phase: shapestate.Snapshotting, Generation: prev.Generation + 1,
+			Handle: h, Phase: shapestate.Snapshotting, Generation: gen + 1,
 			Owner: r.d.ID, LeaseUntil: now.Add(r.cfg.Lease).UTC(), Attempts: prev.Attempts, Started: now.UTC(),
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

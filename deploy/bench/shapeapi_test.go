@@ -126,6 +126,9 @@ func BenchmarkShapeAPI(b *testing.B) {
 	const polls = 2000
 	p := newPipe(b, 0)
 	p.startAll()
+	// startAll's consumers take no snapshots: c3 takes the shapes'.
+	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
+	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
 	base, _ := p.startShapeAPI()
 	ctx := context.Background()
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, shapes, rows))
@@ -141,13 +144,19 @@ func BenchmarkShapeAPI(b *testing.B) {
 		r, err := getShape(ctx, client, base, url.Values{"table": {"items"}, "offset": {"now"}})
 		return err == nil && r.status == http.StatusOK
 	})
-	for _, d := range []*time.Duration{&first, &second} {
+	for i, d := range []*time.Duration{&first, &second} {
+		wait := func() {}
+		if i == 0 { // FANOUT_BENCH_PROFILE=<dir>: a CPU profile of the first read
+			wait = p.profile("shapeapi-first-sync", 3, "shapeapi")
+			time.Sleep(100 * time.Millisecond)
+		}
 		start := time.Now()
 		_, _, n, err := syncShape(ctx, client, base, all)
 		if err != nil {
 			b.Fatal(err)
 		}
 		*d = time.Since(start)
+		wait()
 		if n < rows {
 			b.Fatalf("initial sync read %d messages, the table has %d rows", n, rows)
 		}
