@@ -1,6 +1,7 @@
 package shapeapi
 
 import (
+	"container/list"
 	"sort"
 	"sync"
 
@@ -126,4 +127,62 @@ func (ix *logIndex) seek(o Offset) shapelog.Cursor {
 		return shapelog.Cursor{}
 	}
 	return ix.marks[i-1].cur
+}
+
+// maxIndexes bounds the shapes whose log index a replica keeps: an index
+// is a few words per markEvery bytes of log plus up to recentBytes of
+// encoded messages, so 10,000 of them stay under about a gigabyte even when
+// every one holds its recent messages. An evicted index is rebuilt by the
+// next read of its shape (one scan of the log).
+const maxIndexes = 10_000
+
+// indexCache holds the log indexes of the shapes read lately, at most max,
+// evicting the least recently used; drop removes a removed shape's.
+type indexCache struct {
+	mu    sync.Mutex
+	max   int
+	order *list.List // of *indexEntry; front: most recently used
+	items map[string]*list.Element
+}
+
+type indexEntry struct {
+	handle string
+	ix     *logIndex
+}
+
+func newIndexCache(max int) *indexCache {
+	return &indexCache{max: max, order: list.New(), items: map[string]*list.Element{}}
+}
+
+// get returns handle's index, made empty if the cache has none.
+func (c *indexCache) get(handle string) *logIndex {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.items[handle]; e != nil {
+		c.order.MoveToFront(e)
+		return e.Value.(*indexEntry).ix
+	}
+	ix := &logIndex{}
+	c.items[handle] = c.order.PushFront(&indexEntry{handle, ix})
+	for c.order.Len() > max(c.max, 1) {
+		old := c.order.Remove(c.order.Back()).(*indexEntry)
+		delete(c.items, old.handle)
+	}
+	return ix
+}
+
+// drop forgets handle's index.
+func (c *indexCache) drop(handle string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.items[handle]; e != nil {
+		c.order.Remove(e)
+		delete(c.items, handle)
+	}
+}
+
+func (c *indexCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.order.Len()
 }
