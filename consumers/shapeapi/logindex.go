@@ -36,6 +36,12 @@ type logIndex struct {
 	recentFrom  Offset
 	recentSize  int
 	recentValid bool
+
+	// unseen is the cursor before the first fragment the snapshot did not
+	// see (every one before it was: a read from the snapshot's end starts
+	// there); unseenFound once that fragment was met.
+	unseen      shapelog.Cursor
+	unseenFound bool
 }
 
 // mark is the cursor before a fragment whose first op is at first.
@@ -56,7 +62,20 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 			ix.marks = append(ix.marks, mark{cur: prev, first: FirstOp(e.Position)})
 			ix.last = prev
 		}
+		before := prev
 		prev = next
+		// The snapshot's transactions are skipped by xid, undecoded.
+		if seen != nil {
+			if xid, ok := e.Xid(); ok && seen(&fanout.Fragment{Xid: xid}) {
+				if !ix.unseenFound {
+					ix.unseen = next
+				}
+				return nil
+			}
+		}
+		if !ix.unseenFound {
+			ix.unseen, ix.unseenFound = before, true
+		}
 		if !ix.recentValid {
 			return nil
 		}
@@ -80,6 +99,7 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 	if err != nil {
 		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
 		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
+		ix.unseen, ix.unseenFound = shapelog.Cursor{}, false
 		return end, err
 	}
 	ix.tail = end
@@ -118,15 +138,19 @@ func (ix *logIndex) fromRecent(from Offset, c *Chunk) (ok, atEnd, truncated bool
 	return true, true, false
 }
 
-// seek is a cursor at or before every entry after o.
+// seek is a cursor at or before every entry after o that the snapshot did
+// not see (those before it are all skipped anyway).
 func (ix *logIndex) seek(o Offset) shapelog.Cursor {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) })
-	if i == 0 {
-		return shapelog.Cursor{}
+	cur := shapelog.Cursor{}
+	if i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) }); i > 0 {
+		cur = ix.marks[i-1].cur
 	}
-	return ix.marks[i-1].cur
+	if ix.unseen.Offset > cur.Offset {
+		cur = ix.unseen
+	}
+	return cur
 }
 
 // maxIndexes bounds the shapes whose log index a replica keeps: an index

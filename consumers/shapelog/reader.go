@@ -1,10 +1,12 @@
 package shapelog
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"github.com/fanout/pipeline/fanout"
 )
@@ -101,4 +103,36 @@ func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) e
 		err = nil
 	}
 	return cur, err
+}
+
+// Xid is the entry's transaction id, read from the fragment's JSON without
+// decoding it (a reader skipping the transactions a snapshot saw decodes
+// none of them); ok is false when the record does not show it plainly: call
+// Fragment.
+func (e LogEntry) Xid() (xid uint32, ok bool) {
+	_, _, body, err := recordPosition(e.payload)
+	if err != nil || len(body) == 0 || body[0] != '{' {
+		return 0, false
+	}
+	head := body[:min(len(body), 512)]
+	if i := bytes.Index(head, []byte(`"changes"`)); i >= 0 {
+		head = head[:i] // the top-level fields before the changes
+	}
+	i := bytes.Index(head, []byte(`"xid":`))
+	if i < 0 || bytes.Count(head, []byte(`"xid":`)) != 1 {
+		return 0, false
+	}
+	digits := head[i+len(`"xid":`):]
+	n := 0
+	for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
+		n++
+	}
+	if n == 0 || n == len(digits) || (digits[n] != ',' && digits[n] != '}') {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(digits[:n]), 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(v), true
 }

@@ -96,3 +96,29 @@ func TestReadLogSkipsWhatMaterializeSkips(t *testing.T) {
 		t.Fatalf("missing log: %v %v", c, err)
 	}
 }
+
+// Xid reads a fragment's xid without decoding it, and agrees with Fragment.
+func TestLogEntryXid(t *testing.T) {
+	st, _ := newStore(t)
+	w := take(t, st, 0, 2)
+	a := frag("sa", 100, 0, true, ins("id", "1"))
+	a.Xid = 4000000000
+	b := frag("sa", 200, 0, true, ins("xid", "7"))
+	b.Xid = 12
+	mustAppend(t, w, a, b)
+	var got []uint32
+	if _, err := ReadLog(st.Dir(), "sa", Cursor{}, func(e LogEntry, _ Cursor) error {
+		x, ok := e.Xid()
+		fr, err := e.Fragment()
+		if !ok || err != nil || x != fr.Xid {
+			t.Fatalf("Xid() = %d %v, the fragment's is %d (%v)", x, ok, fr.Xid, err)
+		}
+		got = append(got, x)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, []uint32{4000000000, 12}) {
+		t.Fatalf("xids %v", got)
+	}
+}
