@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"sync"
@@ -14,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/shapes"
+	"github.com/fanout/pipeline/fanout/shapestate"
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
@@ -158,7 +161,7 @@ func (c *client) denied(t *testing.T, what, subject string, op func(ctx context.
 // Each user alone can create the whole bus on an empty server, as whichever
 // service starts first does.
 func TestNATSEveryUserCanCreateTheBus(t *testing.T) {
-	for _, svc := range []string{"ingest", "flushd", "consumer", "fanoutctl"} {
+	for _, svc := range []string{"ingest", "flushd", "consumer", "shapeapi", "fanoutctl"} {
 		t.Run(svc, func(t *testing.T) {
 			srv := startConfiguredNATS(t)
 			c := connectAs(t, srv, svc)
@@ -395,4 +398,151 @@ func watchInitial(ctx context.Context, kv jetstream.KeyValue) error {
 		}
 	}
 	return errors.New("watch of " + kv.Bucket() + " ended before its current values")
+}
+
+// shapeapi does what consumers/shapeapi does: at start the bus, its
+// definitions bucket and the snapshot-state bucket; then it watches the
+// shapes and the safe LSN, hears the consumers' notices, registers a shape
+// for a new definition (claim, shape, first state, handle), waits for the
+// shape's snapshot state, and removes a rotated shape (shapes.Remove).
+func TestNATSShapeAPIDoesItsJobAndNoOtherJob(t *testing.T) {
+	srv := startConfiguredNATS(t)
+	api := connectAs(t, srv, "shapeapi") // first on an empty server: it creates everything it uses
+	var defs, states jetstream.KeyValue
+	api.allowed(t, "set up the bus, its definitions bucket and the snapshot states", func(ctx context.Context) error {
+		var err error
+		if api.bus, err = fanout.EnsureBus(ctx, api.js, fanout.DefaultBusConfig()); err != nil {
+			return err
+		}
+		if defs, err = api.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: fanout.APIDefinitionsBucket, History: 1}); err != nil {
+			return err
+		}
+		states, err = shapestate.Ensure(ctx, api.js, 1, false)
+		return err
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	consumer := connectAs(t, srv, "consumer")
+	consumer.ensureBus(t)
+	flushd := connectAs(t, srv, "flushd")
+	flushd.ensureBus(t)
+	flushd.allowed(t, "write the safe LSN", func(ctx context.Context) error {
+		_, err := flushd.bus.State.Put(ctx, fanout.KeySafeLSN, []byte(`{"lsn":"0/16B3748"}`))
+		return err
+	})
+
+	api.allowed(t, "watch the shapes and the safe LSN", func(ctx context.Context) error {
+		if err := watchInitial(ctx, api.bus.Shapes); err != nil {
+			return err
+		}
+		w, err := api.bus.State.Watch(ctx, fanout.KeySafeLSN)
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		for e := range w.Updates() {
+			if e != nil {
+				return nil
+			}
+		}
+		return errors.New("the safe LSN watch ended")
+	})
+	api.allowed(t, "hear that a shape log grew", func(ctx context.Context) error {
+		got := make(chan string, 1)
+		sub, err := api.js.Conn().Subscribe(fanout.NoticeSubjectPrefix+".>", func(m *nats.Msg) {
+			select {
+			case got <- m.Subject:
+			default:
+			}
+		})
+		if err != nil {
+			return err
+		}
+		defer sub.Unsubscribe()
+		if err := api.js.Conn().Flush(); err != nil {
+			return err
+		}
+		if err := consumer.js.Conn().Publish(fanout.NoticeSubjectPrefix+".sh1", nil); err != nil {
+			return err
+		}
+		select {
+		case <-got:
+			return nil
+		case <-ctx.Done():
+			return errors.New("the notice did not arrive")
+		}
+	})
+
+	sh := &fanout.Shape{Handle: fanout.NewHandle(), Table: "public.items", PrimaryKey: []string{"id"},
+		Schema: []fanout.Column{{Name: "id", Type: "integer", OID: 23}}, CreatedAt: time.Now().UTC()}
+	const defKey = "0123456789abcdef0123456789abcdef"
+	api.allowed(t, "register a shape for a new definition", func(ctx context.Context) error {
+		if _, err := defs.Get(ctx, defKey); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("get an unknown definition: %v", err)
+		}
+		rev, err := defs.Create(ctx, defKey, []byte(`{"pending":"2026-01-01T00:00:00Z"}`))
+		if err != nil {
+			return err
+		}
+		if _, err := api.bus.Shapes.Create(ctx, sh.Handle, sh.Encode()); err != nil {
+			return err
+		}
+		if _, err := shapestate.Swap(ctx, states, &shapestate.State{Handle: sh.Handle, Phase: shapestate.Creating}, 0); err != nil {
+			return err
+		}
+		if _, err := defs.Update(ctx, defKey, []byte(`{"handle":"`+sh.Handle+`"}`), rev); err != nil {
+			return err
+		}
+		if _, err := defs.Get(ctx, defKey); err != nil {
+			return err
+		}
+		_, err = shapes.Get(ctx, api.bus, sh.Handle)
+		return err
+	})
+	api.allowed(t, "wait for the shape's snapshot state", func(ctx context.Context) error {
+		w, err := states.Watch(ctx, sh.Handle)
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		<-w.Updates()
+		_, _, err = shapestate.Get(ctx, states, sh.Handle)
+		return err
+	})
+	api.allowed(t, "remove a rotated shape and drop a failed registration", func(ctx context.Context) error {
+		if err := shapes.Remove(ctx, api.bus, sh.Handle); err != nil {
+			return err
+		}
+		e, err := defs.Get(ctx, defKey)
+		if err != nil {
+			return err
+		}
+		return defs.Delete(ctx, defKey, jetstream.LastRevision(e.Revision()))
+	})
+
+	api.denied(t, "publish to the bus", "fanout.3", func(ctx context.Context) error {
+		_, err := api.js.Publish(ctx, "fanout.3", []byte(`{}`))
+		return err
+	})
+	api.denied(t, "write the safe LSN", "$KV.fanout_state.safe_lsn", func(ctx context.Context) error {
+		_, err := api.bus.State.Put(ctx, fanout.KeySafeLSN, []byte(`{}`))
+		return err
+	})
+	api.denied(t, "write a binding", "$KV.fanout_bindings.p.3", func(ctx context.Context) error {
+		_, err := api.bus.Bindings.Put(ctx, fanout.BindingKey(3), []byte(`{}`))
+		return err
+	})
+	api.denied(t, "write ingest's routing key", "$KV.fanout_shape_state.ingest.routing", func(ctx context.Context) error {
+		_, err := states.Put(ctx, shapestate.RoutingKey, []byte(`{}`))
+		return err
+	})
+	api.denied(t, "mark a shape failed", "$KV.fanout_failed.sh1", func(ctx context.Context) error {
+		_, err := api.bus.Failed.Put(ctx, "sh1", []byte(`{}`))
+		return err
+	})
+	api.denied(t, "pull from the bus", "$JS.API.CONSUMER.CREATE.FANOUT.stolen.fanout.3", func(ctx context.Context) error {
+		_, err := api.bus.Stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "stolen", FilterSubject: "fanout.3"})
+		return err
+	})
 }
