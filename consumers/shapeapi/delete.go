@@ -50,6 +50,7 @@ func (s *Server) deleteShape(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 	default:
 		s.shapes.remove(handle)
+		_ = s.defs.Delete(r.Context(), servedKey(handle)) // best effort (generation.go)
 		s.log.Info("shape removed through DELETE /v1/shape", "shape", handle)
 		w.WriteHeader(http.StatusAccepted)
 	}

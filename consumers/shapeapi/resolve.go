@@ -127,10 +127,16 @@ func classifyAddError(err error) error {
 }
 
 // awaitReady waits, up to the ready timeout, until handle's initial
-// snapshot is complete, and returns it.
+// snapshot is complete, and returns it. A handle is served at one snapshot
+// generation only (generation.go): a cached snapshot that a newer
+// generation replaced is looked up again, and a handle whose generation
+// changed is retired.
 func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, error) {
 	if v := s.readyCache(handle); v != nil {
-		return v, nil
+		if v.snap == nil || !v.snap.Replaced() {
+			return v, nil
+		}
+		s.dropView(handle, v)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.API.ReadyTimeout)
 	defer cancel()
@@ -148,6 +154,10 @@ func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, 
 		case shapestate.Failed:
 			return nil, fmt.Errorf("%w: the initial snapshot of shape %s failed: %s (it is retried; fanoutctl status shows it)", errNotReady, handle, st.Error)
 		case shapestate.Ready:
+			// Checked before it is loaded (and cached for other requests).
+			if err := s.checkGeneration(ctx, handle, st.Generation); err != nil {
+				return nil, err
+			}
 			if v, err := s.loadSnapshot(handle, st.Generation); err != nil || v != nil {
 				return v, err
 			}
