@@ -529,8 +529,9 @@ func TestShapeAPISubsetSnapshots(t *testing.T) {
 	s.waitSlot()
 	url := s.startShapeAPI()
 
-	// The shape is owner <> 0; the subset adds its own where, with a parameter.
-	shape := map[string]any{"table": "items", "where": "owner <> 0"}
+	// The shape is owner <> $1 (0); the subset adds its own where, with its
+	// own $1, bound after the shape's.
+	shape := map[string]any{"table": "items", "where": "owner <> $1", "params": map[string]string{"1": "0"}}
 	c := s.startClient("1.5-subset", clientArgs{Client: "1.5", URL: url, Params: shape, Mode: "subset", Log: "changes_only",
 		Subset: map[string]any{"where": "score > $1", "params": map[string]string{"1": "3"}, "orderBy": "score DESC NULLS LAST", "limit": 7},
 		Fetch:  map[string]any{"where": "title LIKE $1", "params": []string{"t1%"}, "orderBy": "id DESC", "limit": 4, "offset": 1, "method": "POST"}})
