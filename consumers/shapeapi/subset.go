@@ -506,7 +506,10 @@ func newSubsetConns(url string) *subsetConns {
 func (p *subsetConns) acquire(ctx context.Context) (*pgx.Conn, error) {
 	select {
 	case c := <-p.idle:
-		return c, nil
+		if !c.IsClosed() {
+			return c, nil
+		}
+		<-p.slots // closed while idle (Postgres restarted): open another
 	default:
 	}
 	wctx, cancel := context.WithTimeout(ctx, subsetWait)
