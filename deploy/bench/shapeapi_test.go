@@ -177,11 +177,16 @@ func BenchmarkShapeAPI(b *testing.B) {
 			b.Fatalf("initial sync read %d messages, the table has %d rows", n, rows)
 		}
 	}
-	start := time.Now()
-	if _, err := p.conn.PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, owner, title FROM items) TO STDOUT`); err != nil {
-		b.Fatal(err)
+	// The ceiling: the best of three COPYs of the same rows (a warm table,
+	// as BenchmarkSnapshot measures it; one run varied 31 to 57 ms).
+	copyTime := time.Duration(1 << 62)
+	for range 3 {
+		start := time.Now()
+		if _, err := p.conn.PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, owner, title FROM items) TO STDOUT`); err != nil {
+			b.Fatal(err)
+		}
+		copyTime = min(copyTime, time.Since(start))
 	}
-	copyTime := time.Since(start)
 	addRow("shapeapi initial sync (first read), rows/s", fmt.Sprintf("%.0f", rate(rows, first)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/first.Seconds()),
 		fmt.Sprintf("%d rows in %s (the first client once the snapshot is taken: chunk files copied), COPY %s; target ratio 0.5", rows, first.Round(time.Millisecond), copyTime.Round(time.Millisecond)))
 	addRow("shapeapi initial sync (cached chunks), rows/s", fmt.Sprintf("%.0f", rate(rows, second)), fmt.Sprintf("%.2f of COPY", copyTime.Seconds()/second.Seconds()),
@@ -193,7 +198,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
-	start = time.Now()
+	start := time.Now()
 	for i := range shapes {
 		sem <- struct{}{}
 		wg.Go(func() {
