@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,27 +13,44 @@ import (
 )
 
 // handle processes one batch in stream order: dead-letters what cannot be
-// processed, drops fragments of removed shapes, persists the rest durably,
-// then acks every message. Nothing is acked before it is durable.
+// processed (a whole message when it is unreadable, else each unusable
+// fragment under its own shape), drops fragments of removed shapes,
+// persists the rest durably, then acks every message. Nothing is acked
+// before it is durable.
 func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 	var kept []received
 	for _, m := range msgs {
-		f, shape, reason := w.classify(m)
-		if reason == "" && w.quarantined[shape] != nil {
-			reason = "the shape's log is unusable and the shape is set aside: " + w.quarantined[shape].Error()
-		}
+		items, reason := w.classify(m)
 		if reason != "" {
-			if err := w.deadLetter(m, shape, f, reason); err != nil {
+			if err := w.deadLetterMessage(m, reason); err != nil {
 				return err
 			}
 			continue
 		}
-		if !w.s.shapes.exists(w.stopCtx, shape) {
-			w.s.m.removedDrop.Inc()
-			w.log.Debug("dropping a fragment of a removed shape", "shape", shape, "commit_lsn", f.CommitLSN.String(), "seq", f.Seq)
-			continue
+		for i, it := range items {
+			reason := ""
+			switch {
+			case it.Err != nil:
+				reason = it.Err.Error()
+			case fanout.Partition(it.Shape, w.s.cfg.Bus.Partitions) != w.partition:
+				reason = fmt.Sprintf("fragment of shape %s, which is in partition %d, was published on the subject of partition %d",
+					it.Shape, fanout.Partition(it.Shape, w.s.cfg.Bus.Partitions), w.partition)
+			case w.quarantined[it.Shape] != nil:
+				reason = "the shape's log is unusable and the shape is set aside: " + w.quarantined[it.Shape].Error()
+			}
+			if reason != "" {
+				if err := w.deadLetter(m, i, it.Shape, it.Raw, it.Frag, reason); err != nil {
+					return err
+				}
+				continue
+			}
+			if !w.s.shapes.exists(w.stopCtx, it.Shape) {
+				w.s.m.removedDrop.Inc()
+				w.log.Debug("dropping a fragment of a removed shape", "shape", it.Shape, "commit_lsn", it.Frag.CommitLSN.String(), "seq", it.Frag.Seq)
+				continue
+			}
+			kept = append(kept, received{m, i, it.Frag})
 		}
-		kept = append(kept, received{m, f})
 	}
 	for len(kept) > 0 {
 		err := w.persist(writer, fragments(kept))
@@ -54,7 +70,10 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 		for _, r := range kept {
 			if r.frag.Shape != shapeErr.Shape {
 				rest = append(rest, r)
-			} else if err := w.deadLetter(r.msg, r.frag.Shape, r.frag, "the shape's log is unusable: "+shapeErr.Err.Error()); err != nil {
+				continue
+			}
+			raw, _ := r.frag.Wire()
+			if err := w.deadLetter(r.msg, r.index, r.frag.Shape, raw, r.frag, "the shape's log is unusable: "+shapeErr.Err.Error()); err != nil {
 				return err
 			}
 		}
@@ -70,10 +89,11 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 	return nil
 }
 
-// received is a message and the fragment it holds.
+// received is a fragment and the message it came in (its index-th).
 type received struct {
-	msg  jetstream.Msg
-	frag *fanout.Fragment
+	msg   jetstream.Msg
+	index int
+	frag  *fanout.Fragment
 }
 
 func fragments(rs []received) []*fanout.Fragment {
@@ -113,26 +133,23 @@ func (w *worker) announce(persisted []received) {
 	}
 }
 
-// classify decodes a message; a non-empty reason means it must be dead-lettered.
-func (w *worker) classify(m jetstream.Msg) (f *fanout.Fragment, shape, reason string) {
-	p, shape, err := fanout.ParseSubject(m.Subject())
+// classify decodes a message into its fragments; a non-empty reason means
+// the message as a whole must be dead-lettered.
+func (w *worker) classify(m jetstream.Msg) (items []fanout.Item, reason string) {
+	p, err := fanout.ParseSubject(m.Subject())
 	if err != nil {
-		parts := strings.Split(m.Subject(), ".")
-		return nil, parts[len(parts)-1], err.Error()
+		return nil, err.Error()
 	}
 	if p != w.partition {
-		return nil, shape, fmt.Sprintf("subject %s is of partition %d, delivered to the consumer of partition %d", m.Subject(), p, w.partition)
-	}
-	if f, err = fanout.DecodeFragment(m.Data()); err != nil {
-		return nil, shape, err.Error()
-	}
-	if f.Shape != shape {
-		return f, shape, fmt.Sprintf("fragment of shape %s was published on subject %s", f.Shape, m.Subject())
+		return nil, fmt.Sprintf("subject %s is of partition %d, delivered to the consumer of partition %d", m.Subject(), p, w.partition)
 	}
 	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > uint64(w.s.cfg.Consumer.MaxDeliver) {
-		return f, shape, fmt.Sprintf("delivered %d times without being persisted (consumer.max_deliver is %d)", meta.NumDelivered, w.s.cfg.Consumer.MaxDeliver)
+		return nil, fmt.Sprintf("delivered %d times without being persisted (consumer.max_deliver is %d)", meta.NumDelivered, w.s.cfg.Consumer.MaxDeliver)
 	}
-	return f, shape, ""
+	if items, err = fanout.DecodeMessage(p, m.Data()); err != nil {
+		return nil, err.Error()
+	}
+	return items, ""
 }
 
 // persist appends frags durably, retrying a storage failure max_deliver

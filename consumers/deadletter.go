@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,13 +12,47 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// deadLetter moves a message that cannot be processed to the dead-letter
-// stream (original headers kept, plus the reason and the original subject)
-// and marks its shape failed, so it never blocks WAL release and is never
-// silently dropped. The caller acks it afterwards. Only a NATS outage longer
-// than bus_retry_timeout makes it fail.
-func (w *worker) deadLetter(m jetstream.Msg, shape string, f *fanout.Fragment, reason string) error {
-	token := shape
+// deadLetter moves the index-th fragment of m, which cannot be processed,
+// to the dead-letter stream (raw, its bytes, as the body; m's headers kept,
+// plus the reason and the original subject) and marks its shape failed, so
+// it never blocks WAL release and is never silently dropped, and the other
+// fragments of m go on. The caller acks m afterwards. Only a NATS outage
+// longer than bus_retry_timeout makes it fail.
+func (w *worker) deadLetter(m jetstream.Msg, index int, shape string, raw []byte, f *fanout.Fragment, reason string) error {
+	lsn := m.Headers().Get(fanout.HeaderCommitLSN)
+	if f != nil {
+		lsn = f.CommitLSN.String()
+	}
+	// The message's Nats-Msg-Id and the fragment's index: dead-lettering a
+	// redelivered message again stores each fragment once.
+	id := m.Headers().Get(fanout.HeaderMsgID) + "#" + strconv.Itoa(index)
+	return w.moveToDeadLetters(m, raw, id, []string{shape}, lsn, reason)
+}
+
+// deadLetterMessage moves a whole message that cannot be read as fragments
+// (or was delivered too often) to the dead-letter stream, and marks failed
+// every shape it can tell the message holds.
+func (w *worker) deadLetterMessage(m jetstream.Msg, reason string) error {
+	var shapes []string
+	if items, err := fanout.DecodeMessage(w.partition, m.Data()); err == nil {
+		seen := map[string]bool{}
+		for _, it := range items {
+			if it.Shape != "" && !seen[it.Shape] {
+				seen[it.Shape] = true
+				shapes = append(shapes, it.Shape)
+			}
+		}
+	}
+	if len(shapes) == 0 {
+		shapes = []string{m.Headers().Get(fanout.HeaderShape)}
+	}
+	return w.moveToDeadLetters(m, m.Data(), m.Headers().Get(fanout.HeaderMsgID), shapes, m.Headers().Get(fanout.HeaderCommitLSN), reason)
+}
+
+// moveToDeadLetters publishes body to the dead-letter subject of the first
+// of shapes (or "invalid") and marks every valid one of shapes failed.
+func (w *worker) moveToDeadLetters(m jetstream.Msg, body []byte, id string, shapes []string, lsn, reason string) error {
+	token := shapes[0]
 	if fanout.ValidateHandle(token) != nil {
 		token = "invalid"
 	}
@@ -29,11 +64,12 @@ func (w *worker) deadLetter(m jetstream.Msg, shape string, f *fanout.Fragment, r
 			out.Header[k] = append([]string(nil), vs...)
 		}
 	}
+	if id != "" {
+		out.Header.Set(fanout.HeaderMsgID, id)
+	}
 	out.Header.Set(fanout.HeaderDeadReason, reason)
 	out.Header.Set(fanout.HeaderDeadSubject, m.Subject())
-	out.Data = m.Data()
-	// The original Nats-Msg-Id is kept, so dead-lettering a redelivered
-	// message twice stores it once.
+	out.Data = body
 	err := w.s.retryBus(w.stopCtx, "publish to "+fanout.DeadLetterStream, func(ctx context.Context) error {
 		_, err := w.s.bus.JS.PublishMsg(ctx, out)
 		return err
@@ -42,23 +78,21 @@ func (w *worker) deadLetter(m jetstream.Msg, shape string, f *fanout.Fragment, r
 		return err
 	}
 	w.s.m.deadLetters.Inc()
-	lsn := m.Headers().Get(fanout.HeaderCommitLSN)
-	if f != nil {
-		lsn = f.CommitLSN.String()
-	}
-	w.log.Error("message dead-lettered", "shape", token, "subject", m.Subject(), "commit_lsn", lsn, "reason", reason,
+	w.log.Error("dead-lettered", "shape", token, "subject", m.Subject(), "commit_lsn", lsn, "reason", reason,
 		"stream", fanout.DeadLetterStream)
-	if token == "invalid" {
-		return nil
-	}
-	failure := &fanout.ShapeFailure{Shape: token, Partition: w.partition, Reason: reason, CommitLSN: lsn, At: time.Now().UTC()}
-	err = w.s.retryBus(w.stopCtx, "mark shape failed in "+fanout.FailedBucket, func(ctx context.Context) error {
-		_, err := w.s.bus.Failed.Put(ctx, token, fanout.EncodeJSON(failure))
-		return err
-	})
-	if err != nil {
-		// The message is safe in the dead-letter stream; only the status mark is missing.
-		w.log.Error("could not mark the shape failed; its message is in the dead-letter stream", "shape", token, "err", err)
+	for _, shape := range shapes {
+		if fanout.ValidateHandle(shape) != nil {
+			continue
+		}
+		failure := &fanout.ShapeFailure{Shape: shape, Partition: w.partition, Reason: reason, CommitLSN: lsn, At: time.Now().UTC()}
+		err = w.s.retryBus(w.stopCtx, "mark shape failed in "+fanout.FailedBucket, func(ctx context.Context) error {
+			_, err := w.s.bus.Failed.Put(ctx, shape, fanout.EncodeJSON(failure))
+			return err
+		})
+		if err != nil {
+			// The fragment is safe in the dead-letter stream; only the status mark is missing.
+			w.log.Error("could not mark the shape failed; its fragment is in the dead-letter stream", "shape", shape, "err", err)
+		}
 	}
 	return nil
 }

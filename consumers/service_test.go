@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/configs"
@@ -118,16 +119,29 @@ func (e *env) bind(p int, consumer string, epoch uint64) {
 
 func part(handle string) int { return fanout.Partition(handle, testPartitions) }
 
+// publish sends f alone in a message, as ingest does when the bus is idle.
 func (e *env) publish(f *fanout.Fragment, msgID string) {
 	e.t.Helper()
-	data, err := f.Encode()
+	e.publishMessage(msgID, f)
+}
+
+// publishMessage sends frags (all of one partition) in one message.
+func (e *env) publishMessage(msgID string, frags ...*fanout.Fragment) {
+	e.t.Helper()
+	p := part(frags[0].Shape)
+	data, err := fanout.EncodeFragments(p, frags...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	if msgID == "" {
-		msgID = fanout.MsgID(f.Shape, f)
+		msgID = fanout.MsgID(p, frags)
 	}
-	if _, err := e.bus.JS.Publish(context.Background(), fanout.Subject(part(f.Shape), f.Shape), data, jetstream.WithMsgID(msgID)); err != nil {
+	msg := nats.NewMsg(fanout.Subject(p))
+	msg.Data = data
+	msg.Header.Set(fanout.HeaderMsgID, msgID)
+	msg.Header.Set(fanout.HeaderCommitLSN, frags[0].CommitLSN.String())
+	msg.Header.Set(fanout.HeaderShape, frags[0].Shape)
+	if _, err := e.bus.JS.PublishMsg(context.Background(), msg); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -287,8 +301,12 @@ func TestMalformedMessageIsDeadLettered(t *testing.T) {
 	e.addShape("sa")
 	e.start("c1")
 	e.bindAll("c1", 1)
-	subject := fanout.Subject(part("sa"), "sa")
-	if _, err := e.bus.JS.Publish(context.Background(), subject, []byte(`{"not":"a fragment"}`), jetstream.WithMsgID("bad-1")); err != nil {
+	subject := fanout.Subject(part("sa"))
+	bad := nats.NewMsg(subject)
+	bad.Data = []byte(`{"not":"a fragment"}`)
+	bad.Header.Set(fanout.HeaderMsgID, "bad-1")
+	bad.Header.Set(fanout.HeaderShape, "sa")
+	if _, err := e.bus.JS.PublishMsg(context.Background(), bad); err != nil {
 		t.Fatal(err)
 	}
 	e.publish(frag("sa", 100, 0, true, ins("1", "a")), "")
@@ -313,6 +331,66 @@ func TestMalformedMessageIsDeadLettered(t *testing.T) {
 	}
 	if !strings.Contains(string(entry.Value()), "not valid JSON") {
 		t.Fatalf("failure mark %s", entry.Value())
+	}
+}
+
+// samePartition returns a handle other than h that hashes to h's partition.
+func samePartition(h string) string {
+	for i := 0; ; i++ {
+		o := fmt.Sprintf("s%d", i)
+		if o != h && part(o) == part(h) {
+			return o
+		}
+	}
+}
+
+func TestAMessageOfSeveralShapesIsPersistedAndAPoisonFragmentIsDeadLetteredAlone(t *testing.T) {
+	e := newEnv(t)
+	other := samePartition("sa")
+	e.addShape("sa")
+	e.addShape(other)
+	e.start("c1")
+	e.bindAll("c1", 1)
+
+	// One message: two transactions of sa and other, the way ingest packs
+	// a partition's fragments when the bus is busy.
+	e.publishMessage("",
+		frag("sa", 100, 0, true, ins("1", "a")),
+		frag(other, 100, 0, true, ins("7", "x")),
+		frag("sa", 200, 0, true, ins("2", "b")))
+	e.awaitRows("sa", "1=a", "2=b")
+	e.awaitRows(other, "7=x")
+
+	// A message whose middle fragment is unreadable: the fragments around
+	// it are persisted; it goes to the dead-letter stream under its own
+	// shape, which alone is marked failed.
+	good1, _ := frag("sa", 300, 0, true, ins("3", "c")).Encode()
+	good2, _ := frag("sa", 400, 0, true, ins("4", "d")).Encode()
+	poison := []byte(`{"v":1,"shape":"` + other + `","unknown_field":true}`)
+	msg := nats.NewMsg(fanout.Subject(part("sa")))
+	msg.Data = fanout.EncodeMessage(part("sa"), [][]byte{good1, poison, good2})
+	msg.Header.Set(fanout.HeaderMsgID, "mixed-1")
+	if _, err := e.bus.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	e.awaitRows("sa", "1=a", "2=b", "3=c", "4=d")
+	e.awaitStreamEmpty()
+	dead, err := e.bus.DeadLetter.GetLastMsgForSubject(context.Background(), fanout.DeadLetterSubject(part("sa"), other))
+	if err != nil {
+		t.Fatalf("the poison fragment is not in %s under its shape: %v", fanout.DeadLetterStream, err)
+	}
+	if string(dead.Data) != string(poison) || dead.Header.Get(fanout.HeaderMsgID) != "mixed-1#1" ||
+		!strings.Contains(dead.Header.Get(fanout.HeaderDeadReason), "fragment 1 of the message") {
+		t.Fatalf("dead letter headers %v data %q", dead.Header, dead.Data)
+	}
+	if _, err := e.bus.Failed.Get(context.Background(), other); err != nil {
+		t.Fatalf("the poison fragment's shape is not marked failed: %v", err)
+	}
+	if _, err := e.bus.Failed.Get(context.Background(), "sa"); err == nil {
+		t.Fatal("shape sa, whose fragments were all good, is marked failed")
+	}
+	if info, err := e.bus.DeadLetter.Info(context.Background()); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("dead-letter stream holds %v messages (err %v), want the poison fragment alone", info.State.Msgs, err)
 	}
 }
 
@@ -441,11 +519,11 @@ func TestSurvivesNATSRestart(t *testing.T) {
 	e.ns.Start(t)
 	// The test's own connection reconnects too: publish once it is back.
 	f := frag("sa", 200, 0, true, ins("2", "b"))
-	data, _ := f.Encode()
+	data, _ := fanout.EncodeFragments(part("sa"), f)
 	testenv.Eventually(t, 20*time.Second, "publishing after the NATS restart", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := e.bus.JS.Publish(ctx, fanout.Subject(part("sa"), "sa"), data, jetstream.WithMsgID(fanout.MsgID("sa", f)))
+		_, err := e.bus.JS.Publish(ctx, fanout.Subject(part("sa")), data, jetstream.WithMsgID(fanout.MsgID(part("sa"), []*fanout.Fragment{f})))
 		return err == nil
 	})
 	e.awaitRows("sa", "1=a", "2=b")

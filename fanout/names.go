@@ -10,8 +10,9 @@ import (
 // operators inspect them with the NATS CLI (`nats stream info FANOUT`).
 const (
 	// StreamName holds every routed transaction fragment until a consumer has
-	// persisted it. It is a work-queue stream: an acked fragment leaves it, so
-	// the stream's oldest message is exactly the oldest unpersisted fragment.
+	// persisted it, in messages of one partition each (see Message). It is a
+	// work-queue stream: an acked message leaves it, so the stream's oldest
+	// message holds the oldest unpersisted fragment.
 	StreamName    = "FANOUT"
 	SubjectPrefix = "fanout"
 
@@ -40,47 +41,47 @@ const (
 	KeySafeLSN = "safe_lsn"
 )
 
-// Message headers set on every fragment. They duplicate fields of the body so
+// Message headers set on every message. They duplicate fields of the body so
 // that flushd and the NATS CLI can read positions without decoding JSON.
 const (
-	HeaderMsgID     = "Nats-Msg-Id"
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderCommitLSN is the commit LSN of the message's first fragment,
+	// the lowest it holds: what flushd reads from the oldest message.
 	HeaderCommitLSN = "Fanout-Commit-Lsn"
-	HeaderXid       = "Fanout-Xid"
+	// HeaderXid is the xid of the first fragment's transaction.
+	HeaderXid = "Fanout-Xid"
+	// HeaderShape is the shape of the first fragment: the shape that holds
+	// the safe LSN back while the message waits (fanoutctl status).
+	HeaderShape = "Fanout-Shape"
+	// HeaderFragments is how many fragments the message holds.
+	HeaderFragments = "Fanout-Fragments"
 	// HeaderDeadReason is set on dead-lettered messages.
 	HeaderDeadReason = "Fanout-Dead-Reason"
 	// HeaderDeadSubject keeps the original subject of a dead-lettered message.
 	HeaderDeadSubject = "Fanout-Dead-Subject"
 )
 
-// Subject is the subject a shape's fragments are published on.
-func Subject(partition int, shape string) string {
-	return SubjectPrefix + "." + strconv.Itoa(partition) + "." + shape
+// Subject is the subject of a partition's messages. One literal subject per
+// partition, not one per shape: a partition's durable consumer filters on it
+// exactly, and the stream's subject index holds P entries, not one per shape.
+func Subject(partition int) string {
+	return SubjectPrefix + "." + strconv.Itoa(partition)
 }
 
-// PartitionFilter matches every shape subject of one partition.
-func PartitionFilter(partition int) string {
-	return SubjectPrefix + "." + strconv.Itoa(partition) + ".>"
-}
+// PartitionFilter is the filter subject of a partition's durable consumer.
+func PartitionFilter(partition int) string { return Subject(partition) }
 
-// ShapeFilter matches one shape's subject in whatever partition it is.
-func ShapeFilter(shape string) string {
-	return SubjectPrefix + ".*." + shape
-}
-
-// ParseSubject splits "fanout.<partition>.<shape>".
-func ParseSubject(subject string) (partition int, shape string, err error) {
-	parts := strings.Split(subject, ".")
-	if len(parts) != 3 || parts[0] != SubjectPrefix {
-		return 0, "", fmt.Errorf("subject %q is not fanout.<partition>.<shape>", subject)
+// ParseSubject reads the partition of "fanout.<partition>".
+func ParseSubject(subject string) (partition int, err error) {
+	rest, ok := strings.CutPrefix(subject, SubjectPrefix+".")
+	if !ok {
+		return 0, fmt.Errorf("subject %q is not %s.<partition>", subject, SubjectPrefix)
 	}
-	partition, err = strconv.Atoi(parts[1])
-	if err != nil || partition < 0 {
-		return 0, "", fmt.Errorf("subject %q: partition %q is not a non-negative number", subject, parts[1])
+	partition, err = strconv.Atoi(rest)
+	if err != nil || partition < 0 || strconv.Itoa(partition) != rest {
+		return 0, fmt.Errorf("subject %q: partition %q is not a non-negative number", subject, rest)
 	}
-	if err := ValidateHandle(parts[2]); err != nil {
-		return 0, "", fmt.Errorf("subject %q: %w", subject, err)
-	}
-	return partition, parts[2], nil
+	return partition, nil
 }
 
 // NoticeSubjectPrefix starts the core NATS subjects (not a stream) on which a
@@ -123,9 +124,13 @@ func ConsumerGroupPrefix(partition int) string {
 	return fmt.Sprintf("part-%d-e", partition)
 }
 
-// MsgID is the Nats-Msg-Id of a fragment. It depends only on what Postgres
-// sent, so a fragment published again after an ingest restart is dropped by
-// the stream's duplicate window.
-func MsgID(shape string, f *Fragment) string {
-	return fmt.Sprintf("%s:%s:%d", shape, f.CommitLSN, f.Seq)
+// MsgID is the Nats-Msg-Id of a message holding frags, a run of one
+// partition's fragments in the order ingest cuts them. It names the first
+// and the last fragment, which depend only on what Postgres sent: a message
+// published again after an ingest restart with the same first and last
+// fragment holds no fragment the first one lacked for a shape routed both
+// times (see ingest.Batcher), so the stream's duplicate window may drop it.
+func MsgID(partition int, frags []*Fragment) string {
+	first, last := frags[0], frags[len(frags)-1]
+	return fmt.Sprintf("%d/%s:%s:%d/%s:%s:%d", partition, first.Shape, first.CommitLSN, first.Seq, last.Shape, last.CommitLSN, last.Seq)
 }

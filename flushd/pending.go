@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,8 +43,12 @@ func oldestPending(ctx context.Context, stream jetstream.Stream, evict func(*jet
 		if err != nil {
 			return nil, fmt.Errorf("read oldest message of stream %s at sequence %d: %w", fanout.StreamName, seq, err)
 		}
-		partition, shape, perr := fanout.ParseSubject(msg.Subject)
+		partition, perr := fanout.ParseSubject(msg.Subject)
 		lsn, lerr := pglogrepl.ParseLSN(msg.Header.Get(fanout.HeaderCommitLSN))
+		// The message's first fragment is its oldest: its shape is the one
+		// that holds the safe LSN back (a message is persisted as a unit,
+		// so the other shapes in it wait on the same thing).
+		shape := msg.Header.Get(fanout.HeaderShape)
 		if (evict != nil && evict(msg)) || perr != nil || lerr != nil {
 			seq = msg.Sequence + 1
 			continue
@@ -58,13 +60,9 @@ func oldestPending(ctx context.Context, stream jetstream.Stream, evict func(*jet
 }
 
 // unroutable reports whether no partition's consumer pulls subject
-// (consumers filter on fanout.<partition>.>, partition below partitions).
+// (consumers filter on fanout.<partition>, partition below partitions).
 // Messages on other subjects of the stream were not published by ingest.
 func unroutable(subject string, partitions int) bool {
-	parts := strings.Split(subject, ".")
-	if len(parts) < 3 || parts[0] != fanout.SubjectPrefix {
-		return true
-	}
-	p, err := strconv.Atoi(parts[1])
-	return err != nil || p < 0 || p >= partitions || strconv.Itoa(p) != parts[1]
+	p, err := fanout.ParseSubject(subject)
+	return err != nil || p >= partitions
 }

@@ -3,15 +3,18 @@
 //
 // The safe LSN is decided in one place, SafeLSN below. Its inputs are read
 // from JetStream, not from a second bookkeeping of acks that could drift from
-// it: FANOUT is a work-queue stream, so a fragment leaves it exactly when a
-// consumer acked it after persisting it, when its shape was removed (purge),
-// or when it was dead-lettered. The oldest message in the stream is therefore
-// the oldest fragment that some shape has not persisted.
+// it: FANOUT is a work-queue stream, so a message (one partition's fragments)
+// leaves it exactly when a consumer acked it after persisting its fragments
+// (dropping those of removed shapes, dead-lettering unreadable ones), or when
+// flushd deleted it because all its shapes were removed. The oldest message
+// in the stream therefore holds the oldest fragment that some shape has not
+// persisted, and it is the first fragment of that message.
 package flushd
 
 import "github.com/jackc/pglogrepl"
 
-// Oldest is the oldest fragment still in the stream: what holds the safe LSN back.
+// Oldest is the first fragment of the oldest message still in the stream:
+// what holds the safe LSN back.
 type Oldest struct {
 	CommitLSN pglogrepl.LSN
 	Shape     string

@@ -20,24 +20,35 @@ type scenario struct {
 	ctx       context.Context
 	bus       *fanout.Bus
 	published pglogrepl.LSN
+	parts     map[string]int // each shape of a scenario has a partition of its own
+}
+
+func (s *scenario) partition(shape string) int {
+	if p, ok := s.parts[shape]; ok {
+		return p
+	}
+	s.parts[shape] = len(s.parts)
+	return s.parts[shape]
 }
 
 func newScenario(t *testing.T) *scenario {
 	ns := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	return &scenario{t: t, ctx: ctx, bus: ns.Bus(t)}
+	return &scenario{t: t, ctx: ctx, bus: ns.Bus(t), parts: map[string]int{}}
 }
 
 // route publishes one fragment of the transaction committing at lsn to shape.
 func (s *scenario) route(shape string, lsn pglogrepl.LSN) {
 	s.t.Helper()
 	f := &fanout.Fragment{Version: fanout.WireVersion, Shape: shape, CommitLSN: lsn, EndLSN: lsn + 1, Last: true}
-	body, _ := f.Encode()
-	msg := nats.NewMsg(fanout.Subject(fanout.Partition(shape, 64), shape))
+	p := s.partition(shape)
+	body, _ := fanout.EncodeFragments(p, f)
+	msg := nats.NewMsg(fanout.Subject(p))
 	msg.Data = body
 	msg.Header.Set(fanout.HeaderCommitLSN, lsn.String())
-	if _, err := s.bus.JS.PublishMsg(s.ctx, msg, jetstream.WithMsgID(fanout.MsgID(shape, f))); err != nil {
+	msg.Header.Set(fanout.HeaderShape, shape)
+	if _, err := s.bus.JS.PublishMsg(s.ctx, msg, jetstream.WithMsgID(fanout.MsgID(p, []*fanout.Fragment{f}))); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -49,7 +60,7 @@ func (s *scenario) ingestPublished(lsn pglogrepl.LSN) { s.published = lsn }
 func (s *scenario) flush(shape string) {
 	s.t.Helper()
 	c, err := s.bus.Stream.CreateOrUpdateConsumer(s.ctx, jetstream.ConsumerConfig{
-		Durable: "flush-" + shape, FilterSubject: fanout.ShapeFilter(shape), AckPolicy: jetstream.AckExplicitPolicy,
+		Durable: "flush-" + shape, FilterSubject: fanout.Subject(s.partition(shape)), AckPolicy: jetstream.AckExplicitPolicy,
 	})
 	if err != nil {
 		s.t.Fatal(err)
@@ -71,10 +82,12 @@ func (s *scenario) flush(shape string) {
 	}
 }
 
-// remove drops a shape the way `fanoutctl shape rm` does: purge its subject.
+// remove drops a shape's fragments the way its partition's consumer does
+// after `fanoutctl shape rm` (it acks them unpersisted): here, the purge of
+// the shape's own partition.
 func (s *scenario) remove(shape string) {
 	s.t.Helper()
-	if err := s.bus.Stream.Purge(s.ctx, jetstream.WithPurgeSubject(fanout.ShapeFilter(shape))); err != nil {
+	if err := s.bus.Stream.Purge(s.ctx, jetstream.WithPurgeSubject(fanout.Subject(s.partition(shape)))); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -197,7 +210,7 @@ func TestPublishedBelowOldestPendingWins(t *testing.T) {
 
 func TestForeignMessagesDoNotHideTheOldestFragment(t *testing.T) {
 	s := newScenario(t)
-	if _, err := s.bus.JS.Publish(s.ctx, fanout.Subject(1, "sforeign"), []byte("not a fragment")); err != nil {
+	if _, err := s.bus.JS.Publish(s.ctx, fanout.Subject(1)+".sforeign", []byte("not a fragment")); err != nil {
 		t.Fatal(err)
 	}
 	s.route("sa", 0x200)

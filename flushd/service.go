@@ -48,6 +48,9 @@ type Service struct {
 	oldestSince   time.Time
 	stallReported uint64 // stream seq of the last stall acted on
 	evictWarned   time.Time
+	// removedThisTick counts the messages of removed shapes deleted in
+	// this tick (evictRemoved), bounded so one tick stays short.
+	removedThisTick int
 }
 
 // New prepares flushd on an existing bus.
@@ -338,7 +341,10 @@ func (s *Service) publishSafeLSN(ctx context.Context, now time.Time) error {
 		}
 		published = p.PublishedLSN
 	}
-	oldest, err := oldestPending(ctx, s.bus.Stream, s.evictUnroutable)
+	s.removedThisTick = 0
+	oldest, err := oldestPending(ctx, s.bus.Stream, func(msg *jetstream.RawStreamMsg) bool {
+		return s.evictUnroutable(msg) || s.evictRemoved(ctx, msg, now)
+	})
 	if err != nil {
 		return err
 	}
@@ -424,6 +430,54 @@ func (s *Service) deadLetterUnroutable(msg *jetstream.RawStreamMsg) error {
 	s.log.Error("message on a subject no partition owns dead-lettered", "subject", msg.Subject, "stream_seq", msg.Sequence,
 		"stream", fanout.DeadLetterStream, "reason", reason)
 	return nil
+}
+
+// removedGrace is how long the oldest message must have been the oldest
+// before flushd looks whether all its shapes were removed: normally the
+// partition's consumer drops such fragments itself, within milliseconds.
+const removedGrace = time.Second
+
+// evictRemoved deletes from the stream a message that holds fragments of
+// removed shapes only, once it has held the safe LSN back for removedGrace:
+// a shape removed while its partition's consumer is gone or stuck must not
+// pin WAL (the consumer would drop those fragments, unpersisted, anyway).
+// A message of which any shape still exists is left to its consumer.
+func (s *Service) evictRemoved(ctx context.Context, msg *jetstream.RawStreamMsg, now time.Time) bool {
+	if s.oldest == nil || msg.Sequence < s.oldest.StreamSeq || now.Sub(s.oldestSince) < removedGrace || s.removedThisTick >= maxForeignSkipped/2 {
+		return false
+	}
+	p, err := fanout.ParseSubject(msg.Subject)
+	if err != nil {
+		return false
+	}
+	items, err := fanout.DecodeMessage(p, msg.Data)
+	if err != nil {
+		return false // its consumer dead-letters it
+	}
+	seen := map[string]bool{}
+	for _, it := range items {
+		if it.Shape == "" {
+			return false // unreadable: its consumer dead-letters it
+		}
+		if seen[it.Shape] {
+			continue
+		}
+		seen[it.Shape] = true
+		_, err := s.bus.Shapes.Get(ctx, it.Shape)
+		if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+			return false // the shape exists, or KV cannot tell: keep it
+		}
+	}
+	if err := s.bus.Stream.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		s.log.Warn("cannot delete a message of removed shapes from the stream; its partition's consumer drops it when it runs",
+			"stream_seq", msg.Sequence, "err", err)
+		return false
+	}
+	s.removedThisTick++
+	s.m.removedEvicted.Inc()
+	s.log.Info("deleted a message of removed shapes only (its partition's consumer did not drop it)",
+		"partition", p, "stream_seq", msg.Sequence, "shapes", len(seen), "commit_lsn", msg.Header.Get(fanout.HeaderCommitLSN))
+	return true
 }
 
 func sameBlocker(a, b *fanout.Blocker) bool {

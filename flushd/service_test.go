@@ -154,7 +154,7 @@ func TestSafeLSNIsPublishedWithItsBlocker(t *testing.T) {
 	bus := ns.Bus(t)
 	ctx := context.Background()
 	bus.State.Put(ctx, fanout.KeyIngestPublished, fanout.EncodeJSON(&fanout.IngestProgress{PublishedLSN: 0x5000}))
-	s := &scenario{t: t, ctx: ctx, bus: bus}
+	s := &scenario{t: t, ctx: ctx, bus: bus, parts: map[string]int{}}
 	s.route("sblock", 0x4000)
 	cfg := testConfig()
 	cfg.Bus.Partitions = 64 // as scenario.route: flushd dead-letters subjects of other partitions

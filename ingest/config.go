@@ -32,6 +32,7 @@ type Limits struct {
 	MaxFragmentChanges int           `mapstructure:"max_fragment_changes"`
 	MaxFragmentBytes   int           `mapstructure:"max_fragment_bytes"`
 	MaxBufferedBytes   int           `mapstructure:"max_buffered_bytes"`
+	MaxMessageBytes    int           `mapstructure:"max_message_bytes"`
 	MaxInflight        int           `mapstructure:"max_inflight"`
 	MaxInflightBytes   int           `mapstructure:"max_inflight_bytes"`
 	AckTimeout         time.Duration `mapstructure:"ack_timeout"`
@@ -66,6 +67,7 @@ func (c *Config) Validate() error {
 		{"ingest.max_fragment_changes", l.MaxFragmentChanges, 1},
 		{"ingest.max_fragment_bytes", l.MaxFragmentBytes, 1024},
 		{"ingest.max_buffered_bytes", l.MaxBufferedBytes, l.MaxFragmentBytes},
+		{"ingest.max_message_bytes", l.MaxMessageBytes, 1024},
 		{"ingest.max_inflight", l.MaxInflight, 1},
 		{"ingest.max_inflight_bytes", l.MaxInflightBytes, l.MaxFragmentBytes},
 		{"ingest.max_retries", l.MaxRetries, 1},

@@ -196,17 +196,58 @@ func streamFragments(t *testing.T, bus *fanout.Bus) []*fanout.Fragment {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, err := fanout.DecodeFragment(m.Data)
-		if err != nil {
-			t.Fatalf("message %d: %v", seq, err)
+		frags := decodeMessage(t, m.Subject, m.Data)
+		if got, want := m.Header.Get(fanout.HeaderMsgID), fanout.MsgID(partitionOf(t, m.Subject), frags); got != want {
+			t.Fatalf("message %d has Nats-Msg-Id %q, want %q", seq, got, want)
 		}
-		if got := m.Header.Get(fanout.HeaderMsgID); got != fanout.MsgID(f.Shape, f) {
-			t.Fatalf("message %d has Nats-Msg-Id %q, want %q", seq, got, fanout.MsgID(f.Shape, f))
+		if got := m.Header.Get(fanout.HeaderCommitLSN); got != frags[0].CommitLSN.String() {
+			t.Fatalf("message %d has commit LSN header %q, first fragment %s", seq, got, frags[0].CommitLSN)
 		}
-		if got := m.Header.Get(fanout.HeaderCommitLSN); got != f.CommitLSN.String() {
-			t.Fatalf("message %d has commit LSN header %q, body %s", seq, got, f.CommitLSN)
+		if got := m.Header.Get(fanout.HeaderShape); got != frags[0].Shape {
+			t.Fatalf("message %d has shape header %q, first fragment's shape %s", seq, got, frags[0].Shape)
 		}
-		out = append(out, f)
+		out = append(out, frags...)
 	}
 	return out
+}
+
+func partitionOf(t *testing.T, subject string) int {
+	t.Helper()
+	p, err := fanout.ParseSubject(subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// decodeMessage reads a bus message's fragments, failing on any error.
+func decodeMessage(t *testing.T, subject string, data []byte) []*fanout.Fragment {
+	t.Helper()
+	items, err := fanout.DecodeMessage(partitionOf(t, subject), data)
+	if err != nil {
+		t.Fatalf("message on %s: %v", subject, err)
+	}
+	frags := make([]*fanout.Fragment, len(items))
+	for i, it := range items {
+		if it.Err != nil {
+			t.Fatalf("message on %s: %v", subject, it.Err)
+		}
+		frags[i] = it.Frag
+	}
+	return frags
+}
+
+// publishFragment publishes f alone in a message.
+func publishFragment(ctx context.Context, p *Publisher, txn *Txn, partition int, f *fanout.Fragment) error {
+	body, err := f.Encode()
+	if err != nil {
+		return err
+	}
+	x := &batch{partition: partition}
+	x.append(f, body, txn)
+	return p.Publish(ctx, x)
+}
+
+func fragmentID(f *fanout.Fragment) string {
+	return fmt.Sprintf("%s:%s:%d", f.Shape, f.CommitLSN, f.Seq)
 }

@@ -109,14 +109,22 @@ func TestEveryChangeOncePerShapeAcrossSIGKILL(t *testing.T) {
 	count := func() (map[string]int, []string) {
 		perShape := map[string]int{}
 		var problems []string
-		seen := map[string]bool{}
+		// A fragment may be on the bus twice (the restart packed the
+		// re-published range into other messages than the first run, so
+		// the duplicate window did not drop them): every copy must be
+		// the same, and the shape logs skip the second (Position order).
+		seen := map[string]string{}
 		last := map[string]fanout.Position{}
 		for _, f := range streamFragments(t, bus) {
-			id := fanout.MsgID(f.Shape, f)
-			if seen[id] {
-				problems = append(problems, "duplicate "+id)
+			id := fragmentID(f)
+			body, _ := f.Encode()
+			if first, ok := seen[id]; ok {
+				if first != string(body) {
+					problems = append(problems, "fragment "+id+" published twice with different contents")
+				}
+				continue
 			}
-			seen[id] = true
+			seen[id] = string(body)
 			if prev, ok := last[f.Shape]; ok && !f.Position().After(prev) {
 				problems = append(problems, fmt.Sprintf("shape %s: %s after %s", f.Shape, f.Position(), prev))
 			}
@@ -172,17 +180,11 @@ func TestLargeTransactionBoundedMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := uint64(rows / 1000); info.State.Msgs != want {
-		t.Fatalf("%d fragments in the stream, want %d (1000 changes each)", info.State.Msgs, want)
+	frags := streamFragments(t, bus)
+	if want := rows / 1000; len(frags) != want {
+		t.Fatalf("%d fragments in the stream, want %d (1000 changes each)", len(frags), want)
 	}
-	lastMsg, err := bus.Stream.GetMsg(context.Background(), info.State.LastSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := fanout.DecodeFragment(lastMsg.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := frags[len(frags)-1]
 	if !f.Last || f.Seq != rows/1000-1 || len(f.Changes) != 1000 {
 		t.Fatalf("last fragment: seq %d last %v changes %d", f.Seq, f.Last, len(f.Changes))
 	}
@@ -437,15 +439,13 @@ func TestWaitsForRoomInAFullStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		for m := range batch.Messages() {
-			f, err := fanout.DecodeFragment(m.Data())
-			if err != nil {
-				t.Fatal(err)
+			for _, f := range decodeMessage(t, m.Subject(), m.Data()) {
+				if got > 0 && !f.Position().After(last) {
+					t.Fatalf("fragment %s after %s: stream order is not commit order", f.Position(), last)
+				}
+				last = f.Position()
+				got += len(f.Changes)
 			}
-			if got > 0 && !f.Position().After(last) {
-				t.Fatalf("fragment %s after %s: stream order is not commit order", f.Position(), last)
-			}
-			last = f.Position()
-			got += len(f.Changes)
 			m.Ack()
 		}
 	}

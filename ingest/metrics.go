@@ -9,6 +9,7 @@ type Metrics struct {
 	Changes        prometheus.Counter
 	Transactions   prometheus.Counter
 	Fragments      prometheus.Counter
+	Messages       prometheus.Counter
 	PublishRetries prometheus.Counter
 	Inflight       prometheus.Gauge
 	PublishedLSN   prometheus.Gauge
@@ -23,6 +24,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Changes:        prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_changes_decoded_total", Help: "Row changes decoded from pgoutput."}),
 		Transactions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_transactions_total", Help: "Transactions decoded (committed)."}),
 		Fragments:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_fragments_published_total", Help: "Fragments acked by JetStream (duplicates included)."}),
+		Messages:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_messages_published_total", Help: "Bus messages acked by JetStream, each carrying one partition's fragments (duplicates included)."}),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_publish_retries_total", Help: "Publishes sent again after a failure."}),
 		Inflight:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_ingest_inflight_publishes", Help: "Publishes awaiting a JetStream ack."}),
 		PublishedLSN:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_ingest_published_lsn", Help: "LSN through which every transaction is in JetStream."}),
@@ -31,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Reconnects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_reconnects_total", Help: "Replication sessions restarted after a failure."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Changes, m.Transactions, m.Fragments, m.PublishRetries, m.Inflight,
+		reg.MustRegister(m.Changes, m.Transactions, m.Fragments, m.Messages, m.PublishRetries, m.Inflight,
 			m.PublishedLSN, m.ConfirmedLSN, m.SafeLSN, m.Reconnects)
 	}
 	return m

@@ -21,7 +21,7 @@ func TestPublishesLandInOrderWhenOneIsLost(t *testing.T) {
 	ctx := context.Background()
 
 	// The stream's own rule: expecting a last sequence that is not there fails.
-	msg := nats.NewMsg(fanout.Subject(1, "sa"))
+	msg := nats.NewMsg(fanout.Subject(1))
 	msg.Header.Set(fanout.HeaderMsgID, "second")
 	msg.Header.Set(jetstream.ExpectedLastSeqHeader, "1") // the first never landed
 	// 10071: JSStreamWrongLastSequenceErr.
@@ -38,7 +38,7 @@ func TestPublishesLandInOrderWhenOneIsLost(t *testing.T) {
 	txn := tr.Begin()
 	for seq := 0; seq < 5; seq++ {
 		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", CommitLSN: 800, Seq: seq, Last: seq == 4, Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
-		if err := p.Publish(ctx, txn, 1, f); err != nil {
+		if err := publishFragment(ctx, p, txn, 1, f); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -88,7 +88,7 @@ type Publisher struct {
 type pendingPub struct {
 	future jetstream.PubAckFuture
 	msg    *nats.Msg
-	txn    *Txn
+	batch  *batch
 	size   int
 	kind   sendKind
 }
@@ -147,18 +147,19 @@ func (p *Publisher) Inflight() int {
 	return p.inflight
 }
 
-// Publish sends f on its shape's subject in partition, counted on txn.
-func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fanout.Fragment) error {
-	body, err := f.Encode()
-	if err != nil {
-		return fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
-	}
-	msg := nats.NewMsg(fanout.Subject(partition, f.Shape))
-	msg.Data = body
-	msg.Header.Set(fanout.HeaderMsgID, fanout.MsgID(f.Shape, f))
-	msg.Header.Set(fanout.HeaderCommitLSN, f.CommitLSN.String())
-	msg.Header.Set(fanout.HeaderXid, strconv.FormatUint(uint64(f.Xid), 10))
-	size := len(body) + 256
+// Publish sends x as one message on its partition's subject; each of its
+// transactions counts it until JetStream acks it, and x.onDone is called
+// then (or once it is dead-lettered).
+func (p *Publisher) Publish(ctx context.Context, x *batch) error {
+	first := x.frags[0]
+	msg := nats.NewMsg(fanout.Subject(x.partition))
+	msg.Data = fanout.EncodeMessage(x.partition, x.bodies)
+	msg.Header.Set(fanout.HeaderMsgID, fanout.MsgID(x.partition, x.frags))
+	msg.Header.Set(fanout.HeaderCommitLSN, first.CommitLSN.String())
+	msg.Header.Set(fanout.HeaderXid, strconv.FormatUint(uint64(first.Xid), 10))
+	msg.Header.Set(fanout.HeaderShape, first.Shape)
+	msg.Header.Set(fanout.HeaderFragments, strconv.Itoa(len(x.frags)))
+	size := len(msg.Data) + 256
 
 	if p.room != nil {
 		if err := p.room.wait(ctx, size); err != nil {
@@ -173,19 +174,31 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 		p.release(size)
 		return err
 	}
-	txn.Add()
+	x.add()
 	fut, err := p.js.PublishMsgAsync(msg)
 	if errors.Is(err, nats.ErrMaxPayload) {
 		p.unexpect(kind) // refused before sending: the stream's sequence did not move
-		// Retrying cannot help, and failing would pin WAL for ever (the
-		// same change comes again after every restart): dead-letter it.
-		err = p.deadLetterOversized(ctx, partition, f, msg)
 		p.release(size)
-		if err != nil {
+		x.done()
+		if len(x.frags) > 1 {
+			// Over the server's max_payload with several fragments: send
+			// them in two messages (the batcher bounds messages below it,
+			// so only a server configured lower than it comes here).
+			h1, h2 := x.split()
+			if err := p.Publish(ctx, h1); err != nil {
+				return err
+			}
+			return p.Publish(ctx, h2)
+		}
+		// One fragment this large is one row change this large (the router
+		// splits anything else). Retrying cannot help, and failing would
+		// pin WAL for ever (the same change comes again after every
+		// restart): dead-letter it.
+		if err := p.deadLetterOversized(ctx, x.partition, first, msg); err != nil {
 			p.fail(err)
 			return err
 		}
-		txn.Done()
+		x.resolved()
 		return nil
 	}
 	if err != nil {
@@ -205,13 +218,13 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 			p.fail(err)
 			return err
 		}
-		p.metrics.Fragments.Inc()
-		txn.Done()
+		p.sent(x, len(x.frags))
 		p.release(size)
 		return nil
 	}
+	x.frags, x.bodies, x.owners = nil, nil, nil // all in msg now; msg is what a retry sends
 	select {
-	case p.pending <- pendingPub{future: fut, msg: msg, txn: txn, size: size, kind: kind}:
+	case p.pending <- pendingPub{future: fut, msg: msg, batch: x, size: size, kind: kind}:
 	case <-p.failed:
 		return p.Err()
 	}
@@ -219,6 +232,48 @@ func (p *Publisher) Publish(ctx context.Context, txn *Txn, partition int, f *fan
 		return p.awaitIdle(ctx) // its ack says whether duplicates lie ahead
 	}
 	return nil
+}
+
+// sent counts x as acked by JetStream.
+func (p *Publisher) sent(x *batch, fragments int) {
+	p.metrics.Messages.Inc()
+	p.metrics.Fragments.Add(float64(fragments))
+	x.done()
+	x.resolved()
+}
+
+// add counts x's message on each of its transactions, until done.
+func (x *batch) add() {
+	for _, t := range x.txns {
+		t.Add()
+	}
+}
+
+func (x *batch) done() {
+	for _, t := range x.txns {
+		t.Done()
+	}
+}
+
+func (x *batch) resolved() {
+	if x.onDone != nil {
+		x.onDone()
+	}
+}
+
+// split cuts x into two contiguous halves; the second one resolves x.
+func (x *batch) split() (*batch, *batch) {
+	half := len(x.frags) / 2
+	h1 := &batch{partition: x.partition}
+	h2 := &batch{partition: x.partition, onDone: x.onDone}
+	for i := range x.frags {
+		h := h1
+		if i >= half {
+			h = h2
+		}
+		h.append(x.frags[i], x.bodies[i], x.owners[i])
+	}
+	return h1, h2
 }
 
 // deadLetterOversized handles a fragment over the NATS server's
@@ -236,7 +291,7 @@ func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *f
 	stub.Changes = []fanout.Change{}
 	body, err := stub.Encode()
 	if err != nil {
-		return fmt.Errorf("encode dead letter of fragment %s: %w", fanout.MsgID(f.Shape, f), err)
+		return fmt.Errorf("encode dead letter of fragment %s: %w", msg.Header.Get(fanout.HeaderMsgID), err)
 	}
 	out := nats.NewMsg(fanout.DeadLetterSubject(partition, f.Shape))
 	for k, vs := range msg.Header {
@@ -252,7 +307,7 @@ func (p *Publisher) deadLetterOversized(ctx context.Context, partition int, f *f
 	// The Nats-Msg-Id is kept: after a restart the same dead letter is stored once.
 	if err = p.publishSync(ctx, out); err != nil {
 		if err = p.retry(ctx, out, err); err != nil {
-			return fmt.Errorf("dead-letter oversized fragment %s: %w", fanout.MsgID(f.Shape, f), err)
+			return fmt.Errorf("dead-letter oversized fragment %s: %w", msg.Header.Get(fanout.HeaderMsgID), err)
 		}
 	}
 	p.log.Error("fragment over the NATS max_payload dead-lettered; its shape is marked failed and misses this change",
@@ -501,8 +556,8 @@ func (p *Publisher) awaitAcks() {
 				continue
 			}
 		}
-		p.metrics.Fragments.Inc()
-		pp.txn.Done()
+		n, _ := strconv.Atoi(pp.msg.Header.Get(fanout.HeaderFragments))
+		p.sent(pp.batch, n)
 		p.release(pp.size)
 	}
 }

@@ -25,7 +25,7 @@ func TestPublisher(t *testing.T) {
 	txn := tr.Begin()
 	for seq := 0; seq < 10; seq++ {
 		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", Xid: 9, CommitLSN: 500, Seq: seq, Last: seq == 9, Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
-		if err := p.Publish(ctx, txn, 3, f); err != nil {
+		if err := publishFragment(ctx, p, txn, 3, f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -44,7 +44,7 @@ func TestPublisher(t *testing.T) {
 		Changes: []fanout.Change{{Op: fanout.OpInsert, Row: fanout.Row{"v": &big}}}}
 	start := time.Now()
 	txn = tr.Begin()
-	if err := p.Publish(ctx, txn, 3, huge); err != nil {
+	if err := publishFragment(ctx, p, txn, 3, huge); err != nil {
 		t.Fatalf("Publish of a 2 MB fragment: %v, want it dead-lettered", err)
 	}
 	txn.Commit(800)
@@ -84,7 +84,7 @@ func TestPublisherResendsWhatWasInFlightAtAReconnect(t *testing.T) {
 			txn := tr.Begin()
 			f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", Xid: uint32(i), CommitLSN: pglogrepl.LSN(1000 + i), Last: true,
 				Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
-			if err := p.Publish(ctx, txn, 1, f); err != nil {
+			if err := publishFragment(ctx, p, txn, 1, f); err != nil {
 				done <- err
 				return
 			}
@@ -139,7 +139,7 @@ func TestRestartedPublisherCatchesUpOverDuplicatesAtFullSpeed(t *testing.T) {
 		tr := NewTracker(0)
 		for i := from; i < to; i++ {
 			txn := tr.Begin()
-			if err := p.Publish(ctx, txn, 1, frag(i)); err != nil {
+			if err := publishFragment(ctx, p, txn, 1, frag(i)); err != nil {
 				t.Fatal(err)
 			}
 			txn.Commit(pglogrepl.LSN(1000 + i))
@@ -190,7 +190,7 @@ func TestReplayedSessionSendsDuplicatesWithoutRefusals(t *testing.T) {
 			txn := tr.Begin()
 			f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sa", Xid: uint32(i), CommitLSN: pglogrepl.LSN(1000 + i), Last: true,
 				Changes: []fanout.Change{{Op: fanout.OpTruncate}}}
-			if err := p.Publish(ctx, txn, 1, f); err != nil {
+			if err := publishFragment(ctx, p, txn, 1, f); err != nil {
 				t.Fatal(err)
 			}
 			txn.Commit(pglogrepl.LSN(1000 + i))

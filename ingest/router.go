@@ -12,9 +12,11 @@ import (
 	"github.com/fanout/pipeline/fanout/match"
 )
 
-// Sink takes finished fragments; the Publisher is one.
+// Sink takes finished fragments; the Batcher is one. Flush says that a flush
+// point was reached (a transaction's end, a checkpoint): what it holds may go.
 type Sink interface {
 	Publish(ctx context.Context, txn *Txn, partition int, f *fanout.Fragment) error
+	Flush()
 }
 
 // Router turns decoded transactions into per-shape fragments. It buffers each
@@ -172,6 +174,7 @@ func (r *Router) Commit(ctx context.Context, c Commit) error {
 			return err
 		}
 	}
+	r.sink.Flush()
 	r.tx = nil
 	tx.txn.Commit(c.EndLSN)
 	r.metrics.Transactions.Inc()
@@ -238,6 +241,7 @@ func (r *Router) checkpoint(ctx context.Context, size int) error {
 			return err
 		}
 	}
+	r.sink.Flush()
 	tx.sinceChanges, tx.sinceBytes = 1, size
 	return nil
 }

@@ -11,7 +11,10 @@ import (
 )
 
 // sinkRecorder is a Sink that acks at once and keeps the fragments.
-type sinkRecorder struct{ frags []*fanout.Fragment }
+type sinkRecorder struct {
+	frags   []*fanout.Fragment
+	flushes int
+}
 
 func (s *sinkRecorder) Publish(_ context.Context, txn *Txn, _ int, f *fanout.Fragment) error {
 	c := *f
@@ -21,6 +24,8 @@ func (s *sinkRecorder) Publish(_ context.Context, txn *Txn, _ int, f *fanout.Fra
 	txn.Done()
 	return nil
 }
+
+func (s *sinkRecorder) Flush() { s.flushes++ }
 
 func testRouter(t *testing.T, limits Limits, shapes ...string) (*Router, *sinkRecorder, *Tracker) {
 	t.Helper()
@@ -99,7 +104,7 @@ func TestRouterBoundsBufferedBytesDeterministically(t *testing.T) {
 		runTxn(t, r, 100)
 		var out []string
 		for _, f := range sink.frags {
-			out = append(out, fmt.Sprintf("%s/%d", fanout.MsgID(f.Shape, f), len(f.Changes)))
+			out = append(out, fmt.Sprintf("%s/%d", fragmentID(f), len(f.Changes)))
 		}
 		return out
 	}
@@ -117,7 +122,7 @@ func fragmentsOf(sink *sinkRecorder, shape string) []string {
 	var out []string
 	for _, f := range sink.frags {
 		if f.Shape == shape {
-			out = append(out, fmt.Sprintf("%s/%d", fanout.MsgID(f.Shape, f), len(f.Changes)))
+			out = append(out, fmt.Sprintf("%s/%d", fragmentID(f), len(f.Changes)))
 		}
 	}
 	return out

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type Service struct {
 
 	tracker   *Tracker
 	publisher *Publisher
+	batcher   *Batcher
 	router    *Router
 	decoder   *Decoder
 	safe      *SafeHolder
@@ -119,8 +121,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if err := s.loadShapes(ctx, workerErr); err != nil {
 		return err
 	}
+	// Loading many shapes leaves the heap at twice what the matcher keeps
+	// (the decoded definitions are garbage now): give that back to the OS
+	// once, rather than hold it for the life of the process.
+	debug.FreeOSMemory()
 	s.handoff.applied(s.router.Applied())
 	err = s.replicate(ctx, workerErr, goWorker)
+	if s.batcher != nil {
+		s.batcher.Close()
+	}
 	if s.publisher != nil {
 		s.publisher.Close()
 	}
@@ -241,7 +250,8 @@ func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(str
 			MaxRetries: s.cfg.Ingest.MaxRetries, MaxBackoff: s.cfg.Ingest.MaxBackoff,
 			Stream: s.bus.Stream, Failed: s.bus.Failed,
 		}, s.log, s.metrics)
-		s.router.tracker, s.router.sink = s.tracker, s.publisher
+		s.batcher = NewBatcher(s.publisher, s.cfg.Bus.Partitions, s.messageBytes(), s.cfg.Ingest.MaxInflightBytes)
+		s.router.tracker, s.router.sink = s.tracker, s.batcher
 		goWorker("progress writer", s.writeProgress)
 	}
 	// A new session may send WAL that was already published: the publisher
@@ -286,7 +296,7 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 		if ctx.Err() != nil && err == nil {
 			// Draining: the last word to Postgres is the final position.
 			dctx, cancel := context.WithTimeout(context.Background(), s.cfg.Ingest.DrainTimeout)
-			derr := s.publisher.Drain(dctx)
+			derr := s.batcher.Drain(dctx)
 			cancel()
 			if derr != nil {
 				s.log.Error("in-flight publishes not all acked before drain_timeout; they are sent again on restart", "err", derr)
@@ -354,6 +364,26 @@ func (s *Service) mayCreateSlot(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("read %s from the %s bucket: %w", fanout.KeyIngestPublished, fanout.StateBucket, err)
 	}
 	return false, nil
+}
+
+// messageBytes bounds a bus message: ingest.max_message_bytes, or less when
+// the NATS server's max_payload is lower (room kept for headers and the
+// envelope), and at most a sixteenth of bus.max_bytes, so that a message
+// always fits in a stream that is not empty (ingest waits for room rather
+// than be refused).
+func (s *Service) messageBytes() int {
+	n := s.cfg.Ingest.MaxMessageBytes
+	limit, why := n, ""
+	if l := int(s.bus.JS.Conn().MaxPayload()) - 16<<10; l > 0 && l < limit {
+		limit, why = l, "the NATS server's max_payload"
+	}
+	if l := int(s.cfg.Bus.MaxBytes / 16); l > 0 && l < limit {
+		limit, why = l, "a sixteenth of bus.max_bytes"
+	}
+	if limit < n {
+		s.log.Info("bus messages are bounded below ingest.max_message_bytes", "max_message_bytes", limit, "configured", n, "bound", why)
+	}
+	return limit
 }
 
 // drain is the end of a clean shutdown.

@@ -388,7 +388,12 @@ func BenchmarkThroughput(b *testing.B) {
 		{name: "1,000-row txns, 10K shapes", rows: 200_000 / div, perTxn: 1000, shapes: 10_000, memory: true, warm: true},
 	}
 	if big > 10_000 {
-		workloads = append(workloads, workload{name: fmt.Sprintf("1,000-row txns, %dK shapes", big/1000), rows: 200_000 / div, perTxn: 1000, shapes: big, memory: true})
+		// Cold: most of the workload's rows go to a shape whose log does
+		// not exist yet (creating a log is a directory, a file and three
+		// fsyncs). Warm: every log was written once before.
+		workloads = append(workloads,
+			workload{name: fmt.Sprintf("1,000-row txns, %dK shapes, new logs", big/1000), rows: 200_000 / div, perTxn: 1000, shapes: big, memory: true},
+			workload{name: fmt.Sprintf("1,000-row txns, %dK shapes, logs already written", big/1000), rows: 200_000 / div, perTxn: 1000, shapes: big, warm: true})
 	}
 	for _, w := range workloads {
 		b.Run(strings.ReplaceAll(w.name, " ", "_"), func(b *testing.B) { runWorkload(b, w) })
@@ -399,11 +404,11 @@ func BenchmarkThroughput(b *testing.B) {
 	if small > 0 && large > 0 && big > 10_000 {
 		perShape := (large - small) / float64(big-10_000)
 		verdict := "meets"
-		if perShape >= 1024 {
+		if perShape >= 900 {
 			verdict = "misses"
 		}
 		addRow(fmt.Sprintf("resident memory per added shape, 10K to %dK shapes, idle", big/1000), fmt.Sprintf("%.0f B", perShape), "",
-			"ingest + flushd; "+verdict+" the target of under 1 KB per shape")
+			"ingest + flushd; "+verdict+" the target of under 900 B per shape")
 	}
 }
 

@@ -187,21 +187,24 @@ func TestBadInputMalformedMessagesAndKV(t *testing.T) {
 
 	_, js := s.busClient()
 	p := fanout.Partition(victim, testPartitions)
-	subject := fanout.Subject(p, victim)
+	subject := fanout.Subject(p)
+	named := map[string]string{fanout.HeaderShape: victim} // ingest names a message's first shape
 	// Garbage, with and without a commit LSN header (a header makes flushd
-	// take it for the oldest fragment until it is gone).
-	publishRaw(t, js, subject, []byte("this is not JSON"), nil)
-	publishRaw(t, js, subject, []byte{0xff, 0x00, 0x01}, map[string]string{fanout.HeaderCommitLSN: "0/1"})
-	// A well-formed fragment of a wire version this build does not read.
+	// take it for the oldest message until it is gone).
+	publishRaw(t, js, subject, []byte("this is not JSON"), named)
+	publishRaw(t, js, subject, []byte{0xff, 0x00, 0x01}, map[string]string{fanout.HeaderCommitLSN: "0/1", fanout.HeaderShape: victim})
+	// A well-formed message holding a fragment of a wire version this
+	// build does not read: that fragment alone is dead-lettered.
 	future := `{"v":99,"shape":"` + victim + `","xid":1,"commit_lsn":"0/2","end_lsn":"0/3","commit_time":"2026-01-01T00:00:00Z","seq":0,"last":true,"changes":[]}`
-	publishRaw(t, js, subject, []byte(future), map[string]string{fanout.HeaderCommitLSN: "0/2"})
+	publishRaw(t, js, subject, fanout.EncodeMessage(p, [][]byte{[]byte(future)}), map[string]string{fanout.HeaderCommitLSN: "0/2"})
 	// A valid fragment for a shape that does not exist.
 	ghost := "sghost000000000000"
 	ghostFrag := `{"v":1,"shape":"` + ghost + `","xid":1,"commit_lsn":"0/2","end_lsn":"0/3","commit_time":"2026-01-01T00:00:00Z","seq":0,"last":true,"changes":[{"op":"insert","row":{"id":"1"}}]}`
-	publishRaw(t, js, fanout.Subject(fanout.Partition(ghost, testPartitions), ghost), []byte(ghostFrag), map[string]string{fanout.HeaderCommitLSN: "0/2"})
+	gp := fanout.Partition(ghost, testPartitions)
+	publishRaw(t, js, fanout.Subject(gp), fanout.EncodeMessage(gp, [][]byte{[]byte(ghostFrag)}), map[string]string{fanout.HeaderCommitLSN: "0/2"})
 	// Subjects no partition's consumer pulls: a partition out of range, a
 	// partition that is not a number, too few tokens.
-	foreign := []string{"fanout.999." + victim, "fanout.x." + victim, "fanout.nopartition"}
+	foreign := []string{"fanout.999", "fanout.3." + victim, "fanout.x", "fanout.-1"}
 	for _, subj := range foreign {
 		publishRaw(t, js, subj, []byte("foreign"), map[string]string{fanout.HeaderCommitLSN: "0/1"})
 	}
@@ -229,7 +232,7 @@ func TestBadInputMalformedMessagesAndKV(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "every message to leave FANOUT", func() bool { return streamMsgs(t, js) == 0 })
 	dead := deadLetters(t, js)
 	if got := len(dead[subject]); got != 3 {
-		t.Errorf("dead-lettered from %s: %d messages %q, want the 3 malformed ones", subject, got, dead[subject])
+		t.Errorf("dead-lettered from %s: %d messages %q, want the 2 malformed ones and the fragment of an unknown version", subject, got, dead[subject])
 	}
 	for _, r := range dead[subject] {
 		if r == "" {
@@ -352,7 +355,7 @@ func TestBadInputOversizedTransactionAndRow(t *testing.T) {
 		t.Fatalf("shape %s is not marked failed with a max_payload reason: %q", big.handle, reason)
 	}
 	dead := deadLetters(t, js)
-	sub := fanout.Subject(fanout.Partition(big.handle, testPartitions), big.handle)
+	sub := fanout.Subject(fanout.Partition(big.handle, testPartitions))
 	if len(dead[sub]) != 1 || !strings.Contains(dead[sub][0], "max_payload") {
 		t.Fatalf("dead letters of %s: %q, want one naming max_payload", sub, dead[sub])
 	}

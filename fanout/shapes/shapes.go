@@ -72,10 +72,11 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	return s, nil
 }
 
-// Remove deletes a shape and purges its fragments from the stream, so that
-// a removed shape never holds the safe LSN back. Fragments ingest publishes
-// before it sees the removal are dropped by the consumers, which ack
-// fragments of unknown shapes.
+// Remove deletes a shape. Its fragments still in the stream share messages
+// with other shapes of its partition, so they are not purged: the
+// partition's consumer drops them (it acks fragments of unknown shapes), and
+// a removed shape never holds the safe LSN back for longer than its
+// partition's consumer takes to reach them.
 func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
 	if _, err := Get(ctx, bus, handle); err != nil {
 		return err
@@ -85,10 +86,6 @@ func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
 	}
 	if kv, err := shapestate.Open(ctx, bus.JS); err == nil {
 		kv.Delete(ctx, handle) // snapshot runners clear it too
-	}
-	if err := bus.Stream.Purge(ctx, jetstream.WithPurgeSubject(fanout.ShapeFilter(handle))); err != nil {
-		return fmt.Errorf("shape %s is removed, but purging its fragments from stream %s failed: %w (run: nats stream purge %s --subject '%s')",
-			handle, fanout.StreamName, err, fanout.StreamName, fanout.ShapeFilter(handle))
 	}
 	return nil
 }

@@ -38,14 +38,14 @@ func TestHarnessRunsRealPostgresAndJetStream(t *testing.T) {
 
 	ns := StartNATS(t)
 	bus := ns.Bus(t)
-	ack, err := bus.JS.Publish(ctx, fanout.Subject(3, "sabc"), []byte("x"), jetstream.WithMsgID("one"))
+	ack, err := bus.JS.Publish(ctx, fanout.Subject(3), []byte("x"), jetstream.WithMsgID("one"))
 	if err != nil {
 		t.Fatalf("publish to %s: %v", fanout.StreamName, err)
 	}
 	if ack.Stream != fanout.StreamName {
 		t.Fatalf("publish landed in stream %q", ack.Stream)
 	}
-	dup, err := bus.JS.Publish(ctx, fanout.Subject(3, "sabc"), []byte("x"), jetstream.WithMsgID("one"))
+	dup, err := bus.JS.Publish(ctx, fanout.Subject(3), []byte("x"), jetstream.WithMsgID("one"))
 	if err != nil || !dup.Duplicate {
 		t.Fatalf("same Nats-Msg-Id was not deduplicated: %+v %v", dup, err)
 	}

@@ -53,14 +53,16 @@ func shapeRm(ctx context.Context, bus *fanout.Bus, cmd command) error {
 	return nil
 }
 
-// listedShape is a shape as `shape ls --json` prints it: its definition and
-// its snapshot state.
+// listedShape is a shape as `shape ls --json` prints it: its definition,
+// its partition (its pending fragments are in the messages on
+// fanout.<partition>) and its snapshot state.
 type listedShape struct {
 	*fanout.Shape
-	State *shapestate.State `json:"state"`
+	Partition int               `json:"partition"`
+	State     *shapestate.State `json:"state"`
 }
 
-func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command) error {
+func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command, partitions int) error {
 	list, err := shapes.List(ctx, bus)
 	if err != nil {
 		return err
@@ -80,19 +82,19 @@ func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command) error {
 	if cmd.json {
 		out := []listedShape{}
 		for _, s := range list {
-			out = append(out, listedShape{s, stateOf(s.Handle)})
+			out = append(out, listedShape{s, fanout.Partition(s.Handle, partitions), stateOf(s.Handle)})
 		}
 		return printJSON(out)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "HANDLE\tTABLE\tWHERE\tCOLUMNS\tSTATE\tROWS")
+	fmt.Fprintln(w, "HANDLE\tPARTITION\tTABLE\tWHERE\tCOLUMNS\tSTATE\tROWS")
 	for _, s := range list {
 		cols := "*"
 		if len(s.Columns) > 0 {
 			cols = strings.Join(s.Columns, ",")
 		}
 		st := stateOf(s.Handle)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\n", s.Handle, s.Table, s.Where, cols, st.Phase, st.Rows)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Handle, fanout.Partition(s.Handle, partitions), s.Table, s.Where, cols, st.Phase, st.Rows)
 	}
 	return w.Flush()
 }
