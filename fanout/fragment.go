@@ -60,6 +60,17 @@ type Fragment struct {
 	Changes    []Change      `json:"changes"`
 
 	wire []byte // the message body f was decoded from, if any
+	// changeCount is len(Changes), or, for a fragment checked but not
+	// decoded (DecodeMessage), how many changes its wire bytes hold.
+	changeCount int
+}
+
+// NumChanges is how many changes f holds.
+func (f *Fragment) NumChanges() int {
+	if f.Changes == nil {
+		return f.changeCount
+	}
+	return len(f.Changes)
 }
 
 // Position orders fragments within a shape log: by commit, then by Seq.

@@ -232,7 +232,11 @@ func decodeMessage(t *testing.T, subject string, data []byte) []*fanout.Fragment
 		if it.Err != nil {
 			t.Fatalf("message on %s: %v", subject, it.Err)
 		}
-		frags[i] = it.Frag
+		f, err := fanout.DecodeFragment(it.Raw) // with its changes
+		if err != nil {
+			t.Fatalf("message on %s: %v", subject, err)
+		}
+		frags[i] = f
 	}
 	return frags
 }

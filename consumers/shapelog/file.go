@@ -228,7 +228,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 			return Stats{}, err
 		}
 		p.n++
-		p.changes += len(f.Changes)
+		p.changes += f.NumChanges()
 	}
 	if len(journalBuf) == 0 {
 		return st, nil // every fragment was a duplicate
