@@ -180,7 +180,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		if !req.Offset.Start {
 			next = int(req.Offset.Op) + 1
 		}
-		s.serveSnapshotChunk(w, r, req, v, next)
+		s.streamSnapshotChunk(w, r, req, v, next)
 		return
 	}
 	if req.Offset.Start || req.Now {

@@ -46,7 +46,7 @@ type Server struct {
 	rdy    *observe.Readiness
 
 	mu      sync.Mutex
-	indexes map[string]*logIndex
+	indexes *indexCache
 	columns map[string][]ColumnInfo
 	snaps   map[string]*snapshotView
 
@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
-		indexes: map[string]*logIndex{}, columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{},
+		indexes: newIndexCache(maxIndexes), columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{},
 		chunkCache: newChunkCache(chunkCacheBytes)}
 	s.shapes = &shapeSet{kv: bus, known: map[string]*fanout.Shape{}, removed: map[string]bool{}, primed: make(chan struct{}), onGone: s.forget}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
@@ -102,7 +102,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 // held requests (they answer 409).
 func (s *Server) forget(handle string) {
 	s.mu.Lock()
-	delete(s.indexes, handle)
+	s.indexes.drop(handle)
+	s.chunkCache.dropShape(handle)
 	delete(s.columns, handle)
 	delete(s.snaps, handle)
 	s.mu.Unlock()
@@ -207,16 +208,7 @@ func (s *Server) watchSafeLSN(ctx context.Context) error {
 	}
 }
 
-func (s *Server) index(handle string) *logIndex {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ix := s.indexes[handle]
-	if ix == nil {
-		ix = &logIndex{}
-		s.indexes[handle] = ix
-	}
-	return ix
-}
+func (s *Server) index(handle string) *logIndex { return s.indexes.get(handle) }
 
 // columnInfo returns (and caches) the column types of a shape's table.
 func (s *Server) columnInfo(ctx context.Context, sh *fanout.Shape) ([]ColumnInfo, error) {
