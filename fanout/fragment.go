@@ -125,21 +125,8 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 	}
 	f := w.Fragment
 	f.wire = data
-	if f.Version != WireVersion {
-		return nil, fmt.Errorf("fragment wire version %d, this build reads version %d", f.Version, WireVersion)
-	}
-	var err error
-	if f.CommitLSN, err = pglogrepl.ParseLSN(w.CommitLSN); err != nil {
-		return nil, fmt.Errorf("fragment commit_lsn %q: %w", w.CommitLSN, err)
-	}
-	if f.EndLSN, err = pglogrepl.ParseLSN(w.EndLSN); err != nil {
-		return nil, fmt.Errorf("fragment end_lsn %q: %w", w.EndLSN, err)
-	}
-	if err := ValidateHandle(f.Shape); err != nil {
-		return nil, fmt.Errorf("fragment: %w", err)
-	}
-	if f.CommitLSN == 0 || f.Seq < 0 {
-		return nil, fmt.Errorf("fragment of shape %s has no commit LSN or a negative seq", f.Shape)
+	if err := f.checkHeader(w.CommitLSN, w.EndLSN); err != nil {
+		return nil, err
 	}
 	for i, c := range f.Changes {
 		switch c.Op {
@@ -161,6 +148,28 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 		}
 	}
 	return &f, nil
+}
+
+// checkHeader validates f's version, shape and position, and sets its LSNs
+// from their wire text.
+func (f *Fragment) checkHeader(commitLSN, endLSN string) error {
+	if f.Version != WireVersion {
+		return fmt.Errorf("fragment wire version %d, this build reads version %d", f.Version, WireVersion)
+	}
+	var err error
+	if f.CommitLSN, err = pglogrepl.ParseLSN(commitLSN); err != nil {
+		return fmt.Errorf("fragment commit_lsn %q: %w", commitLSN, err)
+	}
+	if f.EndLSN, err = pglogrepl.ParseLSN(endLSN); err != nil {
+		return fmt.Errorf("fragment end_lsn %q: %w", endLSN, err)
+	}
+	if err := ValidateHandle(f.Shape); err != nil {
+		return fmt.Errorf("fragment: %w", err)
+	}
+	if f.CommitLSN == 0 || f.Seq < 0 {
+		return fmt.Errorf("fragment of shape %s has no commit LSN or a negative seq", f.Shape)
+	}
+	return nil
 }
 
 // decodeStrict rejects unknown fields and trailing data.

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-
-	"github.com/jackc/pglogrepl"
 )
 
 // MessageVersion is the version of a bus message's envelope. Version 1 was
@@ -148,21 +146,8 @@ func checkFragment(raw []byte) (*Fragment, error) {
 	}
 	f := c.Fragment
 	f.wire, f.Changes, f.changeCount = raw, nil, len(c.Changes)
-	if f.Version != WireVersion {
-		return nil, fmt.Errorf("fragment wire version %d, this build reads version %d", f.Version, WireVersion)
-	}
-	var err error
-	if f.CommitLSN, err = pglogrepl.ParseLSN(c.CommitLSN); err != nil {
-		return nil, fmt.Errorf("fragment commit_lsn %q: %w", c.CommitLSN, err)
-	}
-	if f.EndLSN, err = pglogrepl.ParseLSN(c.EndLSN); err != nil {
-		return nil, fmt.Errorf("fragment end_lsn %q: %w", c.EndLSN, err)
-	}
-	if err := ValidateHandle(f.Shape); err != nil {
-		return nil, fmt.Errorf("fragment: %w", err)
-	}
-	if f.CommitLSN == 0 || f.Seq < 0 {
-		return nil, fmt.Errorf("fragment of shape %s has no commit LSN or a negative seq", f.Shape)
+	if err := f.checkHeader(c.CommitLSN, c.EndLSN); err != nil {
+		return nil, err
 	}
 	for i, ch := range c.Changes {
 		row, old := isObject(ch.Row), isObject(ch.Old)
