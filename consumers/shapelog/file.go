@@ -75,7 +75,7 @@ func (s *FileStore) Take(ctx context.Context, partition int, epoch uint64) (Writ
 		s.log.Warn("an older writer of the partition is still inside a batch after the wait (a frozen process?); going on: it can no longer ack, and readers skip what it writes behind this epoch",
 			"partition", partition, "epoch", epoch, "older_epochs", busy, "waited", olderWriterWait)
 	}
-	w := &fileWriter{store: s, partition: partition, epoch: epoch, lock: lock, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[*openLog]bool{}}
+	w := &fileWriter{store: s, partition: partition, epoch: epoch, lock: lock, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[string]bool{}}
 	if err := w.replay(); err != nil {
 		w.closeLogs()
 		lock.Close()
@@ -157,7 +157,9 @@ type fileWriter struct {
 	closed    map[string]closedLog
 
 	journal *journal
-	dirty   map[*openLog]bool // logs written since the last checkpoint
+	// dirty names the logs written since the last checkpoint, open or
+	// closed since (closing a log does not make it durable).
+	dirty   map[string]bool
 	newDirs []string          // log directories created since the last checkpoint
 	broken  error             // set when durability can no longer be promised
 }
@@ -248,7 +250,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		}
 		p.l.size += int64(len(p.buf))
 		p.l.acc = p.acc
-		w.dirty[p.l] = true
+		w.dirty[p.l.handle] = true
 		st.Logs++
 		st.Appended += p.n
 		st.Changes += p.changes
@@ -281,11 +283,7 @@ func (w *fileWriter) appendJournal(buf []byte) error {
 // checkpoint fsyncs every log written since the last checkpoint and the
 // directories created meanwhile, then empties the journal.
 func (w *fileWriter) checkpoint() error {
-	var logs []*openLog
-	for l := range w.dirty {
-		logs = append(logs, l)
-	}
-	if err := syncLogs(logs); err != nil {
+	if err := w.syncLogs(); err != nil {
 		// Linux may have dropped the unwritten pages with the error: a
 		// second fsync would succeed without them. Only a replay of the
 		// journal (kept as it is) restores them.
@@ -302,7 +300,7 @@ func (w *fileWriter) checkpoint() error {
 			return err
 		}
 	}
-	w.dirty = map[*openLog]bool{}
+	w.dirty = map[string]bool{}
 	w.newDirs = nil
 	if w.journal == nil {
 		return nil
@@ -313,23 +311,56 @@ func (w *fileWriter) checkpoint() error {
 // parallelSyncs bounds the logs a checkpoint fsyncs at once.
 const parallelSyncs = 16
 
-// syncLogs fsyncs logs, several at a time: fsyncs of different files overlap
-// in the disk queue and share journal commits of the file system.
-func syncLogs(logs []*openLog) error {
-	errs := make([]error, len(logs))
+// syncLogs fsyncs the dirty logs, several at a time: fsyncs of different
+// files overlap in the disk queue and share journal commits of the file
+// system. A log closed since it was written is reopened for its fsync: the
+// kernel keeps its unwritten pages, and a write-back error nobody has seen
+// yet is reported to the new descriptor.
+func (w *fileWriter) syncLogs() error {
+	errs := make([]error, 0, len(w.dirty))
+	var mu sync.Mutex
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
 	sem := make(chan struct{}, parallelSyncs)
 	var wg sync.WaitGroup
-	for i, l := range logs {
+	for handle := range w.dirty {
+		l := w.logs[handle]
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := syncFile(l.f); err != nil {
-				errs[i] = fmt.Errorf("fsync log of shape %s: %w", l.handle, err)
+			if l != nil {
+				if err := syncFile(l.f); err != nil {
+					fail(fmt.Errorf("fsync log of shape %s: %w", handle, err))
+				}
+				return
+			}
+			if err := syncClosedLog(logPath(w.store.dir, handle)); err != nil {
+				fail(fmt.Errorf("fsync log of shape %s: %w", handle, err))
 			}
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// syncClosedLog fsyncs the log at path through a new descriptor. A log that
+// is gone was removed with its shape: nothing of it needs to last.
+func syncClosedLog(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	serr := syncFile(f)
+	if cerr := f.Close(); serr == nil {
+		serr = cerr
+	}
+	return serr
 }
 
 // replay writes the records of the partition's journals (this epoch's and
@@ -389,7 +420,7 @@ func (w *fileWriter) replay() error {
 		l.size += int64(len(buf))
 	}
 	for l := range named {
-		w.dirty[l] = true
+		w.dirty[l.handle] = true
 		// The dead owner may have created the log's directory, unsynced.
 		w.newDirs = append(w.newDirs, filepath.Dir(l.f.Name()))
 	}
@@ -484,21 +515,22 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 }
 
 // closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
-// are open. Called between batches, so no log in use is closed; a checkpoint
-// first makes what was written through them durable.
+// are open. Called between batches, so no log in use is closed. A closed log
+// stays dirty until the next checkpoint fsyncs it: checkpointing here
+// instead made every batch at 300K shapes (thousands of logs) fsync hundreds
+// of files.
 func (w *fileWriter) closeIdleLogs() error {
 	if len(w.logs) <= maxOpenLogs {
 		return nil
-	}
-	if err := w.checkpoint(); err != nil {
-		return err
 	}
 	for handle, l := range w.logs {
 		if len(w.logs) <= maxOpenLogs/2 {
 			return nil
 		}
 		w.closed[handle] = closedLog{acc: l.acc, size: l.size}
-		l.f.Close()
+		if err := l.f.Close(); err != nil {
+			w.store.log.Warn("closing an idle shape log failed; the next checkpoint's fsync reports whether its data is lost", "shape", handle, "err", err)
+		}
 		delete(w.logs, handle)
 	}
 	return nil
@@ -555,8 +587,8 @@ func (w *fileWriter) drop(l *openLog) {
 	l.f.Close()
 	delete(w.logs, l.handle)
 	delete(w.closed, l.handle)
-	if w.dirty[l] {
-		delete(w.dirty, l)
+	if w.dirty[l.handle] {
+		delete(w.dirty, l.handle)
 		w.broken = fmt.Errorf("partition %d: a write to the log of shape %s failed after its batch was journaled; restart the consumer, which replays the partition's journal", w.partition, l.handle)
 	}
 }

@@ -213,12 +213,14 @@ func fencedMessage(output string) string {
 	return ""
 }
 
-// freezeHoldingFragments SIGSTOPs consumer id at a moment it holds
-// delivered, unacked fragments of a partition it owns (so it wakes up
-// mid-batch), and returns how many. The stop is confirmed by the kernel
-// (state T) and the fragments by JetStream, three reads in a row after the
-// stop, so an ack in flight at the stop cannot pass for work held. Bounded:
-// it fails the test after 50 tries.
+// freezeHoldingFragments SIGSTOPs consumer id so that it holds delivered,
+// unacked fragments of a partition it owns (so it wakes up mid-batch), and
+// returns how many. It stops the process first and then lets JetStream prove
+// the hold: an idle worker always has a pull outstanding (fetchWait, 1 s), so
+// the load's next fragment on one of its partitions is delivered into the
+// stopped process. Sampling for a batch in flight before the stop missed
+// often once consumers got fast. Pending counts read 200 ms after the stop
+// are past any ack in flight at it. Bounded by a deadline.
 func (s *stack) freezeHoldingFragments(p *testenv.Process, id string) int {
 	s.t.Helper()
 	_, js := s.nats.Connect(s.t)
@@ -239,25 +241,25 @@ func (s *stack) freezeHoldingFragments(p *testenv.Process, id string) int {
 		}
 		return n
 	}
-	// Under a light load a batch is in flight only a small part of the
-	// time: keep sampling, bounded by a deadline rather than a count.
 	deadline := time.Now().Add(90 * time.Second)
-	for attempt := 0; time.Now().Before(deadline); attempt++ {
-		if pending() == 0 {
-			time.Sleep(20 * time.Millisecond) // poll for the next batch in flight
-			continue
-		}
+	for attempt := 1; time.Now().Before(deadline); attempt++ {
 		p.Signal(syscall.SIGSTOP)
 		testenv.Eventually(s.t, 5*time.Second, p.Name+" to be stopped", func() bool { return processState(p.Pid()) == 'T' })
-		held := pending()
-		for i := 0; i < 2 && held > 0; i++ {
+		stoppedAt := time.Now()
+		time.Sleep(200 * time.Millisecond) // acks sent before the stop land
+		// Under the heartbeat timeout (2 s), so that a miss leaves the
+		// consumer its partitions for the next attempt.
+		for time.Since(stoppedAt) < 1200*time.Millisecond {
+			if held := pending(); held > 0 {
+				s.t.Logf("froze %s holding %d unacked fragments (attempt %d)", id, held, attempt)
+				return held
+			}
 			time.Sleep(50 * time.Millisecond)
-			held = min(held, pending())
 		}
-		if held > 0 {
-			return held
-		}
-		p.Signal(syscall.SIGCONT)
+		p.Signal(syscall.SIGCONT) // no delivery reached it while stopped: let it pull again
+		s.t.Logf("attempt %d: no fragment reached the stopped %s; again once it owns partitions", attempt, id)
+		testenv.Eventually(s.t, 30*time.Second, id+" to own partitions again", func() bool { return s.boundTo(id) > 0 })
+		time.Sleep(300 * time.Millisecond) // it pulls again
 	}
 	s.t.Fatalf("could not freeze %s while it held unacked fragments within 90 s", id)
 	return 0
