@@ -21,6 +21,8 @@ import (
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
 
+	"github.com/fanout/pipeline/consumers/pgpool"
+	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/visibility"
@@ -29,7 +31,7 @@ import (
 // The statements a where clause and an order_by are parsed in, as Electric
 // parses them (its error locations count from their start).
 const (
-	wherePrefix   = "SELECT 1 WHERE "
+	wherePrefix   = wheresql.Prefix
 	orderByPrefix = "SELECT 1 ORDER BY "
 )
 
@@ -427,25 +429,15 @@ func subsetSQL(sh *fanout.Shape, sub *Subset, orderBy string) (q string, cols []
 	return q, cols, params, nil
 }
 
-// deparseWhere parses a clause (already checked by the matcher) and prints
-// its tree back as SQL.
+// deparseWhere is wheresql.Deparse with a parse error in Electric's
+// wording (atLocation).
 func deparseWhere(where string) (string, error) {
-	tree, err := pg.Parse(wherePrefix + where)
-	if err != nil {
-		return "", errors.New(atLocation(err))
+	out, err := wheresql.Deparse(where)
+	var pe *wheresql.ParseError
+	if errors.As(err, &pe) {
+		return "", fmt.Errorf("At location %d: %s", pe.Location, pe.Message)
 	}
-	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
-		return "", errors.New("where clause is not one boolean expression")
-	}
-	out, err := pg.Deparse(tree)
-	if err != nil {
-		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
-	}
-	rest, ok := strings.CutPrefix(out, wherePrefix)
-	if !ok {
-		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
-	}
-	return rest, nil
+	return out, err
 }
 
 // shiftParams renumbers every $n of a printed clause to $(n+by), finding
@@ -494,71 +486,32 @@ const (
 // in the shape's log; apart from the API's other connection, so a long
 // read delays no shape registration.
 type subsetConns struct {
-	url   string
-	slots chan struct{}
-	idle  chan *pgx.Conn
+	pool *pgpool.Pool
+	err  error // postgres.url does not parse: every read fails with it
 }
 
 func newSubsetConns(url string) *subsetConns {
-	return &subsetConns{url: url, slots: make(chan struct{}, subsetConnections), idle: make(chan *pgx.Conn, subsetConnections)}
+	pool, err := pgpool.New(pgpool.Config{URL: url, Size: subsetConnections, Settings: fanout.TextSettings,
+		Name: "fanout-shapeapi-subset", Purpose: "a subset snapshot", Wait: subsetWait, ConnectTimeout: 10 * time.Second})
+	return &subsetConns{pool: pool, err: err}
 }
 
+// acquire returns a connection, or errNotReady (a 503: the client retries)
+// when all are busy for subsetWait or Postgres cannot be reached.
 func (p *subsetConns) acquire(ctx context.Context) (*pgx.Conn, error) {
-	select {
-	case c := <-p.idle:
-		if !c.IsClosed() {
-			return c, nil
-		}
-		<-p.slots // closed while idle (Postgres restarted): open another
-	default:
+	if p.err != nil {
+		return nil, p.err
 	}
-	wctx, cancel := context.WithTimeout(ctx, subsetWait)
-	defer cancel()
-	select {
-	case c := <-p.idle:
-		return c, nil
-	case p.slots <- struct{}{}:
-	case <-wctx.Done():
-		return nil, fmt.Errorf("%w: all %d subset connections stayed busy for %s", errNotReady, subsetConnections, subsetWait)
-	}
-	cfg, err := pgx.ParseConfig(p.url)
+	c, err := p.pool.Acquire(ctx)
 	if err != nil {
-		<-p.slots
-		return nil, fmt.Errorf("config key postgres.url: %w", err)
-	}
-	for k, v := range fanout.TextSettings {
-		cfg.RuntimeParams[k] = v
-	}
-	cfg.RuntimeParams["application_name"] = "fanout-shapeapi-subset"
-	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-	defer ccancel()
-	c, err := pgx.ConnectConfig(cctx, cfg)
-	if err != nil {
-		<-p.slots
-		return nil, fmt.Errorf("%w: connect to Postgres for a subset snapshot: %v (check postgres.url)", errNotReady, err)
+		return nil, fmt.Errorf("%w: %v", errNotReady, err)
 	}
 	return c, nil
 }
 
-// release returns c; a broken connection, or one left in a transaction, is closed.
-func (p *subsetConns) release(c *pgx.Conn) {
-	if c.IsClosed() || c.PgConn().TxStatus() != 'I' {
-		c.Close(context.Background())
-		<-p.slots
-		return
-	}
-	p.idle <- c
-}
-
 func (p *subsetConns) close() {
-	for {
-		select {
-		case c := <-p.idle:
-			c.Close(context.Background())
-			<-p.slots
-		default:
-			return
-		}
+	if p.pool != nil {
+		p.pool.Close()
 	}
 }
 
@@ -581,7 +534,7 @@ func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta 
 	if err != nil {
 		return err
 	}
-	defer p.release(conn)
+	defer p.pool.Release(conn)
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("%w: begin the subset transaction: %v", errNotReady, err)

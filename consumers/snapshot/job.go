@@ -230,11 +230,11 @@ func (j *job) awaitRouting(ctx context.Context) (shapestate.Routing, error) {
 // progress, e.g. waiting for a synchronous standby): its rows would miss it,
 // and so would the shape's log.
 func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapestate.Routing) (*shapelog.Snapshot, []uint64, error) {
-	conn, err := j.r.pool.acquire(ctx)
+	conn, err := j.r.pool.Acquire(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer j.r.pool.release(conn)
+	defer j.r.pool.Release(conn)
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, nil, fmt.Errorf("begin snapshot transaction: %w", err)

@@ -1,12 +1,11 @@
 package snapshot
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	pg "github.com/pganalyze/pg_query_go/v6"
 
+	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -29,33 +28,11 @@ func selectSQL(s *fanout.Shape) (string, []string, error) {
 	schema, name := fanout.SplitTable(s.Table)
 	q := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{schema, name}.Sanitize()
 	if strings.TrimSpace(s.Where) != "" {
-		where, err := deparseWhere(s.Where)
+		where, err := wheresql.Deparse(s.Where)
 		if err != nil {
 			return "", nil, err
 		}
 		q += " WHERE (" + where + ")"
 	}
 	return q, cols, nil
-}
-
-const wherePrefix = "SELECT 1 WHERE "
-
-// deparseWhere parses the clause (as the matcher does) and prints the tree.
-func deparseWhere(where string) (string, error) {
-	tree, err := pg.Parse(wherePrefix + where)
-	if err != nil {
-		return "", fmt.Errorf("where clause does not parse: %w", err)
-	}
-	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
-		return "", fmt.Errorf("where clause is not one boolean expression")
-	}
-	out, err := pg.Deparse(tree)
-	if err != nil {
-		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
-	}
-	rest, ok := strings.CutPrefix(out, wherePrefix)
-	if !ok {
-		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
-	}
-	return rest, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fanout/pipeline/configs"
+	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapestate"
@@ -46,7 +47,7 @@ type Runner struct {
 	cfg    configs.Snapshot
 	d      Deps
 	state  jetstream.KeyValue
-	pool   *pool
+	pool   *pgpool.Pool
 	m      *metrics
 	log    *slog.Logger
 	shapes map[string]uint64             // registered handle -> its shapes-bucket revision
@@ -104,7 +105,8 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 	if err != nil {
 		return nil, err
 	}
-	pool, err := newPool(pgURL, cfg.PoolSize, "fanout-snapshot "+d.ID)
+	pool, err := pgpool.New(pgpool.Config{URL: pgURL, Size: cfg.PoolSize, Settings: sessionSettings,
+		Name: "fanout-snapshot " + d.ID, Purpose: "a snapshot", ConnectTimeout: 30 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +121,7 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 // ctx ends; then it stops its jobs (their shapes go back to creating, for
 // another runner) and closes the pool.
 func (r *Runner) Run(ctx context.Context) {
-	defer r.pool.close()
+	defer r.pool.Close()
 	defer func() {
 		for _, cancel := range r.jobs {
 			cancel()

@@ -1,0 +1,119 @@
+// Package pgpool is a small bounded pool of plain pgx connections, each
+// opened on demand with fixed session settings. A service keeps one per
+// kind of long read (snapshots, subset snapshots), so those reads never
+// take the connections anything else needs.
+package pgpool
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Config says how many connections a pool may hold and how they are opened.
+type Config struct {
+	URL      string            // config key postgres.url
+	Size     int               // connections that may exist at once
+	Settings map[string]string // session settings of every connection
+	Name     string            // application_name, as pg_stat_activity shows it
+	// Purpose names the reads in errors: "connect to Postgres for <Purpose>".
+	Purpose string
+	// Wait bounds how long Acquire waits for a connection to be free; zero
+	// waits as long as the caller's context.
+	Wait time.Duration
+	// ConnectTimeout bounds opening one connection.
+	ConnectTimeout time.Duration
+}
+
+// Pool holds up to Config.Size connections. Its methods are safe for
+// concurrent use.
+type Pool struct {
+	cfg   Config
+	conn  *pgx.ConnConfig
+	slots chan struct{}  // one token per connection that may exist
+	idle  chan *pgx.Conn // open connections not in use
+}
+
+// New checks the URL; it opens no connection.
+func New(cfg Config) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("connection pool for %s: size %d, want at least 1", cfg.Purpose, cfg.Size)
+	}
+	cc, err := pgx.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("config key postgres.url: %w", err)
+	}
+	for k, v := range cfg.Settings {
+		cc.RuntimeParams[k] = v
+	}
+	cc.RuntimeParams["application_name"] = cfg.Name
+	return &Pool{cfg: cfg, conn: cc, slots: make(chan struct{}, cfg.Size), idle: make(chan *pgx.Conn, cfg.Size)}, nil
+}
+
+// Acquire returns an idle connection, or opens one when fewer than Size
+// exist, or waits for one to be released. Give it back with Release.
+func (p *Pool) Acquire(ctx context.Context) (*pgx.Conn, error) {
+	select {
+	case c := <-p.idle:
+		if !c.IsClosed() {
+			return c, nil
+		}
+		<-p.slots // closed while idle (Postgres restarted): open another
+	default:
+	}
+	wctx := ctx
+	if p.cfg.Wait > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, p.cfg.Wait)
+		defer cancel()
+	}
+	select {
+	case c := <-p.idle:
+		return c, nil
+	case p.slots <- struct{}{}:
+	case <-wctx.Done():
+		if p.cfg.Wait > 0 {
+			return nil, fmt.Errorf("all %d connections for %s stayed busy for %s: retry later", p.cfg.Size, p.cfg.Purpose, p.cfg.Wait)
+		}
+		return nil, ctx.Err()
+	}
+	cctx := ctx
+	if p.cfg.ConnectTimeout > 0 {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+		defer cancel()
+	}
+	c, err := pgx.ConnectConfig(cctx, p.conn)
+	if err != nil {
+		<-p.slots
+		return nil, fmt.Errorf("connect to Postgres for %s: %w (check postgres.url)", p.cfg.Purpose, err)
+	}
+	return c, nil
+}
+
+// Release gives c back; a broken connection, or one left inside a
+// transaction, is closed instead, so the next caller gets a clean session.
+func (p *Pool) Release(c *pgx.Conn) {
+	if c.IsClosed() || c.PgConn().TxStatus() != 'I' {
+		c.Close(context.Background())
+		<-p.slots
+		return
+	}
+	p.idle <- c
+}
+
+// Close closes the idle connections. Connections still acquired are
+// closed by their Release only if broken; call Close after the users stop.
+func (p *Pool) Close() {
+	for {
+		select {
+		case c := <-p.idle:
+			c.Close(context.Background())
+			<-p.slots
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,57 @@
+// Package wheresql prints a shape's where clause back as SQL from its
+// Postgres parse tree, so that the text a user sent never reaches a query
+// as written (a comment, a second statement or a dangling quote cannot).
+package wheresql
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
+)
+
+// Prefix is the statement a clause is parsed in, as the matcher and
+// Electric parse it; a ParseError's Location counts from its start.
+const Prefix = "SELECT 1 WHERE "
+
+// ParseError is a clause the Postgres parser refuses. Callers that answer
+// in another wording (Electric's "At location N: ...") read its fields.
+type ParseError struct {
+	Location int    // 0-based position of the error in Prefix + clause
+	Message  string // the parser's message, e.g. `syntax error at or near "="`
+	err      *parser.Error
+}
+
+func (e *ParseError) Error() string {
+	return "where clause does not parse: " + e.Message
+}
+
+func (e *ParseError) Unwrap() error { return e.err }
+
+// Deparse parses where as `SELECT 1 WHERE <where>` and prints the tree
+// again, without the prefix. A clause that does not parse is a
+// *ParseError when the parser located it.
+func Deparse(where string) (string, error) {
+	tree, err := pg.Parse(Prefix + where)
+	if err != nil {
+		var pe *parser.Error
+		if errors.As(err, &pe) {
+			return "", &ParseError{Location: max(pe.Cursorpos-1, 0), Message: pe.Message, err: pe}
+		}
+		return "", fmt.Errorf("where clause does not parse: %w", err)
+	}
+	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
+		return "", errors.New("where clause is not one boolean expression")
+	}
+	out, err := pg.Deparse(tree)
+	if err != nil {
+		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
+	}
+	rest, ok := strings.CutPrefix(out, Prefix)
+	if !ok {
+		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
+	}
+	return rest, nil
+}
