@@ -138,6 +138,14 @@ func TestSubsetSQL(t *testing.T) {
 	if _, err := orderBySQL(terms, sh.Schema, sh.PrimaryKey); err == nil || err.Error() != `At location 22: unknown reference "nope"` {
 		t.Fatalf("unknown column: %v", err)
 	}
+	// A clause that does not parse is located Electric's way, in the
+	// statement it is parsed in.
+	if _, _, _, err := subsetSQL(sh, &Subset{Where: "id = = 1", Limit: -1}, ""); err == nil || err.Error() != `At location 20: syntax error at or near "="` {
+		t.Fatalf("subset where that does not parse: %v", err)
+	}
+	if _, _, _, err := subsetSQL(&fanout.Shape{Table: "s.t", Where: "(id", Schema: sh.Schema}, &Subset{Limit: -1}, ""); err == nil || err.Error() != "the shape's where clause: At location 18: syntax error at end of input" {
+		t.Fatalf("shape where that does not parse: %v", err)
+	}
 	// The primary key already named is not appended again.
 	terms, _ = parseOrderBy("id DESC")
 	if o, _ := orderBySQL(terms, sh.Schema, sh.PrimaryKey); o != `"id" DESC` {
