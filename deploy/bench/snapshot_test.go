@@ -33,6 +33,9 @@ func BenchmarkSnapshot(b *testing.B) {
 			p.insert(1, c.table, 50_000)
 			p.pg.Exec(b, p.conn, `VACUUM ANALYZE items`)
 			p.startAll()
+			// startAll's consumers take no snapshots: c3 takes this one.
+			p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
+			testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
 
 			// The ceiling: COPY of the same rows, out of the same table.
 			q := "SELECT id, owner, title FROM items"
