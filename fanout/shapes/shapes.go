@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -72,12 +73,17 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	return s, nil
 }
 
-// Remove deletes a shape. Its fragments still in the stream share messages
-// with other shapes of its partition, so they are not purged: the
-// partition's consumer drops them (it acks fragments of unknown shapes), and
-// a removed shape never holds the safe LSN back for longer than its
-// partition's consumer takes to reach them.
-func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
+// Remove deletes a shape, its snapshot state and the generation the HTTP
+// API recorded serving it at (ServedKey). Its fragments still in the
+// stream share messages with other shapes of its partition, so they are
+// not purged: the partition's consumer drops them (it acks fragments of
+// unknown shapes), and a removed shape never holds the safe LSN back for
+// longer than its partition's consumer takes to reach them.
+func Remove(ctx context.Context, bus *fanout.Bus, handle string, opts ...RemoveOption) error {
+	cfg := removeConfig{log: slog.Default()}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if _, err := Get(ctx, bus, handle); err != nil {
 		return err
 	}
@@ -87,6 +93,7 @@ func Remove(ctx context.Context, bus *fanout.Bus, handle string) error {
 	if kv, err := shapestate.Open(ctx, bus.JS); err == nil {
 		kv.Delete(ctx, handle) // snapshot runners clear it too
 	}
+	forgetServed(ctx, bus, handle, cfg.log)
 	return nil
 }
 

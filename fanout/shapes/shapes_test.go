@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapestate"
@@ -299,5 +300,63 @@ func TestAddStartsCreatingAndRemoveClearsState(t *testing.T) {
 	}
 	if _, rev, err := shapestate.Get(e.ctx, kv, s.Handle); err != nil || rev != 0 {
 		t.Fatalf("state left after Remove: rev %d, %v", rev, err)
+	}
+}
+
+// Removing a shape deletes the generation the HTTP API recorded serving it
+// at, and no other handle's; a record that cannot be deleted is a logged
+// warning, never a failed removal.
+func TestRemoveDeletesTheServedRecord(t *testing.T) {
+	e := start(t)
+	defs, err := e.bus.JS.CreateKeyValue(e.ctx, jetstream.KeyValueConfig{Bucket: fanout.APIDefinitionsBucket, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{a.Handle, b.Handle} {
+		if _, err := defs.Put(e.ctx, ServedKey(h), []byte("3")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Remove(e.ctx, e.bus, a.Handle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := defs.Get(e.ctx, ServedKey(a.Handle)); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+		t.Fatalf("served record of the removed shape: %v, want it gone", err)
+	}
+	if v, err := defs.Get(e.ctx, ServedKey(b.Handle)); err != nil || string(v.Value()) != "3" {
+		t.Fatalf("served record of the shape still there: %v, %v", v, err)
+	}
+
+	// A sealed bucket refuses the delete: the shape is removed all the same.
+	info, err := e.bus.JS.Stream(e.ctx, "KV_"+fanout.APIDefinitionsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.CachedInfo().Config
+	cfg.Sealed = true
+	if _, err := e.bus.JS.UpdateStream(e.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logs, mu: &mu}, nil))
+	if err := Remove(e.ctx, e.bus, b.Handle, WithRemoveLog(log)); err != nil {
+		t.Fatalf("Remove with the served record undeletable: %v", err)
+	}
+	if _, err := Get(e.ctx, e.bus, b.Handle); !errors.Is(err, ErrUnknownShape) {
+		t.Fatalf("Get of the removed shape: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if out := logs.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "nats kv del "+fanout.APIDefinitionsBucket+" "+ServedKey(b.Handle)) {
+		t.Fatalf("log %q, want a warning naming the record", out)
 	}
 }
