@@ -34,7 +34,7 @@ func TestHandEncodedFragmentsAreEncodingJSONs(t *testing.T) {
 		f := &Fragment{Version: WireVersion, Shape: "s" + fmt.Sprint(n), Xid: rng.Uint32(),
 			CommitLSN: pglogrepl.LSN(rng.Uint64()), EndLSN: pglogrepl.LSN(rng.Uint64() >> uint(rng.Intn(64))),
 			CommitTime: time.Unix(rng.Int63n(4e9), rng.Int63n(1e9)).In(time.FixedZone("z", 3600*rng.Intn(3))),
-			Seq: rng.Intn(10), Last: rng.Intn(2) == 0}
+			Seq:        rng.Intn(10), Last: rng.Intn(2) == 0}
 		if n%7 != 0 {
 			f.Changes = []Change{}
 		}
