@@ -43,6 +43,16 @@ func start(t *testing.T) *env {
 	return &env{bus: testenv.StartNATS(t).Bus(t), conn: conn, ctx: ctx}
 }
 
+// add registers a shape of items with where.
+func (e *env) add(t *testing.T, where string) *fanout.Shape {
+	t.Helper()
+	s, err := Add(e.ctx, e.bus, e.conn, "items", where, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func (e *env) keys(t *testing.T) []string {
 	t.Helper()
 	list, err := List(e.ctx, e.bus)
@@ -169,14 +179,7 @@ func TestListSorted(t *testing.T) {
 
 func TestRemoveDeletesTheShape(t *testing.T) {
 	e := start(t)
-	a, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := e.add(t, "owner = 1"), e.add(t, "owner = 2")
 	if err := Remove(e.ctx, e.bus, a.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -312,14 +315,7 @@ func TestRemoveDeletesTheServedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 1", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Add(e.ctx, e.bus, e.conn, "items", "owner = 2", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := e.add(t, "owner = 1"), e.add(t, "owner = 2")
 	for _, h := range []string{a.Handle, b.Handle} {
 		if _, err := defs.Put(e.ctx, ServedKey(h), []byte("3")); err != nil {
 			t.Fatal(err)
