@@ -40,6 +40,15 @@ type Change struct {
 	Row Row `json:"row,omitempty"`
 	// Old holds the old primary key (update when the key changed, delete).
 	Old Row `json:"old,omitempty"`
+	// Before is the old row as far as a reader needs it, present only when
+	// ingest had the whole old row (REPLICA IDENTITY FULL): for an update,
+	// the old values of the projected columns it changed plus the old
+	// primary key (so never empty: "known, nothing changed" is the key
+	// alone); for a delete (a move out too), the whole projected old row.
+	// Never on inserts and truncates. The shape API renders Electric's
+	// replica=full old_value and default-replica updates from it; logs
+	// written before it existed lack it, and readers fall back to Row/Old.
+	Before Row `json:"before,omitempty"`
 }
 
 // Fragment is one shape's part of one transaction, or a bounded piece of it.
@@ -134,6 +143,9 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 			if c.Row == nil {
 				return nil, fmt.Errorf("fragment %s %s: change %d: insert without row", f.Shape, f.Position(), i)
 			}
+			if c.Before != nil {
+				return nil, fmt.Errorf("fragment %s %s: change %d: insert with an old row (before)", f.Shape, f.Position(), i)
+			}
 		case OpUpdate:
 			if c.Row == nil {
 				return nil, fmt.Errorf("fragment %s %s: change %d: update without row", f.Shape, f.Position(), i)
@@ -143,6 +155,9 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 				return nil, fmt.Errorf("fragment %s %s: change %d: delete without old key", f.Shape, f.Position(), i)
 			}
 		case OpTruncate:
+			if c.Before != nil {
+				return nil, fmt.Errorf("fragment %s %s: change %d: truncate with an old row (before)", f.Shape, f.Position(), i)
+			}
 		default:
 			return nil, fmt.Errorf("fragment %s %s: change %d: unknown op %q", f.Shape, f.Position(), i, c.Op)
 		}

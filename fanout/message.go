@@ -130,9 +130,10 @@ type checkedFragment struct {
 }
 
 type checkedChange struct {
-	Op  Op              `json:"op"`
-	Row json.RawMessage `json:"row,omitempty"`
-	Old json.RawMessage `json:"old,omitempty"`
+	Op     Op              `json:"op"`
+	Row    json.RawMessage `json:"row,omitempty"`
+	Old    json.RawMessage `json:"old,omitempty"`
+	Before json.RawMessage `json:"before,omitempty"`
 }
 
 // checkFragment validates a fragment as DecodeFragment does, except that
@@ -150,7 +151,7 @@ func checkFragment(raw []byte) (*Fragment, error) {
 		return nil, err
 	}
 	for i, ch := range c.Changes {
-		row, old := isObject(ch.Row), isObject(ch.Old)
+		row, old, before := isObject(ch.Row), isObject(ch.Old), isObject(ch.Before)
 		switch ch.Op {
 		case OpInsert, OpUpdate:
 			if !row {
@@ -164,7 +165,10 @@ func checkFragment(raw []byte) (*Fragment, error) {
 		default:
 			return nil, fmt.Errorf("fragment %s %s: change %d: unknown op %q", f.Shape, f.Position(), i, ch.Op)
 		}
-		if (len(ch.Row) > 0 && !row && string(ch.Row) != "null") || (len(ch.Old) > 0 && !old && string(ch.Old) != "null") {
+		if before && (ch.Op == OpInsert || ch.Op == OpTruncate) {
+			return nil, fmt.Errorf("fragment %s %s: change %d: %s with an old row (before)", f.Shape, f.Position(), i, ch.Op)
+		}
+		if notObject(ch.Row) || notObject(ch.Old) || notObject(ch.Before) {
 			return nil, fmt.Errorf("fragment %s %s: change %d: a row is not a JSON object", f.Shape, f.Position(), i)
 		}
 	}
@@ -173,3 +177,9 @@ func checkFragment(raw []byte) (*Fragment, error) {
 
 // isObject reports whether raw (valid JSON) is an object.
 func isObject(raw json.RawMessage) bool { return len(raw) > 0 && raw[0] == '{' }
+
+// notObject reports whether raw (valid JSON) is present and neither an
+// object nor null: what DecodeFragment cannot read into a Row.
+func notObject(raw json.RawMessage) bool {
+	return len(raw) > 0 && !isObject(raw) && string(raw) != "null"
+}

@@ -105,7 +105,9 @@ func (d *Decoder) Decode(ctx context.Context, data []byte, h Handler) error {
 		if err != nil {
 			return err
 		}
-		return h.Change(ctx, match.RowChange{Table: rel.table, Op: fanout.OpUpdate, Old: old, New: row})
+		// An 'O' old tuple is the whole old row (REPLICA IDENTITY FULL), 'K' its key.
+		full := m.OldTuple != nil && m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld
+		return h.Change(ctx, match.RowChange{Table: rel.table, Op: fanout.OpUpdate, Old: old, OldFull: full, New: row})
 	case *pglogrepl.DeleteMessage:
 		rel, err := d.lookup(m.RelationID)
 		if err != nil {
@@ -115,7 +117,8 @@ func (d *Decoder) Decode(ctx context.Context, data []byte, h Handler) error {
 		if err != nil {
 			return err
 		}
-		return h.Change(ctx, match.RowChange{Table: rel.table, Op: fanout.OpDelete, Old: old})
+		full := m.OldTuple != nil && m.OldTupleType == pglogrepl.DeleteMessageTupleTypeOld
+		return h.Change(ctx, match.RowChange{Table: rel.table, Op: fanout.OpDelete, Old: old, OldFull: full})
 	case *pglogrepl.TruncateMessage:
 		tables := make([]string, 0, len(m.RelationIDs))
 		for _, id := range m.RelationIDs {

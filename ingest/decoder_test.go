@@ -112,8 +112,8 @@ func TestDecoder(t *testing.T) {
 		if got := str(up.New["body"]); got != body {
 			t.Fatalf("update's body has %d chars (%.20q), want the unchanged %d-char value", len(got), got, len(body))
 		}
-		if str(up.Old["title"]) != "a" || str(up.Old["body"]) != body {
-			t.Fatal("REPLICA IDENTITY FULL old row is not the whole old row")
+		if str(up.Old["title"]) != "a" || str(up.Old["body"]) != body || !up.OldFull {
+			t.Fatalf("REPLICA IDENTITY FULL old row is not the whole old row (OldFull %v)", up.OldFull)
 		}
 		if dec.MissingToast != 0 {
 			t.Fatalf("MissingToast = %d", dec.MissingToast)
@@ -128,9 +128,19 @@ func TestDecoder(t *testing.T) {
 		pg.Exec(t, conn, `INSERT INTO plain VALUES (1, 'a', big())`)
 		pg.Exec(t, conn, `UPDATE plain SET title = 'b' WHERE id = 1`)
 		pg.Exec(t, conn, `DELETE FROM plain WHERE id = 1`)
+		pg.Exec(t, conn, `INSERT INTO plain VALUES (2, 'c', 'short')`)
+		pg.Exec(t, conn, `UPDATE plain SET id = 3 WHERE id = 2`) // the old key comes as a 'K' tuple
 		rec, dec := decodeSlot(t, conn, "dec_plain")
-		if len(rec.changes) != 3 {
+		if len(rec.changes) != 5 {
 			t.Fatalf("changes = %+v", rec.changes)
+		}
+		for i, c := range rec.changes {
+			if c.OldFull {
+				t.Errorf("change %d (%s) under the default identity says its old row is whole: %+v", i, c.Op, c.Old)
+			}
+		}
+		if kc := rec.changes[4]; len(kc.Old) != 1 || str(kc.Old["id"]) != "2" {
+			t.Errorf("key change's old row %v, want the old key alone", kc.Old)
 		}
 		up := rec.changes[1]
 		if _, present := up.New["body"]; present {
@@ -142,6 +152,20 @@ func TestDecoder(t *testing.T) {
 		del := rec.changes[2]
 		if del.Op != fanout.OpDelete || len(del.Old) != 1 || str(del.Old["id"]) != "1" {
 			t.Fatalf("delete under the default identity should carry only the key, got %+v", del.Old)
+		}
+	})
+
+	t.Run("REPLICA IDENTITY FULL delete carries the whole old row", func(t *testing.T) {
+		pg.Exec(t, conn, `INSERT INTO docs VALUES (2, 'x', 'y')`)
+		pg.Exec(t, conn, `SELECT pg_create_logical_replication_slot('dec_fulldel', 'pgoutput')`)
+		pg.Exec(t, conn, `DELETE FROM docs WHERE id = 2`)
+		rec, _ := decodeSlot(t, conn, "dec_fulldel")
+		if len(rec.changes) != 1 {
+			t.Fatalf("changes = %+v", rec.changes)
+		}
+		del := rec.changes[0]
+		if del.Op != fanout.OpDelete || !del.OldFull || len(del.Old) != 3 || str(del.Old["title"]) != "x" || str(del.Old["body"]) != "y" {
+			t.Fatalf("delete = %+v, want the whole old row with OldFull", del)
 		}
 	})
 

@@ -12,9 +12,28 @@ import (
 // encoding/json on a map costs several times more. Columns come in the
 // relation's order, then any others the row has.
 func appendMessage(b []byte, rel Relation, row fanout.Row, headers []byte) []byte {
+	return appendChange(b, rel, row, nil, headers)
+}
+
+// appendChange is appendMessage with an "old_value" object of old, unless
+// old is nil (replica=full updates carry it).
+func appendChange(b []byte, rel Relation, row, old fanout.Row, headers []byte) []byte {
 	b = append(b, `{"key":`...)
 	b = appendString(b, rel.Key(row))
-	b = append(b, `,"value":{`...)
+	b = append(b, `,"value":`...)
+	b = appendRow(b, rel, row)
+	if old != nil {
+		b = append(b, `,"old_value":`...)
+		b = appendRow(b, rel, old)
+	}
+	b = append(b, `,"headers":`...)
+	b = append(b, headers...)
+	return append(b, '}')
+}
+
+// appendRow appends row as a JSON object.
+func appendRow(b []byte, rel Relation, row fanout.Row) []byte {
+	b = append(b, '{')
 	n := 0
 	put := func(c string, v *string) {
 		if n > 0 {
@@ -41,13 +60,16 @@ func appendMessage(b []byte, rel Relation, row fanout.Row, headers []byte) []byt
 			}
 		}
 	}
-	b = append(b, `},"headers":`...)
-	b = append(b, headers...)
 	return append(b, '}')
 }
 
+// keyChange names the other key of a primary-key change: header
+// key_change_to on the delete of the old key, key_change_from on the insert
+// of the new one (none when header is empty).
+type keyChange struct{ header, key string }
+
 // changeHeadersJSON is the headers object of a change message.
-func changeHeadersJSON(b []byte, operation string, rel Relation, xid uint32, lsn string, op uint64, last bool) []byte {
+func changeHeadersJSON(b []byte, operation string, rel Relation, xid uint32, lsn string, op uint64, last bool, kc keyChange) []byte {
 	b = append(b, `{"operation":"`...)
 	b = append(b, operation...)
 	b = append(b, `","relation":[`...)
@@ -60,6 +82,12 @@ func changeHeadersJSON(b []byte, operation string, rel Relation, xid uint32, lsn
 	b = append(b, lsn...)
 	b = append(b, `","op_position":`...)
 	b = strconv.AppendUint(b, op, 10)
+	if kc.header != "" {
+		b = append(b, ',')
+		b = appendString(b, kc.header)
+		b = append(b, ':')
+		b = appendString(b, kc.key)
+	}
 	if last {
 		b = append(b, `,"last":true`...)
 	}

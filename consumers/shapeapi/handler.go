@@ -123,7 +123,8 @@ type shapeView struct {
 	schema string
 }
 
-func (s *Server) view(ctx context.Context, handle string) (*shapeView, error) {
+// view is what a response for handle, which serves def, needs.
+func (s *Server) view(ctx context.Context, handle string, def Definition) (*shapeView, error) {
 	sh := s.shapes.get(ctx, handle)
 	if sh == nil {
 		return nil, fmt.Errorf("%w: shape %s was removed", errNotReady, handle)
@@ -136,7 +137,9 @@ func (s *Server) view(ctx context.Context, handle string) (*shapeView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNotReady, err)
 	}
-	return &shapeView{shape: sh, rel: NewRelation(sh), snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey)}, nil
+	rel := NewRelation(sh)
+	rel.Full = def.Replica == "full"
+	return &shapeView{shape: sh, rel: rel, snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey)}, nil
 }
 
 func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.Request) {
@@ -162,7 +165,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.refetch(w, handle)
 		return
 	}
-	v, err := s.view(rctx, handle)
+	v, err := s.view(rctx, handle, req.Def)
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -14,6 +14,13 @@ type Relation struct {
 	PK []string
 	// Columns orders a message's values: the shape's columns in table order.
 	Columns []string
+	// Full is the request's replica=full: updates carry the whole new row
+	// and old_value, deletes the whole old row. Else (replica=default)
+	// updates carry the key and the changed columns, deletes the key. Both
+	// need the log's fanout.Change.Before; without it updates carry the
+	// whole row and deletes the key. The replica is part of the request's
+	// definition, so a handle (and its log index) has one.
+	Full bool
 }
 
 func (r Relation) hasColumn(c string) bool {
@@ -25,7 +32,7 @@ func (r Relation) hasColumn(c string) bool {
 	return false
 }
 
-// NewRelation is the relation of a shape.
+// NewRelation is the relation of a shape, for replica=default.
 func NewRelation(s *fanout.Shape) Relation {
 	schema, table := fanout.SplitTable(s.Table)
 	var cols []string

@@ -161,7 +161,10 @@ func (ix *logIndex) seek(o Offset) shapelog.Cursor {
 const maxIndexes = 10_000
 
 // indexCache holds the log indexes of the shapes read lately, at most max,
-// evicting the least recently used; drop removes a removed shape's.
+// evicting the least recently used; drop removes a removed shape's. It is
+// keyed by handle, and a handle serves one definition (replica mode
+// included, Definition.Key), so an index's encoded messages are always in
+// the mode of the requests that read them.
 type indexCache struct {
 	mu    sync.Mutex
 	max   int

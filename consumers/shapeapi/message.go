@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pglogrepl"
@@ -19,33 +20,26 @@ type Entry struct {
 const MustRefetch = `[{"headers":{"control":"must-refetch"}}]`
 
 // EncodeFragment turns the changes of one log fragment into change
-// messages at their offsets (FirstOp of the fragment, two ops per change).
-// A primary-key change is a delete of the old key then an insert of the new
-// row; `last` marks the shape's last operation of the transaction. A
-// truncate cannot be expressed as a change: truncated is true and the
-// shape must be rotated (clients refetch), the entries before it are kept.
+// messages at their offsets (FirstOp of the fragment, two ops per change),
+// rendered for rel's replica mode (Relation.Full) as Electric renders them.
+// A primary-key change is a delete of the old key (header key_change_to)
+// then an insert of the new row (key_change_from); `last` marks the shape's
+// last operation of the transaction. A truncate cannot be expressed as a
+// change: truncated is true and the shape must be rotated (clients
+// refetch), the entries before it are kept.
 func EncodeFragment(rel Relation, f *fanout.Fragment) (entries []Entry, truncated bool) {
 	base := FirstOp(f.Position())
 	lsn := strconv.FormatUint(uint64(f.CommitLSN), 10)
-	type pending struct {
-		op        uint64
-		operation string
-		row       fanout.Row
-	}
 	var ps []pending
 	for i, c := range f.Changes {
 		op := base.Op + 2*uint64(i)
 		switch c.Op {
 		case fanout.OpInsert:
-			ps = append(ps, pending{op, "insert", c.Row})
+			ps = append(ps, pending{op: op, operation: "insert", row: c.Row})
 		case fanout.OpUpdate:
-			if c.Old != nil && rel.Key(c.Old) != rel.Key(c.Row) {
-				ps = append(ps, pending{op, "delete", c.Old}, pending{op + 1, "insert", c.Row})
-			} else {
-				ps = append(ps, pending{op, "update", c.Row})
-			}
+			ps = rel.appendUpdate(ps, op, c)
 		case fanout.OpDelete:
-			ps = append(ps, pending{op, "delete", c.Old})
+			ps = append(ps, pending{op: op, operation: "delete", row: rel.deleted(c)})
 		case fanout.OpTruncate:
 			truncated = true
 		}
@@ -56,10 +50,90 @@ func EncodeFragment(rel Relation, f *fanout.Fragment) (entries []Entry, truncate
 	entries = make([]Entry, len(ps))
 	var headers []byte
 	for i, p := range ps {
-		headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == len(ps)-1)
-		entries[i] = Entry{Offset: Offset{Tx: base.Tx, Op: p.op}, JSON: appendMessage(nil, rel, p.row, headers)}
+		headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == len(ps)-1, p.keyChange)
+		entries[i] = Entry{Offset: Offset{Tx: base.Tx, Op: p.op}, JSON: appendChange(nil, rel, p.row, p.old, headers)}
 	}
 	return entries, truncated
+}
+
+// pending is one message of EncodeFragment: its value row, and old_value
+// when old is not nil.
+type pending struct {
+	op        uint64
+	operation string
+	row, old  fanout.Row
+	keyChange keyChange
+}
+
+// appendUpdate appends the messages of update c at op.
+func (rel Relation) appendUpdate(ps []pending, op uint64, c fanout.Change) []pending {
+	if c.Old != nil {
+		if oldKey, newKey := rel.Key(c.Old), rel.Key(c.Row); oldKey != newKey {
+			return append(ps,
+				pending{op: op, operation: "delete", row: rel.oldRow(c), keyChange: keyChange{"key_change_to", newKey}},
+				pending{op: op + 1, operation: "insert", row: c.Row, keyChange: keyChange{"key_change_from", oldKey}})
+		}
+	}
+	p := pending{op: op, operation: "update", row: c.Row}
+	switch {
+	case c.Before == nil: // the old row is unknown: the whole new row
+	case rel.Full:
+		p.old = rel.changedOld(c.Before)
+	default:
+		p.row = pick(c.Row, c.Before)
+	}
+	return append(ps, p)
+}
+
+// deleted is the value of delete c: the whole old row for replica=full when
+// the log has it, else the old key.
+func (rel Relation) deleted(c fanout.Change) fanout.Row {
+	if rel.Full && c.Before != nil {
+		return c.Before
+	}
+	return c.Old
+}
+
+// oldRow is the value of the delete that starts key change c: the whole old
+// row for replica=full when the log has it (the new row with Before's old
+// values of the changed columns), else the old key.
+func (rel Relation) oldRow(c fanout.Change) fanout.Row {
+	if !rel.Full || c.Before == nil {
+		return c.Old
+	}
+	out := make(fanout.Row, len(c.Row))
+	for k, v := range c.Row {
+		out[k] = v
+	}
+	for k, v := range c.Before {
+		out[k] = v
+	}
+	return out
+}
+
+// changedOld is old_value of an update whose Before is before: the old
+// values of the changed columns, which is Before without the (unchanged)
+// key; may be empty.
+func (rel Relation) changedOld(before fanout.Row) fanout.Row {
+	out := make(fanout.Row, len(before))
+	for k, v := range before {
+		if !slices.Contains(rel.PK, k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// pick is row's values of the columns cols has (the key and the changed
+// columns, for a default-replica update).
+func pick(row, cols fanout.Row) fanout.Row {
+	out := make(fanout.Row, len(cols))
+	for k := range cols {
+		if v, ok := row[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // snapshotHeaders is the headers object of every snapshot row of a relation.

@@ -123,6 +123,87 @@ func TestEncodeFragment(t *testing.T) {
 	}
 }
 
+// The replica mode decides what updates and deletes carry, when the log
+// has the old row (Before); without it (REPLICA IDENTITY DEFAULT, old logs)
+// both modes give the whole new row and the old key.
+func TestEncodeFragmentReplicaModes(t *testing.T) {
+	row := func(kv ...string) fanout.Row {
+		r := fanout.Row{}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "NULL" {
+				r[kv[i]] = nil
+			} else {
+				r[kv[i]] = str(kv[i+1])
+			}
+		}
+		return r
+	}
+	f := &fanout.Fragment{Xid: 9, CommitLSN: 2000, Last: true, Changes: []fanout.Change{
+		// title changed from a to b; n unchanged
+		{Op: fanout.OpUpdate, Row: row("id", "1", "title", "b", "n", "5"), Before: row("id", "1", "title", "a")},
+		// nothing the shape keeps changed
+		{Op: fanout.OpUpdate, Row: row("id", "1", "title", "b", "n", "5"), Before: row("id", "1")},
+		// key 1 -> 2, title b -> c
+		{Op: fanout.OpUpdate, Row: row("id", "2", "title", "c", "n", "5"), Old: row("id", "1"), Before: row("id", "1", "title", "b")},
+		{Op: fanout.OpDelete, Old: row("id", "2"), Before: row("id", "2", "title", "c", "n", "NULL")},
+		// from a log without before
+		{Op: fanout.OpUpdate, Row: row("id", "3", "title", "x", "n", "1")},
+		{Op: fanout.OpDelete, Old: row("id", "3")},
+	}}
+	render := func(full bool) []string {
+		rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}, Columns: []string{"id", "title", "n"}, Full: full}
+		entries, _ := EncodeFragment(rel, f)
+		var out []string
+		for _, e := range entries {
+			var m struct {
+				Value    json.RawMessage `json:"value"`
+				OldValue json.RawMessage `json:"old_value"`
+				Headers  map[string]any  `json:"headers"`
+			}
+			if err := json.Unmarshal(e.JSON, &m); err != nil {
+				t.Fatalf("%s: %v", e.JSON, err)
+			}
+			line := m.Headers["operation"].(string) + " " + string(m.Value)
+			if m.OldValue != nil {
+				line += " old_value " + string(m.OldValue)
+			}
+			for _, h := range []string{"key_change_to", "key_change_from"} {
+				if k, ok := m.Headers[h]; ok {
+					line += " " + h + " " + k.(string)
+				}
+			}
+			out = append(out, line)
+		}
+		return out
+	}
+	wantDefault := []string{
+		`update {"id":"1","title":"b"}`,
+		`update {"id":"1"}`,
+		`delete {"id":"1"} key_change_to "public"."items"/"2"`,
+		`insert {"id":"2","title":"c","n":"5"} key_change_from "public"."items"/"1"`,
+		`delete {"id":"2"}`,
+		`update {"id":"3","title":"x","n":"1"}`,
+		`delete {"id":"3"}`,
+	}
+	wantFull := []string{
+		`update {"id":"1","title":"b","n":"5"} old_value {"title":"a"}`,
+		`update {"id":"1","title":"b","n":"5"} old_value {}`,
+		`delete {"id":"1","title":"b","n":"5"} key_change_to "public"."items"/"2"`,
+		`insert {"id":"2","title":"c","n":"5"} key_change_from "public"."items"/"1"`,
+		`delete {"id":"2","title":"c","n":null}`,
+		`update {"id":"3","title":"x","n":"1"}`,
+		`delete {"id":"3"}`,
+	}
+	for _, tc := range []struct {
+		full bool
+		want []string
+	}{{false, wantDefault}, {true, wantFull}} {
+		if got := render(tc.full); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("replica full=%v:\n got  %s\n want %s", tc.full, strings.Join(got, "\n      "), strings.Join(tc.want, "\n      "))
+		}
+	}
+}
+
 func TestChunkCutsAtTheLimitButAlwaysProgresses(t *testing.T) {
 	big := Entry{Offset: Offset{Tx: 1}, JSON: []byte(`"` + strings.Repeat("x", 100) + `"`)}
 	c := NewChunk(50, StartOffset)

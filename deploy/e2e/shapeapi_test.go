@@ -171,6 +171,7 @@ type clientArgs struct {
 	Log    string            `json:"log,omitempty"`
 	Subset map[string]any    `json:"subset,omitempty"`
 	Fetch  map[string]any    `json:"fetch,omitempty"`
+	Record bool              `json:"record,omitempty"` // mode rows: keep the messages too
 	Extra  map[string]string `json:"-"`
 }
 
@@ -370,11 +371,11 @@ func TestElectricClientsSyncShapes(t *testing.T) {
 	url := s.startShapeAPI()
 
 	owner1 := map[string]any{"table": "items", "where": "owner = 1"}
-	longPoll := s.startClient("1.5-longpoll", clientArgs{Client: "1.5", URL: url, Params: owner1})
+	longPoll := s.startClient("1.5-longpoll", clientArgs{Client: "1.5", URL: url, Params: owner1, Record: true})
 	sse := s.startClient("1.5-sse", clientArgs{Client: "1.5", URL: url, Params: owner1, SSE: true})
 	all := s.startClient("1.5-sse-all", clientArgs{Client: "1.5", URL: url, Params: map[string]any{"table": "public.items"}, SSE: true})
 	cols := s.startClient("1.5-columns-full", clientArgs{Client: "1.5", URL: url, Params: map[string]any{
-		"table": "items", "where": "owner = 2", "columns": []string{"id", "title", "owner"}, "replica": "full"}})
+		"table": "items", "where": "owner = 2", "columns": []string{"id", "title", "owner"}, "replica": "full"}, Record: true})
 	old := s.startClient("1.0-longpoll", clientArgs{Client: "1.0", URL: url, Params: owner1})
 
 	check := func(what string) {
@@ -389,6 +390,7 @@ func TestElectricClientsSyncShapes(t *testing.T) {
 	}
 	check("initial sync")
 
+	before := s.clientRowsByID("items")
 	s.exec(`INSERT INTO items VALUES (100, 1, 'new', 5, true, '{"x": [1, 2]}', 1.5, '{x,y}'), (101, 2, 'other', NULL, NULL, NULL, NULL, NULL)`)
 	s.exec(`UPDATE items SET title = 'changed', score = 2.25 WHERE id IN (1, 4, 100)`) // updates in place
 	s.exec(`UPDATE items SET owner = 2 WHERE id IN (7, 10)`)                           // move out of owner = 1, into owner = 2
@@ -396,7 +398,14 @@ func TestElectricClientsSyncShapes(t *testing.T) {
 	s.exec(`DELETE FROM items WHERE id IN (13, 3)`)                                    // deletes
 	s.exec(`UPDATE items SET id = 500 WHERE id = 16`)                                  // a primary-key change
 	s.exec(`BEGIN; INSERT INTO items VALUES (600, 1, 'tx'); UPDATE items SET owner = 2 WHERE id = 600; UPDATE items SET owner = 1, title = 'back' WHERE id = 600; COMMIT`)
+	// In owner = 2 (the replica=full client): in-place updates, one of a
+	// column it does not select, a delete and a key change.
+	s.exec(`UPDATE items SET title = 'changed2' WHERE id IN (8, 11)`)
+	s.exec(`UPDATE items SET score = 9.5 WHERE id = 20`)
+	s.exec(`DELETE FROM items WHERE id = 14`)
+	s.exec(`UPDATE items SET id = 501 WHERE id = 17`)
 	check("live changes")
+	checkReplicaModes(t, longPoll, cols, before, s.clientRowsByID("items"))
 
 	// A 2,000-row transaction, cut into several responses (chunk_bytes 10000).
 	s.exec(`INSERT INTO items SELECT g, g % 3, 'bulk' || g, g, g % 2 = 1, '[]', g, '{}' FROM generate_series(1000, 2999) g`)
@@ -465,6 +474,113 @@ func TestElectricClientsSyncShapes(t *testing.T) {
 		}
 		check("after shape rm")
 	})
+}
+
+// clientRowsByID is every row of table as the client parses it, by id.
+func (s *stack) clientRowsByID(table string) map[int]map[string]any {
+	s.t.Helper()
+	out := map[int]map[string]any{}
+	for _, r := range s.expectedClientRows(table, "", nil) {
+		id, _ := r["id"].(float64)
+		out[int(id)] = r
+	}
+	return out
+}
+
+// only is row's columns cols (row as the client parses it, normalized).
+func only(row map[string]any, cols ...string) map[string]any {
+	out := map[string]any{}
+	for _, c := range cols {
+		out[c] = row[c]
+	}
+	return normalize(out)
+}
+
+func itemKey(id int) string { return fmt.Sprintf(`"public"."items"/"%d"`, id) }
+
+// change is client c's one message of operation op on the row keyed id,
+// waited for; the test fails when there is none or more than one.
+func (c *client) change(t *testing.T, op string, id int) map[string]any {
+	t.Helper()
+	var found []map[string]any
+	find := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		found = found[:0]
+		for _, m := range c.msgs {
+			if h, _ := m["headers"].(map[string]any); h["operation"] == op && m["key"] == itemKey(id) {
+				found = append(found, m)
+			}
+		}
+		return len(found) > 0
+	}
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("client %s to get the %s of row %d", c.name, op, id), find)
+	if len(found) != 1 {
+		t.Fatalf("client %s got %d %s messages of row %d, want one: %v", c.name, len(found), op, id, found)
+	}
+	return found[0]
+}
+
+// checkReplicaModes checks the messages the real clients got for the live
+// changes against Postgres's rows before and after them: with
+// replica=default, an update's value is the key and the changed columns
+// and a delete's the key; with replica=full (cols selects id, title,
+// owner), an update carries the whole row and old_value with the old values
+// of exactly the changed columns, a delete the whole old row.
+func checkReplicaModes(t *testing.T, def, full *client, before, after map[int]map[string]any) {
+	t.Helper()
+	expect := func(c *client, m map[string]any, field string, want map[string]any) {
+		t.Helper()
+		got, ok := m[field].(map[string]any)
+		if !ok {
+			t.Errorf("client %s: %s has no %s, want %v (message %v)", c.name, m["key"], field, want, m)
+		} else if !reflect.DeepEqual(normalize(got), want) {
+			t.Errorf("client %s: %s %s is %v, want %v (message %v)", c.name, m["key"], field, got, want, m)
+		}
+	}
+	header := func(c *client, m map[string]any, name, want string) {
+		t.Helper()
+		if h, _ := m["headers"].(map[string]any); h[name] != want {
+			t.Errorf("client %s: %s header %s is %v, want %s", c.name, m["key"], name, h[name], want)
+		}
+	}
+	// replica=default, owner = 1, every column.
+	for _, id := range []int{1, 4, 100} { // SET title, score
+		m := def.change(t, "update", id)
+		expect(def, m, "value", only(after[id], "id", "title", "score"))
+		if _, ok := m["old_value"]; ok {
+			t.Errorf("client %s: a default-replica update has old_value: %v", def.name, m)
+		}
+	}
+	for _, id := range []int{13, 7} { // a delete, a move out
+		expect(def, def.change(t, "delete", id), "value", only(before[id], "id"))
+	}
+	m := def.change(t, "delete", 16) // key change 16 -> 500
+	expect(def, m, "value", only(before[16], "id"))
+	header(def, m, "key_change_to", itemKey(500))
+	m = def.change(t, "insert", 500)
+	expect(def, m, "value", normalize(after[500]))
+	header(def, m, "key_change_from", itemKey(16))
+
+	// replica=full, owner = 2, columns id, title, owner.
+	cols := []string{"id", "title", "owner"}
+	for _, id := range []int{8, 11} { // SET title
+		m := full.change(t, "update", id)
+		expect(full, m, "value", only(after[id], cols...))
+		expect(full, m, "old_value", only(before[id], "title"))
+	}
+	m = full.change(t, "update", 20) // SET score, a column the shape does not select
+	expect(full, m, "value", only(after[20], cols...))
+	expect(full, m, "old_value", map[string]any{})
+	for _, id := range []int{14, 2, 5} { // a delete, two moves out
+		expect(full, full.change(t, "delete", id), "value", only(before[id], cols...))
+	}
+	m = full.change(t, "delete", 17) // key change 17 -> 501
+	expect(full, m, "value", only(before[17], cols...))
+	header(full, m, "key_change_to", itemKey(501))
+	m = full.change(t, "insert", 501)
+	expect(full, m, "value", only(after[501], cols...))
+	header(full, m, "key_change_from", itemKey(17))
 }
 
 // event waits for client c's first event named name (mode subset).

@@ -22,6 +22,10 @@ type RowChange struct {
 	// Old is the old row: nil for insert; for update and delete the full old
 	// row under REPLICA IDENTITY FULL, else only its key columns or nil.
 	Old fanout.Row
+	// OldFull says Old is the whole old row (pgoutput's 'O' tuple, REPLICA
+	// IDENTITY FULL), not just its key: only then does routing fill
+	// fanout.Change.Before.
+	OldFull bool
 	// New is the new row: nil for delete. A column missing from the map
 	// (as opposed to present with a nil value, SQL NULL) is unknown.
 	New fanout.Row

@@ -1,6 +1,8 @@
 package match
 
 import (
+	"slices"
+
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -18,6 +20,11 @@ import (
 //     new row decides: matching is an update (an upsert), not matching a
 //     delete by key.
 //
+// When c.OldFull, changes also carry Before (see fanout.Change): the whole
+// projected old row on deletes and moves out, the old key and changed
+// columns on updates (see beforeRow). Inserts and changes without the full
+// old row cost nothing more.
+//
 // Without the full old row (REPLICA IDENTITY DEFAULT) the index cannot rule
 // shapes out for updates and deletes, so they go to every shape of the table
 // filtering on a non-key column: correct, but costly with many shapes. Set
@@ -34,7 +41,7 @@ func (r *Registry) Route(c RowChange, emit func(s *fanout.Shape, ch fanout.Chang
 	case fanout.OpInsert:
 		r.routeInsert(t, c.New, emit)
 	case fanout.OpDelete:
-		r.routeDelete(t, c.Old, emit)
+		r.routeDelete(t, c.Old, c.OldFull, emit)
 	case fanout.OpUpdate:
 		r.routeUpdate(t, c, emit)
 	}
@@ -48,7 +55,8 @@ func (r *Registry) routeInsert(t *tableIndex, row fanout.Row, emit func(s *fanou
 	}
 }
 
-func (r *Registry) routeDelete(t *tableIndex, old fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
+// routeDelete routes a delete of old; full: old is the whole old row.
+func (r *Registry) routeDelete(t *tableIndex, old fanout.Row, full bool, emit func(s *fanout.Shape, ch fanout.Change)) {
 	if old == nil {
 		for _, e := range t.all {
 			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: e.key(old)})
@@ -57,7 +65,11 @@ func (r *Registry) routeDelete(t *tableIndex, old fanout.Row, emit func(s *fanou
 	}
 	for _, cd := range r.candidates(t, old, nil) {
 		if !cd.covers(old) || r.matches(cd, old) {
-			emit(cd.shape, fanout.Change{Op: fanout.OpDelete, Old: cd.key(old)})
+			ch := fanout.Change{Op: fanout.OpDelete, Old: cd.key(old)}
+			if full {
+				ch.Before = cd.project(old)
+			}
+			emit(cd.shape, ch)
 		}
 	}
 }
@@ -66,18 +78,23 @@ func (r *Registry) routeUpdate(t *tableIndex, c RowChange, emit func(s *fanout.S
 	newRow := withUnchanged(c.New, c.Old)
 	if c.Old == nil { // without the old row, any shape may have held it
 		for _, e := range t.all {
-			r.updateShape(e, c.Old, newRow, emit)
+			r.updateShape(e, c.Old, newRow, nil, emit)
 		}
 		return
 	}
+	var before *beforeRow
+	if c.OldFull {
+		before = &beforeRow{old: c.Old, new: newRow}
+	}
 	for _, cd := range r.candidates(t, newRow, c.Old) {
-		r.updateShape(cd.entry, c.Old, newRow, emit)
+		r.updateShape(cd.entry, c.Old, newRow, before, emit)
 	}
 }
 
 // updateShape routes an update of old (nil when unknown) to newRow to e's
-// shape: an update, a move in or a move out.
-func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
+// shape: an update, a move in or a move out. before is nil unless old is
+// the whole old row.
+func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, before *beforeRow, emit func(s *fanout.Shape, ch fanout.Change)) {
 	newIn := r.eval(e, newRow)
 	// oldKey is where the row sat: the old key if old has it (the key may
 	// have changed), else the new row's key.
@@ -101,7 +118,7 @@ func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, emit func(s *fa
 	oldIn := r.eval(e, old)
 	switch {
 	case oldIn && newIn:
-		ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow)}
+		ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow), Before: before.forUpdate(e)}
 		if keyChanged {
 			ch.Old = oldKey
 		}
@@ -109,8 +126,77 @@ func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, emit func(s *fa
 	case newIn:
 		emit(e.shape, fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)})
 	case oldIn:
-		emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
+		ch := fanout.Change{Op: fanout.OpDelete, Old: oldKey}
+		if before != nil {
+			ch.Before = e.project(old)
+		}
+		emit(e.shape, ch)
 	}
+}
+
+// beforeRow is what one update's Change.Before is made of, for every shape
+// it reaches: which columns changed is worked out once, on the first shape
+// that needs it, and the Before of shapes keeping every column is built
+// once and shared (emit must not modify rows).
+type beforeRow struct {
+	old, new fanout.Row // the whole old row; the new one, unchanged TOASTed values filled in
+	computed bool
+	// complete: old has every column of new (else changed is unknown and no
+	// shape gets a Before).
+	complete bool
+	changed  []string // columns whose value the update changed
+	shared   fanout.Row
+	sharedPK []string // the primary key shared was built with
+}
+
+// forUpdate is Before for e's shape of an update that stays in it: the old
+// primary key plus the old values of e's columns the update changed; nil
+// when b is nil or incomplete.
+func (b *beforeRow) forUpdate(e *entry) fanout.Row {
+	if b == nil {
+		return nil
+	}
+	if !b.computed {
+		b.computed, b.complete = true, true
+		for c, nv := range b.new {
+			ov, ok := b.old[c]
+			if !ok {
+				b.complete = false
+				return nil
+			}
+			if !sameValue(ov, nv) {
+				b.changed = append(b.changed, c)
+			}
+		}
+	}
+	if !b.complete {
+		return nil
+	}
+	pk := e.shape.PrimaryKey
+	if e.proj != nil {
+		return b.take(pk, e.proj)
+	}
+	if b.shared == nil || !slices.Equal(b.sharedPK, pk) {
+		b.shared, b.sharedPK = b.take(pk, nil), pk
+	}
+	return b.shared
+}
+
+// take is the old values of pk and of the changed columns in proj (nil:
+// every column).
+func (b *beforeRow) take(pk, proj []string) fanout.Row {
+	out := make(fanout.Row, len(pk)+len(b.changed))
+	for _, c := range pk {
+		if v, ok := b.old[c]; ok {
+			out[c] = v
+		}
+	}
+	for _, c := range b.changed {
+		if proj == nil || contains(proj, c) {
+			out[c] = b.old[c]
+		}
+	}
+	return out
 }
 
 // candidate is a shape a row could match. known: the index has already
@@ -243,9 +329,14 @@ func sameValues(a, b fanout.Row) bool {
 	}
 	for k, av := range a {
 		bv, ok := b[k]
-		if !ok || (av == nil) != (bv == nil) || (av != nil && *av != *bv) {
+		if !ok || !sameValue(av, bv) {
 			return false
 		}
 	}
 	return true
+}
+
+// sameValue compares two text values, nil being NULL.
+func sameValue(a, b fanout.Value) bool {
+	return (a == nil) == (b == nil) && (a == nil || *a == *b)
 }

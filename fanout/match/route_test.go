@@ -41,6 +41,9 @@ func route(t *testing.T, r *Registry, c RowChange) []string {
 		if ch.Old != nil {
 			line += " old" + render(ch.Old)
 		}
+		if ch.Before != nil {
+			line += " before" + render(ch.Before)
+		}
 		out = append(out, line)
 	})
 	sort.Strings(out)
@@ -132,6 +135,84 @@ func TestRoute(t *testing.T) {
 				t.Errorf("got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
 			}
 		})
+	}
+}
+
+// With the whole old row (REPLICA IDENTITY FULL), changes carry Before: the
+// old key and changed projected columns on updates, the whole projected old
+// row on deletes and moves out; nothing without it.
+func TestRouteBefore(t *testing.T) {
+	priced := func(r fanout.Row, price string) fanout.Row { r["price"] = str(price); return r }
+	cases := []struct {
+		name string
+		c    RowChange
+		want []string
+	}{
+		{"update of a non-key column: its old value and the key",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), OldFull: true, New: item(1, 7, "abd")},
+			[]string{"a update row{id=1 title=abd} before{id=1 title=abc}", "b update row" + full(1, 7, "abd") + " before{id=1 title=abc}"}},
+		{"update of a column a does not keep: a's before is the key alone",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), OldFull: true, New: priced(item(1, 7, "abc"), "2.00")},
+			[]string{"a update row{id=1 title=abc} before{id=1}", "b update row" + render(priced(item(1, 7, "abc"), "2.00")) + " before{id=1 price=1.50}"}},
+		{"a key change: the old key",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), OldFull: true, New: item(2, 7, "abc")},
+			[]string{"a update row{id=2 title=abc} old{id=1} before{id=1}", "b update row" + full(2, 7, "abc") + " old{id=1} before{id=1}"}},
+		{"a move out gets the whole old row, a move in none",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), OldFull: true, New: item(1, 8, "abc")},
+			[]string{"a delete old{id=1} before{id=1 title=abc}", "b update row" + full(1, 8, "abc") + " before{id=1 owner=7}", "c insert row" + full(1, 8, "abc")}},
+		{"delete: the whole projected old row",
+			RowChange{Op: fanout.OpDelete, Old: item(1, 7, "abc"), OldFull: true},
+			[]string{"a delete old{id=1} before{id=1 title=abc}", "b delete old{id=1} before" + full(1, 7, "abc")}},
+		{"an unchanged TOASTed title is not a change",
+			RowChange{Op: fanout.OpUpdate, Old: item(1, 7, "abc"), OldFull: true, New: without(priced(item(1, 7, "abc"), "2.00"), "title")},
+			[]string{"a update row{id=1 title=abc} before{id=1}", "b update row" + render(priced(item(1, 7, "abc"), "2.00")) + " before{id=1 price=1.50}"}},
+		{"REPLICA IDENTITY DEFAULT: no old row, no before",
+			RowChange{Op: fanout.OpUpdate, New: item(1, 7, "abd")},
+			[]string{"a update row{id=1 title=abd}", "b update row" + full(1, 7, "abd"), "c delete old{id=1}"}},
+		{"REPLICA IDENTITY DEFAULT: a key-only old row gives no before",
+			RowChange{Op: fanout.OpUpdate, Old: keyRow(1), New: item(2, 7, "abc")},
+			[]string{"a update row{id=2 title=abc} old{id=1}", "b update row" + full(2, 7, "abc") + " old{id=1}", "c delete old{id=1}"}},
+		{"REPLICA IDENTITY DEFAULT: a delete by key gives no before",
+			RowChange{Op: fanout.OpDelete, Old: keyRow(1)},
+			[]string{"a delete old{id=1}", "b delete old{id=1}", "c delete old{id=1}"}},
+		{"an old row without every column (not really full) gives no before on updates",
+			RowChange{Op: fanout.OpUpdate, Old: without(item(1, 7, "abc"), "doc"), OldFull: true, New: item(1, 7, "abd")},
+			[]string{"a update row{id=1 title=abd}", "b update row" + full(1, 7, "abd")}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newItemsRegistry(t)
+			c.c.Table = "public.items"
+			if got := route(t, r, c.c); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
+			}
+		})
+	}
+}
+
+// Shapes keeping every column share one Before, and routing modifies
+// neither it nor the change's rows.
+func TestRouteBeforeIsSharedAndRowsUntouched(t *testing.T) {
+	r := NewRegistry()
+	for _, s := range []*fanout.Shape{shape("x", "owner = 7"), shape("y", "owner > 6"), shape("z", "owner = 7", "title")} {
+		if err := r.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, newRow := item(1, 7, "abc"), item(1, 7, "abd")
+	oldCopy, newCopy := render(old), render(newRow)
+	befores := map[string]fanout.Row{}
+	r.Route(RowChange{Table: "public.items", Op: fanout.OpUpdate, Old: old, OldFull: true, New: newRow}, func(s *fanout.Shape, ch fanout.Change) {
+		befores[s.Handle] = ch.Before
+	})
+	if len(befores) != 3 || reflect.ValueOf(befores["x"]).UnsafePointer() != reflect.ValueOf(befores["y"]).UnsafePointer() {
+		t.Errorf("shapes keeping every column should share one Before: %v", befores)
+	}
+	if render(befores["z"]) != "{id=1 title=abc}" {
+		t.Errorf("projected shape's Before %s", render(befores["z"]))
+	}
+	if render(old) != oldCopy || render(newRow) != newCopy {
+		t.Errorf("routing changed the change's rows: old %s, new %s", render(old), render(newRow))
 	}
 }
 

@@ -5,7 +5,9 @@
 //   node sync.mjs '{"client":"1.5","url":"http://127.0.0.1:3000/v1/shape","params":{"table":"items"},"sse":false}'
 //
 // mode "rows" (default): a ShapeStream + Shape; after every change of the
-//   shape's rows: {"event":"rows","handle":...,"offset":...,"rows":[...]}.
+//   shape's rows: {"event":"rows","handle":...,"offset":...,"rows":[...]};
+//   with args.record, each batch of messages too, before its rows (as in
+//   mode "messages": what the client parsed, old_value included).
 // mode "messages": a ShapeStream from args.offset/args.handle; each batch of
 //   messages as {"event":"messages",...}; with args.once, exits at the first up-to-date.
 // mode "subset": a Shape on a log: 'changes_only' stream; once up to date,
@@ -46,6 +48,13 @@ const stream = new ShapeStream(options)
 
 const mode = args.mode ?? `rows`
 if (mode === `rows` || mode === `subset`) {
+  if (args.record) {
+    // Subscribed before the Shape is, so a batch prints before its rows.
+    stream.subscribe(
+      (messages) => print({ event: `messages`, handle: stream.shapeHandle, offset: stream.lastOffset, messages }),
+      (e) => fail(e)
+    )
+  }
   const shape = new Shape(stream)
   shape.subscribe(({ rows }) => {
     print({ event: `rows`, handle: stream.shapeHandle, offset: stream.lastOffset, rows })
