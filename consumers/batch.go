@@ -152,34 +152,10 @@ func (w *worker) classify(m jetstream.Msg) (items []fanout.Item, reason string) 
 	return items, ""
 }
 
-// maxShapesPerAppend bounds the shapes of one Append: a writer keeps every
-// log of a batch open until the batch is written, and one batch of packed
-// messages can name thousands of shapes (file descriptors run out).
-const maxShapesPerAppend = 128
-
-// persist appends frags durably, in runs of at most maxShapesPerAppend
-// shapes. A crash between two runs leaves the first one durable and the
-// messages unacked: redelivered, its fragments are skipped by position.
-func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error {
-	for len(frags) > 0 {
-		n, shapes := 0, map[string]bool{}
-		for ; n < len(frags); n++ {
-			if !shapes[frags[n].Shape] && len(shapes) == maxShapesPerAppend {
-				break
-			}
-			shapes[frags[n].Shape] = true
-		}
-		if err := w.persistRun(writer, frags[:n]); err != nil {
-			return err
-		}
-		frags = frags[n:]
-	}
-	return nil
-}
-
-// persistRun appends frags durably, retrying a storage failure max_deliver
+// persist appends frags durably (one Append, one journal fsync, however
+// many shapes the batch names: the writer bounds its open files itself), retrying a storage failure max_deliver
 // times with backoff; after that the storage is broken and the error is fatal.
-func (w *worker) persistRun(writer shapelog.Writer, frags []*fanout.Fragment) error {
+func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		start := time.Now()

@@ -287,3 +287,16 @@ func (d *disk) hook(fn func(path string)) {
 	d.onSync = fn
 	d.mu.Unlock()
 }
+
+// count is how many times path was fsynced.
+func (d *disk) count(path string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, p := range d.log {
+		if p == path {
+			n++
+		}
+	}
+	return n
+}

@@ -160,13 +160,15 @@ type fileWriter struct {
 	// dirty names the logs written since the last checkpoint, open or
 	// closed since (closing a log does not make it durable).
 	dirty   map[string]bool
-	newDirs []string          // log directories created since the last checkpoint
-	broken  error             // set when durability can no longer be promised
+	newDirs []string // log directories created since the last checkpoint
+	broken  error    // set when durability can no longer be promised
 }
 
 // Append implements Writer. The batch is durable once it is in the
 // partition's journal (one fsync); the shape logs are written after it and
-// fsynced at the next checkpoint (journal.go).
+// fsynced at the next checkpoint (journal.go). A batch may name more shapes
+// than the writer keeps logs open: logs are closed as needed on the way
+// (their state kept) and reopened to be written.
 func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stats, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -182,11 +184,8 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		return st, err
 	}
 	defer unlock()
-	if err := w.closeIdleLogs(); err != nil {
-		return st, err
-	}
 	type pending struct {
-		l       *openLog
+		handle  string
 		buf     []byte
 		acc     acceptor // the log's state once buf is written
 		changes int
@@ -205,7 +204,8 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 			if l.acc.maxEpoch > w.epoch {
 				return Stats{}, &FencedError{Partition: w.partition, Mine: w.epoch, Current: l.acc.maxEpoch}
 			}
-			p = &pending{l: l, acc: l.acc}
+			p = &pending{handle: f.Shape, acc: l.acc}
+			w.closeIdleLogs()
 			byHandle[f.Shape] = p
 			order = append(order, p)
 		}
@@ -242,15 +242,22 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		if len(p.buf) == 0 {
 			continue
 		}
-		if _, err := p.l.f.Write(p.buf); err != nil {
+		l, err := w.open(p.handle) // open still, or reopened: its state is kept
+		if err != nil {
+			// The batch is in the journal, which the next owner replays.
+			w.broken = fmt.Errorf("partition %d: the log of shape %s cannot be reopened after its batch was journaled (%v); restart the consumer, which replays the partition's journal", w.partition, p.handle, err)
+			return Stats{}, w.broken
+		}
+		if _, err := l.f.Write(p.buf); err != nil {
 			// The batch is in the journal; what reached this log is
 			// unknown, so it is reopened and rescanned next time.
-			w.drop(p.l)
-			return Stats{}, fmt.Errorf("append to log of shape %s: %w", p.l.handle, err)
+			w.drop(l)
+			return Stats{}, fmt.Errorf("append to log of shape %s: %w", p.handle, err)
 		}
-		p.l.size += int64(len(p.buf))
-		p.l.acc = p.acc
-		w.dirty[p.l.handle] = true
+		l.size += int64(len(p.buf))
+		l.acc = p.acc
+		w.dirty[p.handle] = true
+		w.closeIdleLogs()
 		st.Logs++
 		st.Appended += p.n
 		st.Changes += p.changes
@@ -515,17 +522,18 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 }
 
 // closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
-// are open. Called between batches, so no log in use is closed. A closed log
-// stays dirty until the next checkpoint fsyncs it: checkpointing here
-// instead made every batch at 300K shapes (thousands of logs) fsync hundreds
-// of files.
-func (w *fileWriter) closeIdleLogs() error {
+// are open, down to half of that. Any log may be closed, also one the batch
+// in progress uses: Append keeps its own state of those and reopens them to
+// write. A closed log stays dirty until the next checkpoint fsyncs it:
+// checkpointing here instead made every batch at 300K shapes (thousands of
+// logs) fsync hundreds of files.
+func (w *fileWriter) closeIdleLogs() {
 	if len(w.logs) <= maxOpenLogs {
-		return nil
+		return
 	}
 	for handle, l := range w.logs {
 		if len(w.logs) <= maxOpenLogs/2 {
-			return nil
+			return
 		}
 		w.closed[handle] = closedLog{acc: l.acc, size: l.size}
 		if err := l.f.Close(); err != nil {
@@ -533,7 +541,6 @@ func (w *fileWriter) closeIdleLogs() error {
 		}
 		delete(w.logs, handle)
 	}
-	return nil
 }
 
 // recoverLog scans l from the start, learns where it stands and truncates a

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/fanout/pipeline/fanout"
 )
 
 // A writer keeps at most about maxOpenLogs files open, and a log it closed
@@ -73,6 +75,40 @@ func TestClosedLogsAreFsyncedAtTheNextCheckpoint(t *testing.T) {
 		h := fmt.Sprintf("s%04d", i)
 		if got := ids(t, st, h); fmt.Sprint(got) != "[1]" {
 			t.Fatalf("shape %s after a checkpoint and a power loss: rows %v, want [1]", h, got)
+		}
+	}
+}
+
+// One batch may name more shapes than the writer keeps logs open (a batch
+// of packed messages at 300K shapes names thousands): it is journaled with
+// one fsync, the open-file bound holds throughout, every log gets its
+// fragments, and a redelivery of the whole batch writes nothing twice.
+func TestABatchOfMoreShapesThanOpenLogsIsOneJournalAppend(t *testing.T) {
+	d := watchDisk(t)
+	st, _ := newStore(t)
+	w := take(t, st, 0, 1)
+	n := maxOpenLogs * 4
+	var batch []*fanout.Fragment
+	for i := 0; i < n; i++ {
+		batch = append(batch, frag(fmt.Sprintf("s%04d", i), 100, 0, false, ins("id", "1")), frag(fmt.Sprintf("s%04d", i), 100, 1, true, ins("id", "2")))
+	}
+	journal := journalPath(st.Dir(), 0, 1)
+	before := d.count(journal)
+	if s := mustAppend(t, w, batch...); s.Appended != 2*n || s.Logs != n {
+		t.Fatalf("appended %+v, want %d fragments in %d logs", s, 2*n, n)
+	}
+	if got := d.count(journal) - before; got != 1 {
+		t.Fatalf("the batch took %d journal fsyncs, want 1", got)
+	}
+	if open := len(w.(*fileWriter).logs); open > maxOpenLogs+1 {
+		t.Fatalf("%d logs open after the batch, want at most %d", open, maxOpenLogs+1)
+	}
+	if s := mustAppend(t, w, batch...); s.Skipped != 2*n || s.Appended != 0 {
+		t.Fatalf("redelivered batch: %+v, want every fragment skipped", s)
+	}
+	for i := 0; i < n; i += 97 {
+		if got := ids(t, st, fmt.Sprintf("s%04d", i)); fmt.Sprint(got) != "[1 2]" {
+			t.Fatalf("shape %d: rows %v, want [1 2]", i, got)
 		}
 	}
 }
