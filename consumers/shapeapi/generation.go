@@ -89,8 +89,8 @@ func (s *Server) retireHandle(ctx context.Context, handle string, served, gen ui
 // dropView forgets v as handle's served snapshot (if it still is).
 func (s *Server) dropView(handle string, v *snapshotView) {
 	s.mu.Lock()
-	if s.snaps[handle] == v {
-		delete(s.snaps, handle)
+	if cur, _ := s.snaps.get(handle); cur == v {
+		s.snaps.remove(handle)
 	}
 	s.mu.Unlock()
 }

@@ -303,13 +303,20 @@ func (v *shapeView) chunks() int {
 	return len(v.snap.snap.Chunks)
 }
 
-// serveSnapshotChunk answers with snapshot chunk i (offset 0_i); the last
-// chunk ends with snapshot-end. Never up-to-date: the log follows.
-func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, i int) {
-	kind := KindCatchUp
+// snapshotKind is the cache kind of a snapshot chunk response.
+func snapshotKind(req *Request) Kind {
 	if req.Offset.Start {
-		kind = KindInitial
+		return KindInitial
 	}
+	return KindCatchUp
+}
+
+// serveSnapshotChunk answers with snapshot chunk i (offset 0_i) of a
+// snapshot whose chunks hold rows (shapelog version 1), or with the end of
+// a snapshot without chunks; the last chunk ends with snapshot-end. Never
+// up-to-date: the log follows. streamSnapshotChunk serves the others.
+func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, i int) {
+	kind := snapshotKind(req)
 	last := Offset{Tx: 0, Op: uint64(i)}
 	var key string
 	if v.snap != nil && v.snap.snap != nil {
@@ -399,6 +406,16 @@ func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, at
 
 // finish writes a 200 (or 304) with the protocol's headers.
 func (s *Server) finish(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, last Offset, body []byte, kind Kind) {
+	if s.preamble(w, r, req, v, last, kind) {
+		writeJSON(w, http.StatusOK, body)
+	}
+}
+
+// preamble sets the protocol headers of a 200 ending at last (offset,
+// schema or cursor, cache-control, etag) and, when the request's
+// If-None-Match is that etag, answers 304 and returns false: then nothing
+// more may be written.
+func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, last Offset, kind Kind) bool {
 	h := w.Header()
 	h.Set("electric-offset", last.String())
 	if kind == KindLive {
@@ -411,9 +428,9 @@ func (s *Server) finish(w http.ResponseWriter, r *http.Request, req *Request, v 
 	h.Set("etag", etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
 		w.WriteHeader(http.StatusNotModified)
-		return
+		return false
 	}
-	writeJSON(w, http.StatusOK, body)
+	return true
 }
 
 // serveSSE streams the log as server-sent events: each message one data

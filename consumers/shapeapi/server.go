@@ -47,8 +47,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	indexes *indexCache
-	columns map[string][]ColumnInfo
-	snaps   map[string]*snapshotView
+	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
+	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
 
 	chunkCache *chunkCache
 	subsets    *subsetConns // subset snapshot reads (subset.go)
@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
-		indexes: newIndexCache(maxIndexes), columns: map[string][]ColumnInfo{}, snaps: map[string]*snapshotView{},
+		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
 		chunkCache: newChunkCache(chunkCacheBytes)}
 	s.shapes = &shapeSet{kv: bus, known: map[string]*fanout.Shape{}, removed: map[string]bool{}, primed: make(chan struct{}), onGone: s.forget}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
@@ -104,8 +104,8 @@ func (s *Server) forget(handle string) {
 	s.mu.Lock()
 	s.indexes.drop(handle)
 	s.chunkCache.dropShape(handle)
-	delete(s.columns, handle)
-	delete(s.snaps, handle)
+	s.columns.remove(handle)
+	s.snaps.remove(handle)
 	s.mu.Unlock()
 	s.hub.wake(handle)
 }
@@ -213,7 +213,7 @@ func (s *Server) index(handle string) *logIndex { return s.indexes.get(handle) }
 // columnInfo returns (and caches) the column types of a shape's table.
 func (s *Server) columnInfo(ctx context.Context, sh *fanout.Shape) ([]ColumnInfo, error) {
 	s.mu.Lock()
-	cols := s.columns[sh.Handle]
+	cols, _ := s.columns.get(sh.Handle)
 	s.mu.Unlock()
 	if cols != nil {
 		return cols, nil
@@ -228,7 +228,7 @@ func (s *Server) columnInfo(ctx context.Context, sh *fanout.Shape) ([]ColumnInfo
 		return nil, err
 	}
 	s.mu.Lock()
-	s.columns[sh.Handle] = cols
+	s.columns.put(sh.Handle, cols)
 	s.mu.Unlock()
 	return cols, nil
 }
@@ -241,7 +241,8 @@ type snapshotView struct {
 func (s *Server) readyCache(handle string) *snapshotView {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snaps[handle]
+	v, _ := s.snaps.get(handle)
+	return v
 }
 
 // loadSnapshot returns the complete snapshot of generation gen, or nil
@@ -256,7 +257,7 @@ func (s *Server) loadSnapshot(handle string, gen uint64) (*snapshotView, error) 
 	}
 	v := &snapshotView{snap: snap}
 	s.mu.Lock()
-	s.snaps[handle] = v
+	s.snaps.put(handle, v)
 	s.mu.Unlock()
 	return v, nil
 }

@@ -33,26 +33,16 @@ func (s *Server) streamSnapshotChunk(w http.ResponseWriter, r *http.Request, req
 		return
 	}
 	defer f.Close()
-	kind := KindCatchUp
-	if req.Offset.Start {
-		kind = KindInitial
-	}
 	last := Offset{Tx: 0, Op: uint64(i)}
 	tail := []byte{']'}
 	if i == len(snap.Chunks)-1 {
 		end := SnapshotEnd(snap.Snapshot.Xmin, snap.Snapshot.Xmax, snap.Snapshot.Xip)
 		tail = append(append(append(make([]byte, 0, len(end)+2), ','), end...), ']')
 	}
-	h := w.Header()
-	h.Set("electric-offset", last.String())
-	h.Set("electric-schema", v.schema)
-	h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
-	etag := ETag(h.Get("electric-handle"), req.Offset, last)
-	h.Set("etag", etag)
-	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
-		w.WriteHeader(http.StatusNotModified)
+	if !s.preamble(w, r, req, v, last, snapshotKind(req)) {
 		return
 	}
+	h := w.Header()
 	size := snap.Chunks[i].Bytes
 	h.Set("content-type", "application/json")
 	h.Set("content-length", strconv.FormatInt(1+size+int64(len(tail)), 10))

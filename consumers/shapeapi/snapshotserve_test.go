@@ -73,5 +73,13 @@ func TestStreamSnapshotChunkMatchesEncodedChunk(t *testing.T) {
 				t.Errorf("chunk %d header %s: %q, encoded %q", i, k, streamed.Header().Get(k), encoded.Header().Get(k))
 			}
 		}
+		again := httptest.NewRecorder()
+		again.Header().Set("electric-handle", sh.Handle)
+		cond := httptest.NewRequest("GET", "/v1/shape", nil)
+		cond.Header.Set("If-None-Match", streamed.Header().Get("etag"))
+		s.streamSnapshotChunk(again, cond, req, v, i)
+		if again.Code != 304 || again.Body.Len() != 0 {
+			t.Errorf("chunk %d with If-None-Match of its etag: status %d, %d body bytes; want 304 and none", i, again.Code, again.Body.Len())
+		}
 	}
 }
