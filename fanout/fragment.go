@@ -109,9 +109,10 @@ type wireFragment struct {
 	EndLSN    string `json:"end_lsn"`
 }
 
-// Encode is the message body of f.
+// Encode is the message body of f: the JSON of wireFragment, written by
+// hand (wirejson.go).
 func (f *Fragment) Encode() ([]byte, error) {
-	return json.Marshal(wireFragment{Fragment: *f, CommitLSN: f.CommitLSN.String(), EndLSN: f.EndLSN.String()})
+	return appendFragment(make([]byte, 0, 256), f)
 }
 
 // Wire is the message body of f: the bytes it was decoded from, so a
@@ -172,10 +173,10 @@ func (f *Fragment) checkHeader(commitLSN, endLSN string) error {
 		return fmt.Errorf("fragment wire version %d, this build reads version %d", f.Version, WireVersion)
 	}
 	var err error
-	if f.CommitLSN, err = pglogrepl.ParseLSN(commitLSN); err != nil {
+	if f.CommitLSN, err = parseLSN(commitLSN); err != nil {
 		return fmt.Errorf("fragment commit_lsn %q: %w", commitLSN, err)
 	}
-	if f.EndLSN, err = pglogrepl.ParseLSN(endLSN); err != nil {
+	if f.EndLSN, err = parseLSN(endLSN); err != nil {
 		return fmt.Errorf("fragment end_lsn %q: %w", endLSN, err)
 	}
 	if err := ValidateHandle(f.Shape); err != nil {
