@@ -276,7 +276,7 @@ func (r *Router) flush(ctx context.Context, b *shapeBuf, last bool, end pglogrep
 // changeSize estimates a change's encoded size.
 func changeSize(c fanout.Change) int {
 	n := 32
-	for _, row := range []fanout.Row{c.Row, c.Old} {
+	for _, row := range []fanout.Row{c.Row, c.Old, c.Before} {
 		for k, v := range row {
 			n += len(k) + 8
 			if v != nil {

@@ -42,7 +42,7 @@ func (s *Server) deleteShape(w http.ResponseWriter, r *http.Request) {
 		}
 		handle = v.Handle
 	}
-	err := shapes.Remove(r.Context(), s.bus, handle)
+	err := shapes.Remove(r.Context(), s.bus, handle, shapes.WithRemoveLog(s.log))
 	switch {
 	case errors.Is(err, shapes.ErrUnknownShape):
 		writeJSON(w, http.StatusNotFound, errorBody(err.Error()))
@@ -50,7 +50,6 @@ func (s *Server) deleteShape(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 	default:
 		s.shapes.remove(handle)
-		_ = s.defs.Delete(r.Context(), servedKey(handle)) // best effort (generation.go)
 		s.log.Info("shape removed through DELETE /v1/shape", "shape", handle)
 		w.WriteHeader(http.StatusAccepted)
 	}

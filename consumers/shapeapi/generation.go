@@ -24,8 +24,9 @@ import (
 // 409 with the definition's new handle (a new shape, a new snapshot) and
 // starts again from -1, and no response mixes two generations.
 
-// servedKey is the definitions-bucket key of the generation handle is served at.
-func servedKey(handle string) string { return "served." + handle }
+// servedKey is the definitions-bucket key of the generation handle is
+// served at; shapes.Remove deletes it with the shape.
+func servedKey(handle string) string { return shapes.ServedKey(handle) }
 
 // generationVerdict decides, from the recorded generation of a handle (has
 // false: none yet) and the generation about to be served, whether to
@@ -78,11 +79,10 @@ func (s *Server) checkGeneration(ctx context.Context, handle string, gen uint64)
 func (s *Server) retireHandle(ctx context.Context, handle string, served, gen uint64) error {
 	s.log.Warn("a shape's snapshot was retaken after its handle was served; the shape is replaced by a new one and its clients refetch",
 		"shape", handle, "served_generation", served, "generation", gen)
-	if err := shapes.Remove(ctx, s.bus, handle); err != nil && !errors.Is(err, shapes.ErrUnknownShape) {
+	if err := shapes.Remove(ctx, s.bus, handle, shapes.WithRemoveLog(s.log)); err != nil && !errors.Is(err, shapes.ErrUnknownShape) {
 		return fmt.Errorf("%w: remove shape %s, served at snapshot generation %d and now at %d: %v", errNotReady, handle, served, gen, err)
 	}
 	s.shapes.remove(handle)
-	_ = s.defs.Delete(ctx, servedKey(handle)) // best effort: the handle is never served again
 	return fmt.Errorf("%w: shape %s was served at snapshot generation %d and its snapshot is now generation %d: it is replaced by a new shape (clients get 409 with its handle)", errNotReady, handle, served, gen)
 }
 

@@ -274,7 +274,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 // again, as Electric does, so clients refetch).
 func (s *Server) rotate(ctx context.Context, w http.ResponseWriter, req *Request, old string) {
 	if s.shapes.exists(ctx, old) {
-		if err := shapes.Remove(ctx, s.bus, old); err != nil && !errors.Is(err, shapes.ErrUnknownShape) {
+		if err := shapes.Remove(ctx, s.bus, old, shapes.WithRemoveLog(s.log)); err != nil && !errors.Is(err, shapes.ErrUnknownShape) {
 			s.fail(w, err)
 			return
 		}

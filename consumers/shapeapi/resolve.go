@@ -85,7 +85,7 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 		if _, err := s.defs.Update(ctx, key, done, rev); err != nil {
 			// Taken over meanwhile (we were slower than pendingTimeout):
 			// the other registrar's shape serves; drop ours.
-			_ = shapes.Remove(context.Background(), s.bus, sh.Handle)
+			_ = shapes.Remove(context.Background(), s.bus, sh.Handle, shapes.WithRemoveLog(s.log))
 			continue
 		}
 		s.shapes.put(sh)
