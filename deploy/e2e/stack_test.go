@@ -242,7 +242,7 @@ func (s *stack) expectedRows(table, where string, columns []string) []row {
 // shapeRows is what `fanoutctl shape rows` prints, parsed.
 func (s *stack) shapeRows(handle string) []row {
 	s.t.Helper()
-	out := s.ctl("shape", "rows", handle)
+	out := s.ctl("shape", "rows", "--wait", "30s", handle) // a new shape is served once its snapshot is ready
 	var rows []row
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {
