@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,7 +210,8 @@ func (p *Postgres) Exec(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
 	}
 }
 
-// FreePort returns a TCP port that was free a moment ago on 127.0.0.1.
+// FreePort returns a TCP port that was free a moment ago on 127.0.0.1 and
+// that no earlier call in this process returned.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	port, err := freePort()
@@ -219,13 +221,32 @@ func FreePort(t testing.TB) int {
 	return port
 }
 
+// handedOut is every port freePort returned. The kernel may give a port
+// back as soon as its probe listener closes, so without it two callers
+// setting up one cluster could be given the same port (a chaos run failed
+// on "Duplicate route entry detected" when two nodes got one route port).
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	const attempts = 100
+	for range attempts {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free TCP port on 127.0.0.1 that this process has not used already, after %d tries", attempts)
 }
 
 func truncate(s string, n int) string {

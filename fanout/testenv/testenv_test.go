@@ -102,3 +102,14 @@ func TestNATSClusterNodeRestart(t *testing.T) {
 		t.Fatalf("stream holds %d messages after two node restarts, want 2", n)
 	}
 }
+
+func TestFreePortNeverRepeats(t *testing.T) {
+	seen := map[int]bool{}
+	for range 500 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("FreePort returned port %d twice", p)
+		}
+		seen[p] = true
+	}
+}
