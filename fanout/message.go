@@ -78,7 +78,19 @@ type Item struct {
 // DecodeMessage parses a message body of partition. An error means the
 // envelope itself is unreadable (dead-letter the whole message); a fragment
 // that is unreadable is an Item with Err, and the others are still usable.
+// The items' fragments keep parts of data as their Wire bytes: the caller
+// must not change data afterwards.
 func DecodeMessage(partition int, data []byte) ([]Item, error) {
+	if items, ok := decodeCanonicalMessage(partition, data); ok {
+		return items, nil
+	}
+	return decodeMessageJSON(partition, data)
+}
+
+// decodeMessageJSON is DecodeMessage for any JSON encoding of a message,
+// with encoding/json: it says what is wrong with a message that is not in
+// the canonical form or not valid.
+func decodeMessageJSON(partition int, data []byte) ([]Item, error) {
 	var env envelope
 	if err := decodeStrict(data, &env); err != nil {
 		return nil, fmt.Errorf("message is not valid JSON of the bus format: %w", err)
@@ -118,68 +130,21 @@ func shapeOf(raw []byte) string {
 	return s.Shape
 }
 
-// checkedFragment is the wire format with each change's rows left undecoded:
-// a consumer stores a fragment's bytes as they came and needs only its
-// position and shape, so building every row's map would be wasted (it was
-// the largest part of a consumer's CPU).
-type checkedFragment struct {
-	Fragment
-	CommitLSN string          `json:"commit_lsn"`
-	EndLSN    string          `json:"end_lsn"`
-	Changes   []checkedChange `json:"changes"`
-}
-
-type checkedChange struct {
-	Op     Op              `json:"op"`
-	Row    json.RawMessage `json:"row,omitempty"`
-	Old    json.RawMessage `json:"old,omitempty"`
-	Before json.RawMessage `json:"before,omitempty"`
-}
-
-// checkFragment validates a fragment as DecodeFragment does, except that
-// the rows are checked to be JSON objects, not decoded: the fragment it
-// returns has no Changes (NumChanges counts them) and keeps raw as its Wire
-// bytes, which readers decode in full (DecodeFragment).
+// checkFragment validates a fragment as DecodeFragment does without
+// keeping its rows: a consumer stores a fragment's bytes as they came and
+// needs only its position and shape. The fragment it returns has no Changes
+// (NumChanges counts them) and keeps raw as its Wire bytes, which readers
+// decode in full. A fragment in the canonical form is read in one pass
+// (wirecheck.go); any other is decoded by DecodeFragment, so that what a
+// consumer stores, readers can decode.
 func checkFragment(raw []byte) (*Fragment, error) {
-	var c checkedFragment
-	if err := decodeStrict(raw, &c); err != nil {
-		return nil, fmt.Errorf("fragment is not valid JSON of the wire format: %w", err)
+	if f, ok := checkCanonicalFragment(raw); ok {
+		return f, nil
 	}
-	f := c.Fragment
-	f.wire, f.Changes, f.changeCount = raw, nil, len(c.Changes)
-	if err := f.checkHeader(c.CommitLSN, c.EndLSN); err != nil {
+	f, err := DecodeFragment(raw)
+	if err != nil {
 		return nil, err
 	}
-	for i, ch := range c.Changes {
-		row, old, before := isObject(ch.Row), isObject(ch.Old), isObject(ch.Before)
-		switch ch.Op {
-		case OpInsert, OpUpdate:
-			if !row {
-				return nil, fmt.Errorf("fragment %s %s: change %d: %s without row", f.Shape, f.Position(), i, ch.Op)
-			}
-		case OpDelete:
-			if !old {
-				return nil, fmt.Errorf("fragment %s %s: change %d: delete without old key", f.Shape, f.Position(), i)
-			}
-		case OpTruncate:
-		default:
-			return nil, fmt.Errorf("fragment %s %s: change %d: unknown op %q", f.Shape, f.Position(), i, ch.Op)
-		}
-		if before && (ch.Op == OpInsert || ch.Op == OpTruncate) {
-			return nil, fmt.Errorf("fragment %s %s: change %d: %s with an old row (before)", f.Shape, f.Position(), i, ch.Op)
-		}
-		if notObject(ch.Row) || notObject(ch.Old) || notObject(ch.Before) {
-			return nil, fmt.Errorf("fragment %s %s: change %d: a row is not a JSON object", f.Shape, f.Position(), i)
-		}
-	}
-	return &f, nil
-}
-
-// isObject reports whether raw (valid JSON) is an object.
-func isObject(raw json.RawMessage) bool { return len(raw) > 0 && raw[0] == '{' }
-
-// notObject reports whether raw (valid JSON) is present and neither an
-// object nor null: what DecodeFragment cannot read into a Row.
-func notObject(raw json.RawMessage) bool {
-	return len(raw) > 0 && !isObject(raw) && string(raw) != "null"
+	f.changeCount, f.Changes = len(f.Changes), nil
+	return f, nil
 }

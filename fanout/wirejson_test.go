@@ -15,42 +15,8 @@ import (
 // for fragments with every kind of change, odd strings and NULLs.
 func TestHandEncodedFragmentsAreEncodingJSONs(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
-	strs := []string{"", "x", "q\"\\", "\n\x01", "ü€", "\u2028", "bad\xff", "</a>&", "a/b"}
-	val := func() Value {
-		if rng.Intn(5) == 0 {
-			return nil
-		}
-		s := strs[rng.Intn(len(strs))] + fmt.Sprint(rng.Intn(100))
-		return &s
-	}
-	row := func() Row {
-		r := Row{}
-		for i := rng.Intn(6); i >= 0; i-- {
-			r[strs[rng.Intn(len(strs))]+fmt.Sprint(i)] = val()
-		}
-		return r
-	}
 	for n := 0; n < 500; n++ {
-		f := &Fragment{Version: WireVersion, Shape: "s" + fmt.Sprint(n), Xid: rng.Uint32(),
-			CommitLSN: pglogrepl.LSN(rng.Uint64()), EndLSN: pglogrepl.LSN(rng.Uint64() >> uint(rng.Intn(64))),
-			CommitTime: time.Unix(rng.Int63n(4e9), rng.Int63n(1e9)).In(time.FixedZone("z", 3600*rng.Intn(3))),
-			Seq:        rng.Intn(10), Last: rng.Intn(2) == 0}
-		if n%7 != 0 {
-			f.Changes = []Change{}
-		}
-		for i := rng.Intn(4); i > 0 && f.Changes != nil; i-- {
-			c := Change{Op: []Op{OpInsert, OpUpdate, OpDelete, OpTruncate}[rng.Intn(4)]}
-			if rng.Intn(3) > 0 {
-				c.Row = row()
-			}
-			if rng.Intn(2) == 0 {
-				c.Old = row()
-			}
-			if rng.Intn(2) == 0 {
-				c.Before = row()
-			}
-			f.Changes = append(f.Changes, c)
-		}
+		f := randomFragment(rng, n)
 		var want bytes.Buffer
 		enc := json.NewEncoder(&want)
 		enc.SetEscapeHTML(false)
@@ -85,4 +51,45 @@ func TestParseLSNAgreesWithPglogrepl(t *testing.T) {
 			t.Errorf("parseLSN(%q) accepted", s)
 		}
 	}
+}
+
+// randomFragment is a fragment with every kind of change, odd strings and
+// NULLs, not always a valid one (an insert may lack its row).
+func randomFragment(rng *rand.Rand, n int) *Fragment {
+	strs := []string{"", "x", "q\"\\", "\n\x01", "ü€", "\u2028", "bad\xff", "</a>&", "a/b"}
+	val := func() Value {
+		if rng.Intn(5) == 0 {
+			return nil
+		}
+		s := strs[rng.Intn(len(strs))] + fmt.Sprint(rng.Intn(100))
+		return &s
+	}
+	row := func() Row {
+		r := Row{}
+		for i := rng.Intn(6); i >= 0; i-- {
+			r[strs[rng.Intn(len(strs))]+fmt.Sprint(i)] = val()
+		}
+		return r
+	}
+	f := &Fragment{Version: WireVersion, Shape: "s" + fmt.Sprint(n), Xid: rng.Uint32(),
+		CommitLSN: pglogrepl.LSN(rng.Uint64()), EndLSN: pglogrepl.LSN(rng.Uint64() >> uint(rng.Intn(64))),
+		CommitTime: time.Unix(rng.Int63n(4e9), rng.Int63n(1e9)).In(time.FixedZone("z", 3600*rng.Intn(3))),
+		Seq:        rng.Intn(10), Last: rng.Intn(2) == 0}
+	if n%7 != 0 {
+		f.Changes = []Change{}
+	}
+	for i := rng.Intn(4); i > 0 && f.Changes != nil; i-- {
+		c := Change{Op: []Op{OpInsert, OpUpdate, OpDelete, OpTruncate}[rng.Intn(4)]}
+		if rng.Intn(3) > 0 {
+			c.Row = row()
+		}
+		if rng.Intn(2) == 0 {
+			c.Old = row()
+		}
+		if rng.Intn(2) == 0 {
+			c.Before = row()
+		}
+		f.Changes = append(f.Changes, c)
+	}
+	return f
 }
