@@ -1,8 +1,8 @@
 package fanout
 
 import (
-	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,8 +101,7 @@ func appendRow(b []byte, row Row) []byte {
 // nanoseconds), which refuses years outside 0..9999.
 func appendTime(b []byte, t time.Time) ([]byte, error) {
 	if y := t.Year(); y < 0 || y > 9999 {
-		_, err := json.Marshal(t)
-		return nil, err
+		return nil, fmt.Errorf("commit time %s: year %d is outside 0..9999, which RFC 3339 cannot write", t, y)
 	}
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +93,15 @@ func randomFragment(rng *rand.Rand, n int) *Fragment {
 		f.Changes = append(f.Changes, c)
 	}
 	return f
+}
+
+// A time JSON cannot carry is an error, as it is for encoding/json.
+func TestEncodeRefusesAYearOutsideRFC3339(t *testing.T) {
+	f := &Fragment{Version: WireVersion, Shape: "s1", CommitLSN: 1, CommitTime: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if _, err := json.Marshal(f.CommitTime); err == nil {
+		t.Fatal("encoding/json writes year 10000: the hand encoder's rule is out of date")
+	}
+	if _, err := f.Encode(); err == nil || !strings.Contains(err.Error(), "year 10000") {
+		t.Fatalf("Encode of year 10000: %v", err)
+	}
 }

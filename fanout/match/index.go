@@ -64,7 +64,7 @@ type columnIndex struct {
 }
 
 func newColumnIndex(col string, k kind, d domain) *columnIndex {
-	return &columnIndex{col: col, kind: k, dom: d, ints: newShapesByKey[int64](), texts: newShapesByKey[string]()}
+	return &columnIndex{col: col, kind: k, dom: d, ints: newShapesByKey(newIntKeyTable()), texts: newShapesByKey(newTextKeyTable())}
 }
 
 func (ci *columnIndex) intKeyed() bool { return ci.dom == dInt || ci.dom == dBool || ci.dom == dTime }
@@ -88,7 +88,7 @@ func (ci *columnIndex) removeAt(k indexKey, i int) *entry {
 
 // visit visits the shapes of k's bucket, decided by the index when their
 // where clause is that one equality.
-func (ci *columnIndex) visit(k indexKey, visit func(e *entry, known bool)) {
+func (ci *columnIndex) visit(k indexKey, visit func(cd candidate, once bool)) {
 	if ci.intKeyed() {
 		ci.ints.each(k.i, visit)
 	} else {
@@ -97,27 +97,27 @@ func (ci *columnIndex) visit(k indexKey, visit func(e *entry, known bool)) {
 }
 
 // visitAll visits every shape indexed on ci, undecided.
-func (ci *columnIndex) visitAll(visit func(e *entry, known bool)) {
+func (ci *columnIndex) visitAll(visit func(cd candidate, once bool)) {
 	ci.ints.all(visit)
 	ci.texts.all(visit)
 }
 
 // shapesByKey is the buckets of one column index. Most keys have one shape:
-// it sits in first, in the map's slot itself (16 bytes for an integer key),
-// which saves memory and a cache miss per lookup. The other shapes of a key
-// that several shapes share sit in more, positions 1, 2, ... of its bucket.
+// it sits in first, in the key's slot itself (see keyTable), which saves
+// memory and cache misses per lookup. The other shapes of a key that
+// several shapes share sit in more, positions 1, 2, ... of its bucket.
 type shapesByKey[K comparable] struct {
-	first map[K]*entry
+	first *keyTable[K]
 	more  map[K][]*entry
 }
 
-func newShapesByKey[K comparable]() shapesByKey[K] {
-	return shapesByKey[K]{first: map[K]*entry{}, more: map[K][]*entry{}}
+func newShapesByKey[K comparable](first keyTable[K]) shapesByKey[K] {
+	return shapesByKey[K]{first: &first, more: map[K][]*entry{}}
 }
 
 func (m shapesByKey[K]) add(k K, e *entry) int {
-	if _, ok := m.first[k]; !ok {
-		m.first[k] = e
+	if m.first.find(k) == nil {
+		m.first.put(k, e)
 		return 0
 	}
 	m.more[k] = append(m.more[k], e)
@@ -127,13 +127,13 @@ func (m shapesByKey[K]) add(k K, e *entry) int {
 func (m shapesByKey[K]) removeAt(k K, i int) *entry {
 	more := m.more[k]
 	if len(more) == 0 {
-		moved := m.first[k]
-		delete(m.first, k)
+		moved := m.first.find(k).e
+		m.first.delete(k)
 		return moved
 	}
 	moved := more[len(more)-1]
 	if i == 0 {
-		m.first[k] = moved
+		m.first.put(k, moved)
 	} else {
 		more[i-1] = moved
 	}
@@ -146,33 +146,38 @@ func (m shapesByKey[K]) removeAt(k K, i int) *entry {
 	return moved
 }
 
-func (m shapesByKey[K]) each(k K, visit func(e *entry, known bool)) {
-	e, ok := m.first[k]
-	if !ok {
+// each visits the shapes of k's bucket. A shape the slot decides is
+// visited without reading its entry.
+func (m shapesByKey[K]) each(k K, visit func(cd candidate, once bool)) {
+	s := m.first.find(k)
+	if s == nil {
 		return
 	}
-	visit(e, e.pred == nil)
+	if s.decided != nil {
+		visit(candidate{entry: s.e, shape: s.decided, known: true, whole: true}, true)
+	} else {
+		visit(s.e.candidate(true), true)
+	}
 	if len(m.more) == 0 {
 		return // no key has a second shape: save the lookup
 	}
 	for _, e := range m.more[k] {
-		visit(e, e.pred == nil)
+		visit(e.candidate(true), true)
 	}
 }
 
-func (m shapesByKey[K]) all(visit func(e *entry, known bool)) {
-	for _, e := range m.first {
-		visit(e, false)
-	}
+func (m shapesByKey[K]) all(visit func(cd candidate, once bool)) {
+	m.first.each(func(e *entry) { visit(e.candidate(false), false) })
 	for _, more := range m.more {
 		for _, e := range more {
-			visit(e, false)
+			visit(e.candidate(false), false)
 		}
 	}
 }
 
 // entry is one registered shape and its place in the index. Route reads the
-// first four words of every shape it finds; they share a cache line.
+// first four words of every shape it finds, unless the index's slot decides
+// it (keySlot.decided); they share a cache line.
 type entry struct {
 	shape *fanout.Shape
 	// pred is nil when the where clause is exactly one indexed equality:
@@ -398,9 +403,12 @@ func (ci *columnIndex) unlink(p posting) {
 
 // collect calls visit for every shape of t that row could match: the
 // buckets of row's values, every indexed shape of a column row lacks (its
-// value is unknown), and the scan list. known is true when the index has
-// decided that the shape matches row (see decide).
-func (t *tableIndex) collect(row fanout.Row, visit func(e *entry, known bool)) {
+// value is unknown), and the scan list. cd.known is true when the index has
+// decided that the shape matches row (see decide). once is true when the
+// shape cannot come again for this row: it sits in one column index, and
+// its keys are distinct, so it is in one bucket of row's values at most;
+// but a shape with several keys comes once per key from visitAll.
+func (t *tableIndex) collect(row fanout.Row, visit func(cd candidate, once bool)) {
 	for _, ci := range t.cols {
 		p, present := row[ci.col]
 		if !present {
@@ -419,7 +427,7 @@ func (t *tableIndex) collect(row fanout.Row, visit func(e *entry, known bool)) {
 		ci.visit(key(ci.dom, v), visit)
 	}
 	for _, e := range t.scan {
-		visit(e, false)
+		visit(e.candidate(false), true)
 	}
 }
 

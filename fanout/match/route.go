@@ -200,23 +200,41 @@ func (b *beforeRow) take(pk, proj []string) fanout.Row {
 }
 
 // candidate is a shape a row could match. known: the index has already
-// decided that it matches (see tableIndex.collect).
+// decided that it matches (see tableIndex.collect), so row has its column.
+// whole: the shape keeps every column. A candidate found in a slot that
+// decides it is made without reading the entry (see keySlot), and routing
+// it must not read it either: shape, known and whole are all it needs.
 type candidate struct {
 	*entry
+	shape *fanout.Shape
 	known bool
+	whole bool
+}
+
+// candidate is e as a candidate; known: e's bucket holds the row's value.
+func (e *entry) candidate(known bool) candidate {
+	return candidate{entry: e, shape: e.shape, known: known && e.pred == nil, whole: e.proj == nil}
 }
 
 // candidates collects, without duplicates, the shapes of t that a or b
 // (either may be nil) could match, into a list reused by the next call.
 // known is kept only for one row: with two it would not say which matched.
+// A shape that cannot come twice is not marked, which spares reading its
+// entry when its slot decides it.
 func (r *Registry) candidates(t *tableIndex, a, b fanout.Row) []candidate {
 	r.visit++
 	r.cand = r.cand[:0]
-	visit := func(e *entry, known bool) {
-		if e.mark != r.visit {
-			e.mark = r.visit
-			r.cand = append(r.cand, candidate{e, known && b == nil})
+	visit := func(cd candidate, once bool) {
+		if b != nil {
+			cd.known, once = false, false
 		}
+		if !once {
+			if cd.mark == r.visit {
+				return
+			}
+			cd.mark = r.visit
+		}
+		r.cand = append(r.cand, cd)
 	}
 	if a != nil {
 		t.collect(a, visit)
@@ -234,6 +252,24 @@ func (r *Registry) matches(cd candidate, row fanout.Row) bool {
 		return true
 	}
 	return r.eval(cd.entry, row)
+}
+
+// covers reports whether row holds every column cd's where clause reads.
+func (cd candidate) covers(row fanout.Row) bool {
+	return cd.known || cd.entry.covers(row)
+}
+
+// project keeps the shape's columns (primary key included) of row.
+func (cd candidate) project(row fanout.Row) fanout.Row {
+	if cd.whole {
+		return row
+	}
+	return cd.entry.project(row)
+}
+
+// key is the primary-key part of row.
+func (cd candidate) key(row fanout.Row) fanout.Row {
+	return keyOf(cd.shape.PrimaryKey, row)
 }
 
 // eval evaluates e's where clause on row.
@@ -302,9 +338,11 @@ func (e *entry) project(row fanout.Row) fanout.Row {
 }
 
 // key is the primary-key part of row.
-func (e *entry) key(row fanout.Row) fanout.Row {
-	out := make(fanout.Row, len(e.shape.PrimaryKey))
-	for _, c := range e.shape.PrimaryKey {
+func (e *entry) key(row fanout.Row) fanout.Row { return keyOf(e.shape.PrimaryKey, row) }
+
+func keyOf(pk []string, row fanout.Row) fanout.Row {
+	out := make(fanout.Row, len(pk))
+	for _, c := range pk {
 		if v, ok := row[c]; ok {
 			out[c] = v
 		}
