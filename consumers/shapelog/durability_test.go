@@ -22,6 +22,8 @@ type disk struct {
 	synced map[string]int64 // path -> size at the last fsync
 	log    []string         // the paths fsynced, in order
 	onSync func(path string)
+	// syncfsCalls counts whole-file-system syncs (syncFS).
+	syncfsCalls int
 }
 
 func watchDisk(t *testing.T) *disk {
@@ -44,7 +46,35 @@ func watchDisk(t *testing.T) *disk {
 		}
 		return nil
 	}
-	t.Cleanup(func() { syncFile = orig })
+	origFS := syncFS
+	// A syncfs makes every file of the store durable as it is now.
+	syncFS = func(f *os.File) error {
+		if err := origFS(f); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.syncfsCalls++
+		var paths []string
+		for _, pattern := range []string{"shapes/*/log", "partitions/*/journal-*"} {
+			found, _ := filepath.Glob(filepath.Join(f.Name(), pattern))
+			paths = append(paths, found...)
+		}
+		for _, p := range paths {
+			if fi, err := os.Stat(p); err == nil {
+				d.synced[p] = fi.Size()
+			}
+			d.log = append(d.log, p)
+		}
+		hook := d.onSync
+		d.mu.Unlock()
+		if hook != nil {
+			for _, p := range paths {
+				hook(p)
+			}
+		}
+		return nil
+	}
+	t.Cleanup(func() { syncFile, syncFS = orig, origFS })
 	return d
 }
 
@@ -299,4 +329,12 @@ func (d *disk) count(path string) int {
 		}
 	}
 	return n
+}
+
+func TestKernelAtLeast(t *testing.T) {
+	for release, want := range map[string]bool{"6.18.44-fc-v1098": true, "5.8.0": true, "5.10": true, "5.7.19-generic": false, "4.19.0-27-amd64": false, "5.8-rc1": true, "x": false, "": false} {
+		if got := kernelAtLeast(release, 5, 8); got != want {
+			t.Errorf("kernelAtLeast(%q, 5, 8) = %v, want %v", release, got, want)
+		}
+	}
 }
