@@ -31,9 +31,6 @@ import (
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
-// testPartitions is FANOUT_BUS_PARTITIONS of the test stack.
-const testPartitions = 8
-
 // busClient connects the test itself to the stack's NATS.
 func (s *stack) busClient() (*nats.Conn, jetstream.JetStream) {
 	s.t.Helper()

@@ -126,6 +126,32 @@ func (s *stack) boundTo(id string) int {
 	return n
 }
 
+// shapeOnConsumer adds shapes of every row to defs until one of defs sits in
+// a partition bound to consumer id. Handles are random, so the few shapes a
+// test starts with all land on the other consumer's partitions in about one
+// run of 32 (with 8 partitions shared by two consumers), and then no load
+// ever reaches id: freezing it while it holds fragments could not succeed.
+func (s *stack) shapeOnConsumer(defs []shapeDef, id string) []shapeDef {
+	s.t.Helper()
+	for added := 0; ; added++ {
+		owned := map[int]bool{}
+		for _, b := range s.bindings() {
+			if b.Consumer == id {
+				owned[b.Partition] = true
+			}
+		}
+		for _, d := range defs {
+			if owned[fanout.Partition(d.handle, testPartitions)] {
+				return defs
+			}
+		}
+		if added == 40 { // each shape misses with probability 1/2
+			s.t.Fatalf("40 more shapes and still none in a partition of %s (it owns %v)", id, owned)
+		}
+		defs = append(defs, s.addShape("public.items", ""))
+	}
+}
+
 func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
@@ -139,6 +165,8 @@ func TestKilledConsumerReleasesWALAndLogsStayExact(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "both consumers to own partitions", func() bool {
 		return s.boundTo("c1") > 0 && s.boundTo("c2") > 0
 	})
+
+	defs = s.shapeOnConsumer(defs, "c1")
 
 	stop := make(chan struct{})
 	wg := s.load(stop, 1)
@@ -177,6 +205,8 @@ func TestZombieConsumerCannotCorruptLogs(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "both consumers to own partitions", func() bool {
 		return s.boundTo("c1") > 0 && s.boundTo("c2") > 0
 	})
+
+	defs = s.shapeOnConsumer(defs, "c1")
 
 	stop := make(chan struct{})
 	wg := s.load(stop, 1)

@@ -27,6 +27,10 @@ import (
 // WAL once load stops.
 const walSegment = 16 << 20
 
+// testPartitions is the test stack's bus.partitions: few, so that two
+// consumers each own several and every partition sees traffic.
+const testPartitions = 8
+
 // Detection settings of the test stack: short, so kills are noticed quickly.
 const (
 	heartbeatTimeout = 2 * time.Second
@@ -86,7 +90,7 @@ func newStackOn(t *testing.T, natsURL string, replicas int) *stack {
 		"FANOUT_BUS_REPLICAS=" + strconv.Itoa(replicas),
 		"FANOUT_STORAGE_DIR=" + s.storageDir(),
 		"FANOUT_HTTP_ADDR=127.0.0.1:0",
-		"FANOUT_BUS_PARTITIONS=8",
+		"FANOUT_BUS_PARTITIONS=" + strconv.Itoa(testPartitions),
 		"FANOUT_LOG_LEVEL=info",
 		"FANOUT_POSTGRES_IDLE_HEARTBEAT=1s",
 		"FANOUT_POSTGRES_STATUS_INTERVAL=" + statusInterval.String(),
