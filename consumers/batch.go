@@ -169,6 +169,7 @@ func (w *worker) persist(writer shapelog.Writer, frags []*fanout.Fragment) error
 			w.s.m.changes.Add(float64(st.Changes))
 			w.s.m.duplicates.Add(float64(st.Skipped))
 			w.s.m.orphans.Add(float64(st.Orphans))
+			w.s.m.reopens.Add(float64(st.Reopened))
 			return nil
 		}
 		var shapeErr *shapelog.ShapeError

@@ -8,6 +8,7 @@ type metrics struct {
 	changes     prometheus.Counter
 	duplicates  prometheus.Counter
 	orphans     prometheus.Counter
+	reopens     prometheus.Counter
 	deadLetters prometheus.Counter
 	removedDrop prometheus.Counter
 	owned       prometheus.Gauge
@@ -28,6 +29,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Redelivered or duplicate fragments already in their log, acked without writing."}),
 		orphans: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_orphan_fragments_total",
 			Help: "Fragments appended without the earlier part of their transaction in the log."}),
+		reopens: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_log_reopens_total",
+			Help: "Shape logs opened again after being closed as idle (a writer keeps 256 open). A high rate means a partition holds many more active shapes than that: each reopen is an open(2)."}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_dead_lettered_total",
 			Help: "Messages moved to the dead-letter stream."}),
 		removedDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_removed_shape_drops_total",
@@ -42,6 +45,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		quarantined: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_quarantined_shapes_total",
 			Help: "Shapes set aside because their log is unusable (their fragments are dead-lettered)."}),
 	}
-	reg.MustRegister(m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
+	reg.MustRegister(m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.reopens, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
 	return m
 }

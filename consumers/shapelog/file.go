@@ -1,6 +1,7 @@
 package shapelog
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -133,7 +135,8 @@ type openLog struct {
 	handle string
 	f      *os.File
 	acc    acceptor
-	size   int64 // bytes in the file after this writer's last append or scan
+	size   int64  // bytes in the file after this writer's last append or scan
+	used   uint64 // the writer's use count when the log was last opened or found open
 }
 
 // maxOpenLogs bounds the files one partition writer keeps open. A consumer
@@ -157,6 +160,8 @@ type fileWriter struct {
 	lock      *os.File   // writer-<epoch>.lock, held during each batch (lock.go)
 	logs      map[string]*openLog
 	closed    map[string]closedLog
+	uses      uint64 // counts w.open calls: openLog.used orders the open logs by recency
+	reopens   int    // logs opened again after closeIdleLogs closed them
 
 	journal *journal
 	// dirty names the logs written since the last checkpoint, open or
@@ -181,6 +186,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	if err := ctx.Err(); err != nil {
 		return st, err // the caller stopped owning the partition: write nothing
 	}
+	reopensBefore := w.reopens
 	if w.broken != nil {
 		return st, w.broken
 	}
@@ -238,6 +244,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		p.changes += f.NumChanges()
 	}
 	if len(journalBuf) == 0 {
+		st.Reopened = w.reopens - reopensBefore
 		return st, nil // every fragment was a duplicate
 	}
 	if err := w.appendJournal(journalBuf); err != nil {
@@ -272,6 +279,7 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 			return Stats{}, err
 		}
 	}
+	st.Reopened = w.reopens - reopensBefore
 	return st, nil
 }
 
@@ -512,7 +520,9 @@ func (w *fileWriter) checkEpoch() error {
 // open returns the open log of handle, opening (and recovering) it first.
 // A log directory it creates is fsynced at the next checkpoint.
 func (w *fileWriter) open(handle string) (*openLog, error) {
+	w.uses++
 	if l := w.logs[handle]; l != nil {
+		l.used = w.uses
 		return l, nil
 	}
 	if err := fanout.ValidateHandle(handle); err != nil {
@@ -532,8 +542,9 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
-	l := &openLog{handle: handle, f: f}
+	l := &openLog{handle: handle, f: f, used: w.uses}
 	if c, ok := w.closed[handle]; ok {
+		w.reopens++
 		delete(w.closed, handle)
 		if fi, err := f.Stat(); err == nil && fi.Size() == c.size {
 			// Unchanged since this writer closed it: its state still holds.
@@ -569,24 +580,30 @@ func openLogFile(path string, flag int) (*os.File, error) {
 }
 
 // closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
-// are open, down to half of that. Any log may be closed, also one the batch
-// in progress uses: Append keeps its own state of those and reopens them to
-// write. A closed log stays dirty until the next checkpoint fsyncs it:
-// checkpointing here instead made every batch at 300K shapes (thousands of
-// logs) fsync hundreds of files.
+// are open, down to half of that: the least recently used first, so that
+// the logs of busy shapes stay open while those of rarely written ones come
+// and go. Any log may be closed, also one the batch in progress uses:
+// Append keeps its own state of those and reopens them to write. A closed
+// log stays dirty until the next checkpoint fsyncs it: checkpointing here
+// instead made every batch at 300K shapes (thousands of logs) fsync
+// hundreds of files.
 func (w *fileWriter) closeIdleLogs() {
 	if len(w.logs) <= maxOpenLogs {
 		return
 	}
-	for handle, l := range w.logs {
-		if len(w.logs) <= maxOpenLogs/2 {
-			return
-		}
-		w.closed[handle] = closedLog{acc: l.acc, size: l.size}
+	byAge := make([]*openLog, 0, len(w.logs))
+	for _, l := range w.logs {
+		byAge = append(byAge, l)
+	}
+	// Sorting maxOpenLogs+1 logs once per maxOpenLogs/2 opens: a few
+	// comparisons per open, against a system call saved per reopen avoided.
+	slices.SortFunc(byAge, func(a, b *openLog) int { return cmp.Compare(a.used, b.used) })
+	for _, l := range byAge[:len(byAge)-maxOpenLogs/2] {
+		w.closed[l.handle] = closedLog{acc: l.acc, size: l.size}
 		if err := l.f.Close(); err != nil {
-			w.store.log.Warn("closing an idle shape log failed; the next checkpoint's fsync reports whether its data is lost", "shape", handle, "err", err)
+			w.store.log.Warn("closing an idle shape log failed; the next checkpoint's fsync reports whether its data is lost", "shape", l.handle, "err", err)
 		}
-		delete(w.logs, handle)
+		delete(w.logs, l.handle)
 	}
 }
 

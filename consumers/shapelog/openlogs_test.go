@@ -49,6 +49,40 @@ func TestWriterBoundsOpenLogsAndKeepsTheirState(t *testing.T) {
 	}
 }
 
+// The logs of busy shapes stay open while those of rarely written shapes
+// come and go: a writer closes the least recently used logs first.
+func TestBusyShapesKeepTheirLogsOpen(t *testing.T) {
+	st, _ := newStore(t)
+	w := take(t, st, 0, 1)
+	fw := w.(*fileWriter)
+	const busy, rarePerBatch = 16, 50
+	rare := 0
+	for round := 0; round < 4*maxOpenLogs/rarePerBatch; round++ {
+		// Each batch: rare shapes, the busy ones, more rare shapes.
+		var batch []*fanout.Fragment
+		for i := 0; i < rarePerBatch; i++ {
+			batch = append(batch, frag(fmt.Sprintf("rare%05d", rare), 100, 0, true, ins("id", "1")))
+			rare++
+			if i == rarePerBatch/2 {
+				for b := 0; b < busy; b++ {
+					batch = append(batch, frag(fmt.Sprintf("busy%02d", b), uint64(100+round), 0, true, ins("id", fmt.Sprint(round))))
+				}
+			}
+		}
+		// The rare shapes are new: only a busy shape's log can be reopened.
+		if st := mustAppend(t, w, batch...); st.Reopened != 0 {
+			t.Fatalf("round %d: %d logs of busy shapes, written in every batch, were closed and reopened (%d open, %d closed)", round, st.Reopened, len(fw.logs), len(fw.closed))
+		}
+	}
+	if len(fw.closed) == 0 {
+		t.Fatal("no log was closed: the test did not open enough logs to reach the bound")
+	}
+	// Reopened counts: a rare shape written again is a reopen.
+	if st := mustAppend(t, w, frag("rare00000", 200, 0, true, ins("id", "2"))); st.Reopened != 1 {
+		t.Fatalf("writing a log closed long ago: Reopened %d, want 1", st.Reopened)
+	}
+}
+
 // Closing idle logs makes nothing durable and costs no fsync: a batch at
 // 300K shapes names thousands of logs, and a checkpoint per batch was most
 // of the consumers' time there. The next checkpoint syncs the closed logs,

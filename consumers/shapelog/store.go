@@ -60,6 +60,9 @@ type Stats struct {
 	Skipped  int // duplicates or older positions, not written
 	Orphans  int // Seq > 0 fragments without the earlier part of their transaction
 	Logs     int // logs written
+	// Reopened counts the logs this batch opened again after the writer
+	// had closed them as idle (it keeps maxOpenLogs open): one open(2) each.
+	Reopened int
 }
 
 // ErrFenced means a newer owner epoch holds the partition: the writer is a
