@@ -176,14 +176,18 @@ type shapeSet struct {
 	kv      *fanout.Bus
 	mu      sync.RWMutex
 	known   map[string]*fanout.Shape
-	removed map[string]bool
+	removed recentRemovals
 	primed  chan struct{}
 	onGone  func(handle string)
 }
 
+func newShapeSet(kv *fanout.Bus, onGone func(handle string)) *shapeSet {
+	return &shapeSet{kv: kv, known: map[string]*fanout.Shape{}, removed: newRecentRemovals(removalsKept, time.Now), primed: make(chan struct{}), onGone: onGone}
+}
+
 func (ss *shapeSet) put(sh *fanout.Shape) {
 	ss.mu.Lock()
-	if !ss.removed[sh.Handle] {
+	if !ss.removed.has(sh.Handle) {
 		ss.known[sh.Handle] = sh
 	}
 	ss.mu.Unlock()
@@ -192,7 +196,7 @@ func (ss *shapeSet) put(sh *fanout.Shape) {
 func (ss *shapeSet) remove(handle string) {
 	ss.mu.Lock()
 	delete(ss.known, handle)
-	ss.removed[handle] = true
+	ss.removed.add(handle)
 	ss.mu.Unlock()
 	ss.onGone(handle)
 }
@@ -200,7 +204,7 @@ func (ss *shapeSet) remove(handle string) {
 // get returns the shape of handle, or nil when it does not exist.
 func (ss *shapeSet) get(ctx context.Context, handle string) *fanout.Shape {
 	ss.mu.RLock()
-	sh, gone := ss.known[handle], ss.removed[handle]
+	sh, gone := ss.known[handle], ss.removed.has(handle)
 	ss.mu.RUnlock()
 	if sh != nil || gone {
 		return sh
@@ -216,6 +220,52 @@ func (ss *shapeSet) get(ctx context.Context, handle string) *fanout.Shape {
 func (ss *shapeSet) exists(ctx context.Context, handle string) bool {
 	return ss.get(ctx, handle) != nil
 }
+
+// removalsKept is how long a removal is remembered. It only has to outlast
+// a read of the shapes bucket that began before the removal (get falls back
+// to the bucket, and must not bring the shape back with what it read), a
+// matter of one round trip; a handle forgotten after that is looked up in
+// the bucket, which no longer has it.
+const removalsKept = 10 * time.Minute
+
+// recentRemovals remembers the handles removed in the last one to two
+// periods, in two generations, so that a server with shapes created and
+// removed all day does not keep every handle it ever saw. It is guarded by
+// its shapeSet's lock.
+type recentRemovals struct {
+	period        time.Duration
+	now           func() time.Time
+	since         time.Time // when cur began
+	cur, previous map[string]struct{}
+}
+
+func newRecentRemovals(period time.Duration, now func() time.Time) recentRemovals {
+	return recentRemovals{period: period, now: now, since: now(), cur: map[string]struct{}{}, previous: map[string]struct{}{}}
+}
+
+func (rr *recentRemovals) add(handle string) {
+	at := rr.now()
+	if elapsed := at.Sub(rr.since); elapsed >= rr.period {
+		// Every removal in cur was added before since+period. They become
+		// previous, and what was previous (older than a period) is
+		// forgotten; with two periods gone, cur's are too.
+		if elapsed >= 2*rr.period {
+			clear(rr.cur)
+		}
+		rr.previous, rr.cur, rr.since = rr.cur, map[string]struct{}{}, at
+	}
+	rr.cur[handle] = struct{}{}
+}
+
+// has reports whether handle was removed in the last period at least.
+func (rr *recentRemovals) has(handle string) bool {
+	_, inCur := rr.cur[handle]
+	_, inPrevious := rr.previous[handle]
+	return inCur || inPrevious
+}
+
+// len is how many removals are remembered.
+func (rr *recentRemovals) len() int { return len(rr.cur) + len(rr.previous) }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
