@@ -17,7 +17,8 @@ type Config struct {
 		BusRetryTimeout   time.Duration `mapstructure:"bus_retry_timeout"`
 	} `mapstructure:"consumer"`
 	Storage struct {
-		Dir string `mapstructure:"dir" required:"true"`
+		Dir         string `mapstructure:"dir" required:"true"`
+		MaxOpenLogs int    `mapstructure:"max_open_logs"`
 	} `mapstructure:"storage"`
 	NATS configs.NATS `mapstructure:"nats"`
 	Bus  configs.Bus  `mapstructure:"bus"`
@@ -42,6 +43,9 @@ func (c *Config) Validate() error {
 	}
 	if k.BusRetryTimeout < time.Second {
 		return fmt.Errorf("config key consumer.bus_retry_timeout: %s is under 1s", k.BusRetryTimeout)
+	}
+	if n := c.Storage.MaxOpenLogs; n != 0 && (n < 16 || n > 1_000_000) {
+		return fmt.Errorf("config key storage.max_open_logs: %d is not 0 (sized from the descriptor limit) or between 16 and 1000000", n)
 	}
 	return nil
 }

@@ -54,6 +54,12 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	openLogs := cfg.Storage.MaxOpenLogs
+	if openLogs == 0 {
+		openLogs = shapelog.OpenLogsPerWriter(cfg.Bus.Partitions)
+	}
+	store.SetMaxOpenLogs(openLogs)
+	log.Info("shape logs kept open per partition writer", "max_open_logs", openLogs, "partitions", cfg.Bus.Partitions)
 	reg := observe.NewRegistry()
 	s := &Service{
 		cfg: cfg, id: cfg.Consumer.ID, log: log, reg: reg, ready: &observe.Readiness{},

@@ -21,6 +21,8 @@ import (
 type FileStore struct {
 	dir string
 	log *slog.Logger
+	// maxOpenLogs bounds the logs each writer keeps open (SetMaxOpenLogs).
+	maxOpenLogs int
 }
 
 // NewFileStore uses dir (created if missing) for shape logs.
@@ -33,8 +35,14 @@ func NewFileStore(dir string, log *slog.Logger) (*FileStore, error) {
 			return nil, fmt.Errorf("storage directory: %w (set storage.dir to a writable directory)", err)
 		}
 	}
-	return &FileStore{dir: dir, log: log}, nil
+	return &FileStore{dir: dir, log: log, maxOpenLogs: defaultMaxOpenLogs}, nil
 }
+
+// SetMaxOpenLogs sets how many shape logs each partition writer keeps open
+// (at least minOpenLogs; OpenLogsPerWriter says how many the process's
+// descriptor limit allows). Call it before taking writers: a writer keeps
+// the bound it was taken with.
+func (s *FileStore) SetMaxOpenLogs(n int) { s.maxOpenLogs = max(n, minOpenLogs) }
 
 // Dir is the storage directory.
 func (s *FileStore) Dir() string { return s.dir }
@@ -78,7 +86,7 @@ func (s *FileStore) Take(ctx context.Context, partition int, epoch uint64) (Writ
 		s.log.Warn("an older writer of the partition is still inside a batch after the wait (a frozen process?); going on: it can no longer ack, and readers skip what it writes behind this epoch",
 			"partition", partition, "epoch", epoch, "older_epochs", busy, "waited", olderWriterWait)
 	}
-	w := &fileWriter{store: s, partition: partition, epoch: epoch, lock: lock, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[string]bool{}}
+	w := &fileWriter{store: s, partition: partition, epoch: epoch, lock: lock, maxOpenLogs: s.maxOpenLogs, logs: map[string]*openLog{}, closed: map[string]closedLog{}, dirty: map[string]bool{}}
 	if err := w.replay(); err != nil {
 		w.closeLogs()
 		lock.Close()
@@ -139,11 +147,15 @@ type openLog struct {
 	used   uint64 // the writer's use count when the log was last opened or found open
 }
 
-// maxOpenLogs bounds the files one partition writer keeps open. A consumer
-// owning many partitions of many shapes would otherwise run out of file
+// A partition writer keeps a bounded number of logs open: a consumer owning
+// many partitions of many shapes would otherwise run out of file
 // descriptors. A closed log's state is kept (a few words), so reopening it
-// needs no rescan unless the file changed size meanwhile.
-const maxOpenLogs = 256
+// needs no rescan unless the file changed size meanwhile; but a reopen is
+// an open(2), and with every log of a busy partition open there are none.
+const (
+	defaultMaxOpenLogs = 256 // FileStore's bound until SetMaxOpenLogs
+	minOpenLogs        = 16
+)
 
 // closedLog is what a writer remembers of a log it closed.
 type closedLog struct {
@@ -158,10 +170,12 @@ type fileWriter struct {
 	epoch     uint64
 	mu        sync.Mutex // Writer is single-goroutine; this guards Close racing Append
 	lock      *os.File   // writer-<epoch>.lock, held during each batch (lock.go)
-	logs      map[string]*openLog
-	closed    map[string]closedLog
-	uses      uint64 // counts w.open calls: openLog.used orders the open logs by recency
-	reopens   int    // logs opened again after closeIdleLogs closed them
+	// maxOpenLogs bounds len(logs): closeIdleLogs closes down to half of it.
+	maxOpenLogs int
+	logs        map[string]*openLog
+	closed      map[string]closedLog
+	uses        uint64 // counts w.open calls: openLog.used orders the open logs by recency
+	reopens     int    // logs opened again after closeIdleLogs closed them
 
 	journal *journal
 	// dirty names the logs written since the last checkpoint, open or
@@ -579,8 +593,8 @@ func openLogFile(path string, flag int) (*os.File, error) {
 	}
 }
 
-// closeIdleLogs closes logs, keeping their state, when more than maxOpenLogs
-// are open, down to half of that: the least recently used first, so that
+// closeIdleLogs closes logs, keeping their state, when more than
+// w.maxOpenLogs are open, down to half of that: the least recently used first, so that
 // the logs of busy shapes stay open while those of rarely written ones come
 // and go. Any log may be closed, also one the batch in progress uses:
 // Append keeps its own state of those and reopens them to write. A closed
@@ -588,7 +602,7 @@ func openLogFile(path string, flag int) (*os.File, error) {
 // instead made every batch at 300K shapes (thousands of logs) fsync
 // hundreds of files.
 func (w *fileWriter) closeIdleLogs() {
-	if len(w.logs) <= maxOpenLogs {
+	if len(w.logs) <= w.maxOpenLogs {
 		return
 	}
 	byAge := make([]*openLog, 0, len(w.logs))
@@ -596,9 +610,9 @@ func (w *fileWriter) closeIdleLogs() {
 		byAge = append(byAge, l)
 	}
 	// Sorting maxOpenLogs+1 logs once per maxOpenLogs/2 opens: a few
-	// comparisons per open, against a system call saved per reopen avoided.
+	// comparisons per open, against a system call per reopen avoided.
 	slices.SortFunc(byAge, func(a, b *openLog) int { return cmp.Compare(a.used, b.used) })
-	for _, l := range byAge[:len(byAge)-maxOpenLogs/2] {
+	for _, l := range byAge[:len(byAge)-w.maxOpenLogs/2] {
 		w.closed[l.handle] = closedLog{acc: l.acc, size: l.size}
 		if err := l.f.Close(); err != nil {
 			w.store.log.Warn("closing an idle shape log failed; the next checkpoint's fsync reports whether its data is lost", "shape", l.handle, "err", err)

@@ -8,17 +8,17 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// A writer keeps at most about maxOpenLogs files open, and a log it closed
+// A writer keeps at most about defaultMaxOpenLogs files open, and a log it closed
 // keeps its place: a duplicate is still skipped after the reopen, and a log
 // changed by someone else meanwhile is rescanned.
 func TestWriterBoundsOpenLogsAndKeepsTheirState(t *testing.T) {
 	st, _ := newStore(t)
 	w := take(t, st, 0, 1)
-	n := maxOpenLogs * 3
+	n := defaultMaxOpenLogs * 3
 	for i := 0; i < n; i++ {
 		mustAppend(t, w, frag(fmt.Sprintf("s%04d", i), 100, 0, true, ins("id", "1")))
-		if open := len(w.(*fileWriter).logs); open > maxOpenLogs+1 {
-			t.Fatalf("%d logs open after %d shapes, want at most %d", open, i+1, maxOpenLogs+1)
+		if open := len(w.(*fileWriter).logs); open > defaultMaxOpenLogs+1 {
+			t.Fatalf("%d logs open after %d shapes, want at most %d", open, i+1, defaultMaxOpenLogs+1)
 		}
 	}
 	// Every log again: the first ones were closed; their position is kept.
@@ -57,7 +57,7 @@ func TestBusyShapesKeepTheirLogsOpen(t *testing.T) {
 	fw := w.(*fileWriter)
 	const busy, rarePerBatch = 16, 50
 	rare := 0
-	for round := 0; round < 4*maxOpenLogs/rarePerBatch; round++ {
+	for round := 0; round < 4*defaultMaxOpenLogs/rarePerBatch; round++ {
 		// Each batch: rare shapes, the busy ones, more rare shapes.
 		var batch []*fanout.Fragment
 		for i := 0; i < rarePerBatch; i++ {
@@ -101,7 +101,7 @@ func TestClosedLogsAreFsyncedAtTheNextCheckpoint(t *testing.T) {
 			} else if mode == "syncfs" && fw.fs == nil {
 				t.Skip("syncfs is not used on this system (Linux 5.8 or later only)")
 			}
-			n := maxOpenLogs * 3
+			n := defaultMaxOpenLogs * 3
 			for i := 0; i < n; i++ {
 				mustAppend(t, w, frag(fmt.Sprintf("s%04d", i), 100, 0, true, ins("id", "1")))
 			}
@@ -158,7 +158,7 @@ func TestABatchOfMoreShapesThanOpenLogsIsOneJournalAppend(t *testing.T) {
 	d := watchDisk(t)
 	st, _ := newStore(t)
 	w := take(t, st, 0, 1)
-	n := maxOpenLogs * 4
+	n := defaultMaxOpenLogs * 4
 	var batch []*fanout.Fragment
 	for i := 0; i < n; i++ {
 		batch = append(batch, frag(fmt.Sprintf("s%04d", i), 100, 0, false, ins("id", "1")), frag(fmt.Sprintf("s%04d", i), 100, 1, true, ins("id", "2")))
@@ -171,8 +171,8 @@ func TestABatchOfMoreShapesThanOpenLogsIsOneJournalAppend(t *testing.T) {
 	if got := d.count(journal) - before; got != 1 {
 		t.Fatalf("the batch took %d journal fsyncs, want 1", got)
 	}
-	if open := len(w.(*fileWriter).logs); open > maxOpenLogs+1 {
-		t.Fatalf("%d logs open after the batch, want at most %d", open, maxOpenLogs+1)
+	if open := len(w.(*fileWriter).logs); open > defaultMaxOpenLogs+1 {
+		t.Fatalf("%d logs open after the batch, want at most %d", open, defaultMaxOpenLogs+1)
 	}
 	if s := mustAppend(t, w, batch...); s.Skipped != 2*n || s.Appended != 0 {
 		t.Fatalf("redelivered batch: %+v, want every fragment skipped", s)
@@ -181,5 +181,47 @@ func TestABatchOfMoreShapesThanOpenLogsIsOneJournalAppend(t *testing.T) {
 		if got := ids(t, st, fmt.Sprintf("s%04d", i)); fmt.Sprint(got) != "[1 2]" {
 			t.Fatalf("shape %d: rows %v, want [1 2]", i, got)
 		}
+	}
+}
+
+// How many logs a writer keeps open follows the descriptor limit, so that
+// one consumer holding every partition stays within it; SetMaxOpenLogs
+// bounds the writers taken afterwards.
+func TestOpenLogsFollowTheDescriptorLimit(t *testing.T) {
+	for _, c := range []struct {
+		limit      uint64
+		partitions int
+		want       int
+	}{
+		{20_000, 64, 296},        // this machine's limit
+		{1 << 19, 64, 8_176},     // a container's
+		{1 << 20, 64, 16_368},    // another container's
+		{1 << 20, 8, 16_384},     // capped
+		{^uint64(0), 64, 16_384}, // unlimited
+		{1_024, 64, 16},          // under the reserve: the floor
+		{4_096, 0, 3_072},        // no partition count: one
+	} {
+		if got := openLogsWithin(c.limit, c.partitions); got != c.want {
+			t.Errorf("limit %d, %d partitions: %d logs per writer, want %d", c.limit, c.partitions, got, c.want)
+		}
+	}
+	if limit, ok := descriptorLimit(); ok {
+		if n := OpenLogsPerWriter(64); uint64(n*64+reservedDescriptors) > max(limit, uint64(minOpenLogs*64+reservedDescriptors)) {
+			t.Errorf("%d logs per writer over 64 partitions exceed this process's limit of %d descriptors", n, limit)
+		}
+	}
+
+	st, _ := newStore(t)
+	st.SetMaxOpenLogs(40)
+	w := take(t, st, 0, 1)
+	for i := 0; i < 200; i++ {
+		mustAppend(t, w, frag(fmt.Sprintf("s%04d", i), 100, 0, true, ins("id", "1")))
+		if open := len(w.(*fileWriter).logs); open > 41 {
+			t.Fatalf("%d logs open with a bound of 40", open)
+		}
+	}
+	st.SetMaxOpenLogs(1)
+	if st.maxOpenLogs != minOpenLogs {
+		t.Errorf("SetMaxOpenLogs(1) set %d, want the floor %d", st.maxOpenLogs, minOpenLogs)
 	}
 }

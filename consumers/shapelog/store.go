@@ -61,7 +61,7 @@ type Stats struct {
 	Orphans  int // Seq > 0 fragments without the earlier part of their transaction
 	Logs     int // logs written
 	// Reopened counts the logs this batch opened again after the writer
-	// had closed them as idle (it keeps maxOpenLogs open): one open(2) each.
+	// had closed them as idle (it keeps a bounded number open): one open(2) each.
 	Reopened int
 }
 
