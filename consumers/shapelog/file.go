@@ -264,7 +264,13 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	if err := w.appendJournal(journalBuf); err != nil {
 		return Stats{}, err
 	}
-	for _, p := range order {
+	// The logs are written in the reverse order of their opening above:
+	// when the batch names more shapes than the writer keeps open, the ones
+	// still open are the last opened, and writing those first finds them
+	// open (in opening order, each write would reopen a log that the
+	// previous reopen had just closed as the least recently used).
+	for i := len(order) - 1; i >= 0; i-- {
+		p := order[i]
 		if len(p.buf) == 0 {
 			continue
 		}
