@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fanout/pipeline/configs"
+	"github.com/fanout/pipeline/consumers/shapelog"
 )
 
 // Config is the consumer's configuration (configs/consumer.yaml documents every key).
@@ -44,8 +45,8 @@ func (c *Config) Validate() error {
 	if k.BusRetryTimeout < time.Second {
 		return fmt.Errorf("config key consumer.bus_retry_timeout: %s is under 1s", k.BusRetryTimeout)
 	}
-	if n := c.Storage.MaxOpenLogs; n != 0 && (n < 16 || n > 1_000_000) {
-		return fmt.Errorf("config key storage.max_open_logs: %d is not 0 (sized from the descriptor limit) or between 16 and 1000000", n)
+	if n := c.Storage.MaxOpenLogs; n != 0 && (n < shapelog.MinOpenLogs || n > 1_000_000) {
+		return fmt.Errorf("config key storage.max_open_logs: %d is not 0 (sized from the descriptor limit) or between %d and 1000000", n, shapelog.MinOpenLogs)
 	}
 	return nil
 }

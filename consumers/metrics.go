@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		orphans: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_orphan_fragments_total",
 			Help: "Fragments appended without the earlier part of their transaction in the log."}),
 		reopens: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_log_reopens_total",
-			Help: "Shape logs opened again after being closed as idle (a writer keeps 256 open). A high rate means a partition holds many more active shapes than that: each reopen is an open(2)."}),
+			Help: "Shape logs opened again after being closed as idle (a partition writer keeps storage.max_open_logs open). A high rate means partitions hold many more active shapes than that: each reopen is an open(2)."}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_dead_lettered_total",
 			Help: "Messages moved to the dead-letter stream."}),
 		removedDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_removed_shape_drops_total",

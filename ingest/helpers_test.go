@@ -63,9 +63,9 @@ func runIngest(t *testing.T, pg *testenv.Postgres, ns *testenv.NATS, extra ...st
 }
 
 // startIngestProcess runs bin/ingest as an OS process (killed when the test ends).
-func startIngestProcess(t *testing.T, args []string) *testenv.Process {
+func startIngestProcess(t *testing.T, args []string, env ...string) *testenv.Process {
 	t.Helper()
-	return testenv.StartProcess(t, "ingest", "ingest", args)
+	return testenv.StartProcess(t, "ingest", "ingest", args, env...)
 }
 
 // peakRSS is the process's high-water resident set size in bytes.

@@ -165,7 +165,7 @@ func TestLargeTransactionBoundedMemory(t *testing.T) {
 	// out of the measure: on a starved CI machine the heap overshot its
 	// target (56 MB peak against 38 MB on a quiet one). A soft limit cannot
 	// hide a transaction held in memory: that would be over 190 MB live.
-	p := testenv.StartProcess(t, "ingest", "ingest", testArgs(pg, ns,
+	p := startIngestProcess(t, testArgs(pg, ns,
 		"--ingest.max_buffered_bytes", "8388608", "--ingest.max_inflight_bytes", "8388608"), "GOMEMLIMIT=32MiB")
 	testenv.Eventually(t, 30*time.Second, "ingest to publish its first progress", func() bool { return published(t, bus) > 0 })
 	// What the running process needs before the transaction (its code,

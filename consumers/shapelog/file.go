@@ -39,10 +39,10 @@ func NewFileStore(dir string, log *slog.Logger) (*FileStore, error) {
 }
 
 // SetMaxOpenLogs sets how many shape logs each partition writer keeps open
-// (at least minOpenLogs; OpenLogsPerWriter says how many the process's
+// (at least MinOpenLogs; OpenLogsPerWriter says how many the process's
 // descriptor limit allows). Call it before taking writers: a writer keeps
 // the bound it was taken with.
-func (s *FileStore) SetMaxOpenLogs(n int) { s.maxOpenLogs = max(n, minOpenLogs) }
+func (s *FileStore) SetMaxOpenLogs(n int) { s.maxOpenLogs = max(n, MinOpenLogs) }
 
 // Dir is the storage directory.
 func (s *FileStore) Dir() string { return s.dir }
@@ -154,7 +154,7 @@ type openLog struct {
 // an open(2), and with every log of a busy partition open there are none.
 const (
 	defaultMaxOpenLogs = 256 // FileStore's bound until SetMaxOpenLogs
-	minOpenLogs        = 16
+	MinOpenLogs        = 16  // the lowest bound SetMaxOpenLogs takes
 )
 
 // closedLog is what a writer remembers of a log it closed.
@@ -600,9 +600,9 @@ func openLogFile(path string, flag int) (*os.File, error) {
 }
 
 // closeIdleLogs closes logs, keeping their state, when more than
-// w.maxOpenLogs are open, down to half of that: the least recently used first, so that
-// the logs of busy shapes stay open while those of rarely written ones come
-// and go. Any log may be closed, also one the batch in progress uses:
+// w.maxOpenLogs are open, down to half of that: the least recently used
+// first, so that the logs of busy shapes stay open while those of rarely
+// written ones come and go. Any log may be closed, also one the batch in progress uses:
 // Append keeps its own state of those and reopens them to write. A closed
 // log stays dirty until the next checkpoint fsyncs it: checkpointing here
 // instead made every batch at 300K shapes (thousands of logs) fsync

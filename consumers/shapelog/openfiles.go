@@ -27,5 +27,5 @@ func OpenLogsPerWriter(partitions int) int {
 func openLogsWithin(limit uint64, partitions int) int {
 	limit = min(limit, 1<<30) // RLIM_INFINITY and the like
 	n := (int64(limit) - reservedDescriptors) / int64(max(partitions, 1))
-	return int(min(max(n, minOpenLogs), maxAutoOpenLogs))
+	return int(min(max(n, MinOpenLogs), maxAutoOpenLogs))
 }

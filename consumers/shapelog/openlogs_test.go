@@ -206,7 +206,7 @@ func TestOpenLogsFollowTheDescriptorLimit(t *testing.T) {
 		}
 	}
 	if limit, ok := descriptorLimit(); ok {
-		if n := OpenLogsPerWriter(64); uint64(n*64+reservedDescriptors) > max(limit, uint64(minOpenLogs*64+reservedDescriptors)) {
+		if n := OpenLogsPerWriter(64); uint64(n*64+reservedDescriptors) > max(limit, uint64(MinOpenLogs*64+reservedDescriptors)) {
 			t.Errorf("%d logs per writer over 64 partitions exceed this process's limit of %d descriptors", n, limit)
 		}
 	}
@@ -221,7 +221,7 @@ func TestOpenLogsFollowTheDescriptorLimit(t *testing.T) {
 		}
 	}
 	st.SetMaxOpenLogs(1)
-	if st.maxOpenLogs != minOpenLogs {
-		t.Errorf("SetMaxOpenLogs(1) set %d, want the floor %d", st.maxOpenLogs, minOpenLogs)
+	if st.maxOpenLogs != MinOpenLogs {
+		t.Errorf("SetMaxOpenLogs(1) set %d, want the floor %d", st.maxOpenLogs, MinOpenLogs)
 	}
 }
