@@ -118,13 +118,19 @@ func (w *worker) quarantine(e *shapelog.ShapeError) {
 }
 
 // announce tells readers (the HTTP API's held live requests) which shape
-// logs grew, one core NATS notice per shape of the batch, after the batch is
-// durable and acked. A notice is a hint that may be lost; a failure to send
-// one is counted, not retried.
+// logs grew readable, one core NATS notice per shape, after the batch is
+// durable and acked. A log grows readable only when a transaction in it is
+// complete (shapelog.ReadLog): a fragment that ends its transaction does
+// that, and so may one that starts a new transaction (an earlier one whose
+// end was dead-lettered is complete then); the first fragments of a large
+// transaction do not, so they wake nobody. A notice is a hint that may be
+// lost; a failure to send one is counted, not retried.
 func (w *worker) announce(persisted []received) {
 	last := map[string]fanout.Position{}
 	for _, r := range persisted {
-		last[r.frag.Shape] = r.frag.Position()
+		if r.frag.Last || r.frag.Seq == 0 {
+			last[r.frag.Shape] = r.frag.Position()
+		}
 	}
 	for shape, pos := range last {
 		if err := w.s.nc.Publish(fanout.NoticeSubject(shape), []byte(pos.String())); err != nil {

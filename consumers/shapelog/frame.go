@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strconv"
 
 	"github.com/jackc/pglogrepl"
 
@@ -26,16 +27,52 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// A payload is recordBinary, then little-endian: the epoch the record was
-// written at (8 bytes), the fragment's commit LSN (8) and seq (4), then the
-// fragment's wire bytes (fanout.Fragment.Wire). The position is repeated in
-// binary so that opening a log or replaying a journal, which need only
-// positions, decode no JSON. Logs of the first version hold JSON records
-// {"epoch","fragment"} instead; those are still read.
+// A payload is a record: a binary header, then the record's body. The
+// header carries everything the writer, journal replay and readers need to
+// place a record (epoch, position, transaction, whether it ends its
+// transaction's part), so none of them decode JSON to do so. Version 3,
+// written now, little-endian:
+//
+//	version  1 byte   0x03
+//	kind     1 byte   what the body is (RecordKind)
+//	flags    1 byte   bit 0: last, the record ends its shape's part of its transaction
+//	epoch    8 bytes  owner epoch the record was written at
+//	lsn      8 bytes  commit LSN of its transaction
+//	seq      4 bytes  its place in that transaction's part (fanout.Fragment.Seq)
+//	xid      4 bytes  the transaction's id
+//	body              for KindChanges: the fragment's wire bytes (fanout.Fragment.Wire)
+//
+// Older records are still read: version 2 (0x02: epoch, lsn, seq, then the
+// fragment; xid and last are read from the fragment's JSON) and version 1
+// (JSON {"epoch","fragment"}). LAYOUT.md describes the whole layout.
 const (
-	recordBinary     = 0x02
-	recordHeaderSize = 1 + 8 + 8 + 4
+	recordV3         = 0x03
+	recordV3Header   = 1 + 1 + 1 + 8 + 8 + 4 + 4
+	recordV2         = 0x02
+	recordV2Header   = 1 + 8 + 8 + 4
+	flagLast         = 0x01
+	recordHeaderSize = recordV3Header // what this build writes
 )
+
+// RecordKind says what a record's body is. A reader refuses a kind it does
+// not know (a newer build wrote it) rather than skip data.
+type RecordKind byte
+
+const (
+	// KindChanges is a fragment: one shape's changes of one transaction.
+	KindChanges RecordKind = 1
+	// Kinds 2 and up are reserved for records that are not row changes
+	// (the subquery moves of LAYOUT.md).
+)
+
+// recordHeader is what a record says of itself before its body.
+type recordHeader struct {
+	kind  RecordKind
+	epoch uint64
+	pos   fanout.Position
+	xid   uint32
+	last  bool
+}
 
 // jsonRecord is the payload of a first-version frame.
 type jsonRecord struct {
@@ -58,11 +95,16 @@ func encodeRecord(epoch uint64, f *fanout.Fragment) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode fragment %s %s: %w", f.Shape, f.Position(), err)
 	}
-	record := make([]byte, 0, recordHeaderSize+len(body))
-	record = append(record, recordBinary)
+	var flags byte
+	if f.Last {
+		flags |= flagLast
+	}
+	record := make([]byte, 0, recordV3Header+len(body))
+	record = append(record, recordV3, byte(KindChanges), flags)
 	record = binary.LittleEndian.AppendUint64(record, epoch)
 	record = binary.LittleEndian.AppendUint64(record, uint64(f.CommitLSN))
 	record = binary.LittleEndian.AppendUint32(record, uint32(f.Seq))
+	record = binary.LittleEndian.AppendUint32(record, f.Xid)
 	return append(record, body...), nil
 }
 
@@ -85,33 +127,62 @@ func appendFrame(buf []byte, parts ...[]byte) ([]byte, error) {
 	return buf, nil
 }
 
-// recordPosition reads the epoch and position of a frame's payload, and
-// returns the fragment's wire bytes.
-func recordPosition(payload []byte) (epoch uint64, pos fanout.Position, body []byte, err error) {
+// readRecord reads the header of a frame's payload and returns the body.
+func readRecord(payload []byte) (recordHeader, []byte, error) {
+	var h recordHeader
 	switch {
-	case len(payload) >= recordHeaderSize && payload[0] == recordBinary:
-		epoch = binary.LittleEndian.Uint64(payload[1:9])
-		pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[9:17]))
-		pos.Seq = int(binary.LittleEndian.Uint32(payload[17:21]))
-		return epoch, pos, payload[recordHeaderSize:], nil
+	case len(payload) >= recordV3Header && payload[0] == recordV3:
+		h.kind = RecordKind(payload[1])
+		h.last = payload[2]&flagLast != 0
+		h.epoch = binary.LittleEndian.Uint64(payload[3:11])
+		h.pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[11:19]))
+		h.pos.Seq = int(binary.LittleEndian.Uint32(payload[19:23]))
+		h.xid = binary.LittleEndian.Uint32(payload[23:27])
+		if h.kind != KindChanges {
+			return h, nil, fmt.Errorf("record of kind %d, which this build does not know (a newer version wrote it: upgrade this service)", h.kind)
+		}
+		return h, payload[recordV3Header:], nil
+	case len(payload) >= recordV2Header && payload[0] == recordV2:
+		h.kind = KindChanges
+		h.epoch = binary.LittleEndian.Uint64(payload[1:9])
+		h.pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[9:17]))
+		h.pos.Seq = int(binary.LittleEndian.Uint32(payload[17:21]))
+		body := payload[recordV2Header:]
+		var ok bool
+		if h.xid, h.last, ok = fragmentHead(body); !ok {
+			f, err := fanout.DecodeFragment(body)
+			if err != nil {
+				return h, nil, err
+			}
+			h.xid, h.last = f.Xid, f.Last
+		}
+		return h, body, nil
 	case len(payload) > 0 && payload[0] == '{':
 		var r jsonRecord
 		if err := json.Unmarshal(payload, &r); err != nil {
-			return 0, pos, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
+			return h, nil, fmt.Errorf("record is not JSON of {epoch, fragment}: %w", err)
 		}
 		f, err := fanout.DecodeFragment(r.Fragment)
 		if err != nil {
-			return 0, pos, nil, err
+			return h, nil, err
 		}
-		return r.Epoch, f.Position(), r.Fragment, nil
+		h.kind, h.epoch, h.pos, h.xid, h.last = KindChanges, r.Epoch, f.Position(), f.Xid, f.Last
+		return h, r.Fragment, nil
 	default:
-		return 0, pos, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))
+		return h, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))
 	}
+}
+
+// recordPosition reads the epoch and position of a frame's payload, and
+// returns the fragment's wire bytes.
+func recordPosition(payload []byte) (epoch uint64, pos fanout.Position, body []byte, err error) {
+	h, body, err := readRecord(payload)
+	return h.epoch, h.pos, body, err
 }
 
 // decodeRecord parses a frame's payload.
 func decodeRecord(payload []byte) (uint64, *fanout.Fragment, error) {
-	epoch, pos, body, err := recordPosition(payload)
+	h, body, err := readRecord(payload)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -120,10 +191,64 @@ func decodeRecord(payload []byte) (uint64, *fanout.Fragment, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if f.Position() != pos {
-		return 0, nil, fmt.Errorf("record header says position %s, its fragment %s", pos, f.Position())
+	if f.Position() != h.pos {
+		return 0, nil, fmt.Errorf("record header says position %s, its fragment %s", h.pos, f.Position())
 	}
-	return epoch, f, nil
+	if f.Xid != h.xid || f.Last != h.last {
+		return 0, nil, fmt.Errorf("record header says xid %d last %t, its fragment xid %d last %t", h.xid, h.last, f.Xid, f.Last)
+	}
+	return h.epoch, f, nil
+}
+
+// fragmentHead reads xid and last from a fragment's wire JSON without
+// decoding it: both stand, once each, among the top-level fields before
+// "changes" in the form ingest writes (fanout's appendFragment). ok is false
+// when the bytes do not show them plainly: decode the fragment instead.
+func fragmentHead(body []byte) (xid uint32, last bool, ok bool) {
+	if len(body) == 0 || body[0] != '{' {
+		return 0, false, false
+	}
+	head := body[:min(len(body), 512)]
+	i := bytes.Index(head, []byte(`"changes"`))
+	if i < 0 {
+		return 0, false, false
+	}
+	head = head[:i]
+	digits, ok := fieldValue(head, `"xid":`)
+	if !ok {
+		return 0, false, false
+	}
+	n := 0
+	for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
+		n++
+	}
+	if n == 0 || n == len(digits) || (digits[n] != ',' && digits[n] != '}') {
+		return 0, false, false
+	}
+	v, err := strconv.ParseUint(string(digits[:n]), 10, 32)
+	if err != nil {
+		return 0, false, false
+	}
+	lv, ok := fieldValue(head, `"last":`)
+	switch {
+	case !ok:
+		return 0, false, false
+	case bytes.HasPrefix(lv, []byte("true,")):
+		last = true
+	case bytes.HasPrefix(lv, []byte("false,")):
+	default:
+		return 0, false, false
+	}
+	return uint32(v), last, true
+}
+
+// fieldValue is what follows the one occurrence of name in head.
+func fieldValue(head []byte, name string) ([]byte, bool) {
+	i := bytes.Index(head, []byte(name))
+	if i < 0 || bytes.Count(head, []byte(name)) != 1 {
+		return nil, false
+	}
+	return head[i+len(name):], true
 }
 
 func firstByte(b []byte) byte {

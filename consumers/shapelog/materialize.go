@@ -16,8 +16,8 @@ import (
 // Materialize replays the shape handle under dir and returns its current
 // rows sorted by primary key pk: the rows of its current complete snapshot
 // (CurrentSnapshot), if any, then the log's transactions that snapshot did
-// not see (Snapshot.Seen). It reads what is durable and stops at a torn tail
-// without changing the file. A shape with neither a log nor a snapshot has
+// not see (Snapshot.Seen). It reads what is durable, in whole transactions
+// (ReadLog), and stops at a torn tail without changing the file. A shape with neither a log nor a snapshot has
 // no rows (HasData tells that case apart from an empty shape).
 //
 // Replay follows fanout.Change: insert puts Row; update removes the row keyed
@@ -46,26 +46,15 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 			return nil, err
 		}
 	}
-	f, err := os.Open(logPath(dir, handle))
-	if errors.Is(err, os.ErrNotExist) {
-		return t.sorted(), nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
-	}
-	defer f.Close()
-
-	var acc acceptor
-	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
-		epoch, fr, err := decodeRecord(payload)
-		if err != nil {
-			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
-		}
-		if !acc.accept(epoch, fr.Position()) {
-			return nil
-		}
-		if snap != nil && snap.Seen(fr) {
+	// Through ReadLog, so only whole transactions are applied (its
+	// readable-end rule).
+	_, err = ReadLog(dir, handle, Cursor{}, func(e LogEntry, _ Cursor) error {
+		if snap != nil && snap.Snapshot.Visible(e.xid) {
 			return nil // already in the snapshot's rows
+		}
+		fr, err := e.Fragment()
+		if err != nil {
+			return err
 		}
 		for i, c := range fr.Changes {
 			if err := t.apply(c); err != nil {

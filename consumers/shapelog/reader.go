@@ -1,12 +1,10 @@
 package shapelog
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 
 	"github.com/fanout/pipeline/fanout"
 )
@@ -24,16 +22,19 @@ type Cursor struct {
 // Last is the position of the last accepted fragment before c, if any.
 func (c Cursor) Last() (fanout.Position, bool) { return c.acc.last, c.acc.has }
 
-// LogEntry is one accepted record as ReadLog passes it: the position is
+// LogEntry is one accepted record as ReadLog passes it: the header is
 // decoded, the fragment only when asked for, so a reader that skips
 // fragments it has already served decodes no JSON. An entry is only valid
 // during the callback.
 type LogEntry struct {
 	Position fanout.Position
 	Epoch    uint64
-	payload  []byte
-	handle   string
-	offset   int64
+	// Last says the record ends its shape's part of its transaction.
+	Last    bool
+	xid     uint32
+	payload []byte
+	handle  string
+	offset  int64
 }
 
 // Fragment decodes the entry's fragment.
@@ -45,17 +46,35 @@ func (e LogEntry) Fragment() (*fanout.Fragment, error) {
 	return fr, nil
 }
 
+// Xid is the entry's transaction id, from the record's header (a reader
+// skipping the transactions a snapshot saw decodes none of them). ok is
+// always true; it stays for the callers that predate version 3 records.
+func (e LogEntry) Xid() (xid uint32, ok bool) { return e.xid, true }
+
 // ErrStopRead, returned by a ReadLog callback, ends the read early without error.
 var ErrStopRead = errors.New("stop reading the shape log")
 
 // ReadLog calls fn, in log order, for every record after from that a
 // replay applies (duplicates and zombie epochs are skipped by the rules of
-// accept.go, as Materialize skips them), with the cursor just after it. It
-// returns the cursor after the last fragment passed to fn (fn returned nil)
-// or, when fn never stopped it, after the last intact frame. A torn tail
-// ends the read and is left in place: a writer may be appending. A log that
-// does not exist (yet) has nothing after from. It only reads, so it never
-// slows a writer beyond the page cache.
+// accept.go), with the cursor just after it, up to the log's readable end.
+// It returns the cursor after the last record passed to fn (fn returned
+// nil) or, when fn never stopped it, the readable end.
+//
+// The readable end is the one rule of what a reader may see: whole
+// transactions only. A transaction reaches a shape's log in one or more
+// records (large ones are cut into fragments, written by one batch or
+// several, possibly by successive owners of the partition); none of its
+// records is readable until the record that ends it (Last) is in the log,
+// or a record of a later transaction is (a partition is handled in commit
+// order, so an earlier transaction whose end never came never will: it was
+// dead-lettered). So the records after the end of the last complete
+// transaction are held back, and a read resumed from the returned cursor
+// gets them whole once their transaction is. Every reader (the HTTP API,
+// Materialize, fanoutctl shape rows) reads through here.
+//
+// A torn tail ends the read and is left in place: a writer may be
+// appending. A log that does not exist (yet) has nothing after from. It only
+// reads, so it never slows a writer beyond the page cache.
 func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return from, err
@@ -80,59 +99,107 @@ func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) e
 			return from, fmt.Errorf("read log of shape %s: %w", handle, err)
 		}
 	}
-	cur := from
+	r := &logReader{f: f, handle: handle, fn: fn, readable: from, scanned: from}
 	_, _, err = scanFrames(f, func(rel int64, payload []byte) error {
-		off := from.Offset + rel
-		epoch, pos, _, err := recordPosition(payload)
-		if err != nil {
-			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
-		}
-		next := cur
-		next.Offset = off + headerSize + int64(len(payload))
-		if !next.acc.accept(epoch, pos) {
-			cur = next
-			return nil
-		}
-		if err := fn(LogEntry{Position: pos, Epoch: epoch, payload: payload, handle: handle, offset: off}, next); err != nil {
-			return err
-		}
-		cur = next
-		return nil
+		return r.frame(from.Offset+rel, payload)
 	})
 	if errors.Is(err, ErrStopRead) {
 		err = nil
 	}
-	return cur, err
+	return r.readable, err
 }
 
-// Xid is the entry's transaction id, read from the fragment's JSON without
-// decoding it (a reader skipping the transactions a snapshot saw decodes
-// none of them); ok is false when the record does not show it plainly: call
-// Fragment.
-func (e LogEntry) Xid() (xid uint32, ok bool) {
-	_, _, body, err := recordPosition(e.payload)
-	if err != nil || len(body) == 0 || body[0] != '{' {
-		return 0, false
-	}
-	head := body[:min(len(body), 512)]
-	if i := bytes.Index(head, []byte(`"changes"`)); i >= 0 {
-		head = head[:i] // the top-level fields before the changes
-	}
-	i := bytes.Index(head, []byte(`"xid":`))
-	if i < 0 || bytes.Count(head, []byte(`"xid":`)) != 1 {
-		return 0, false
-	}
-	digits := head[i+len(`"xid":`):]
-	n := 0
-	for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
-		n++
-	}
-	if n == 0 || n == len(digits) || (digits[n] != ',' && digits[n] != '}') {
-		return 0, false
-	}
-	v, err := strconv.ParseUint(string(digits[:n]), 10, 32)
+// logReader applies the readable-end rule to one forward scan of a log.
+// Records of a transaction whose end is not seen yet are not passed on at
+// once: the scan goes on, and when the transaction turns out complete, its
+// records are read again (they are in the page cache) and passed on. Only
+// transactions cut into several records pay that second read; nothing is
+// held in memory.
+type logReader struct {
+	f      *os.File
+	handle string
+	fn     func(e LogEntry, next Cursor) error
+	// readable is the cursor after the last record handled (passed on or
+	// skipped) that is not inside an incomplete transaction.
+	readable Cursor
+	// scanned is the cursor after the last record scanned.
+	scanned Cursor
+	// open is set while the scan is inside a transaction whose end it has
+	// not met: its records from readable on are held back.
+	open   bool
+	openTx fanout.Position
+}
+
+func (r *logReader) frame(off int64, payload []byte) error {
+	h, _, err := readRecord(payload)
 	if err != nil {
-		return 0, false
+		return fmt.Errorf("log of shape %s: record at byte %d: %w", r.handle, off, err)
 	}
-	return uint32(v), true
+	before := r.scanned
+	next := r.scanned
+	next.Offset = off + headerSize + int64(len(payload))
+	accepted := next.acc.accept(h.epoch, h.pos)
+	r.scanned = next
+	if !accepted {
+		if !r.open {
+			r.readable = next
+		}
+		return nil
+	}
+	if r.open {
+		switch {
+		case h.pos.CommitLSN != r.openTx.CommitLSN:
+			// A later transaction: the open one is as complete as it
+			// will ever be. Pass it on, then this record as any other.
+			if err := r.passOn(before.Offset); err != nil {
+				return err
+			}
+		case h.last:
+			return r.passOn(next.Offset)
+		default:
+			return nil // still inside the open transaction
+		}
+	}
+	if !h.last {
+		r.open, r.openTx = true, h.pos
+		return nil
+	}
+	if err := r.fn(r.entry(h, payload, off), next); err != nil {
+		return err
+	}
+	r.readable = next
+	return nil
+}
+
+// passOn reads the held-back records again, from r.readable to end, and
+// passes the accepted ones on; the transaction is then closed.
+func (r *logReader) passOn(end int64) error {
+	r.open = false
+	start, cur := r.readable.Offset, r.readable
+	sr := io.NewSectionReader(r.f, start, end-start)
+	_, torn, err := scanIntact(sr, func(rel int64, payload []byte) error {
+		off := start + rel
+		h, _, err := readRecord(payload)
+		if err != nil {
+			return fmt.Errorf("log of shape %s: record at byte %d: %w", r.handle, off, err)
+		}
+		next := cur
+		next.Offset = off + headerSize + int64(len(payload))
+		if next.acc.accept(h.epoch, h.pos) {
+			if err := r.fn(r.entry(h, payload, off), next); err != nil {
+				return err
+			}
+		}
+		cur = next
+		r.readable = cur
+		return nil
+	})
+	if err == nil && (torn || cur.Offset != end) {
+		err = fmt.Errorf("log of shape %s: records between bytes %d and %d changed while being read (the log was rewritten; read it again)", r.handle, start, end)
+	}
+	return err
+}
+
+func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
+	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, xid: h.xid, payload: payload, handle: r.handle, offset: off}
 }

@@ -4,9 +4,13 @@
 // Storage sits behind Store so that other backends can follow; FileStore (a
 // directory, possibly a shared volume) is the default and only one now.
 //
-// Layout of a FileStore directory:
+// LAYOUT.md in this folder describes what is on disk: the record format,
+// the rule of what a reader may see (whole transactions only, applied in
+// one place: ReadLog), the offsets clients hold and the generations of
+// compaction. In short:
 //
 //	shapes/<handle>/log               framed records, append-only
+//	shapes/<handle>/snapshot/g<N>/    the initial snapshot
 //	partitions/<p>/epoch              epoch of the partition's current owner
 //	partitions/<p>/journal-<epoch>    redo log of that owner's batches (journal.go)
 //
