@@ -28,9 +28,26 @@ type Shape struct {
 	PrimaryKey []string `json:"primary_key"`
 	// Schema is the table's columns and types when the shape was added; the
 	// where clause was type-checked against it.
-	Schema    []Column  `json:"schema"`
-	CreatedAt time.Time `json:"created_at"`
+	Schema []Column `json:"schema"`
+	// Tables are the tables the where clause's subqueries read
+	// (`col IN (SELECT ...)`), with their key and columns when the shape
+	// was added; the subqueries were type-checked against them. Empty for
+	// a clause without subqueries.
+	Tables    []TableSchema `json:"tables,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
 }
+
+// TableSchema is a table a shape's subqueries read.
+type TableSchema struct {
+	// Table is schema-qualified: "public.members".
+	Table      string   `json:"table"`
+	PrimaryKey []string `json:"primary_key"`
+	Schema     []Column `json:"schema"`
+}
+
+// HasSubqueries reports whether the shape's where clause reads other
+// tables through subqueries.
+func (s *Shape) HasSubqueries() bool { return len(s.Tables) > 0 }
 
 // Column is one column of a shape's table.
 type Column struct {

@@ -26,8 +26,32 @@ func Compile(where string, schema []fanout.Column) (*Predicate, error) {
 // CompileParams is Compile for a clause with $1, $2, ... placeholders:
 // params[0] is $1's value, as text, typed by where it appears (as a quoted
 // literal would be). A clause that uses $n without a value fails, and so
-// does a value no $n uses.
+// does a value no $n uses. Subqueries are refused: CompileWith compiles
+// them, given the schemas of the tables they read.
 func CompileParams(where string, params []string, schema []fanout.Column) (*Predicate, error) {
+	return compileClause(where, params, schema, nil)
+}
+
+// CompileWith is CompileParams for a clause that may read other tables
+// through subqueries (`col IN (SELECT col FROM table WHERE ...)`, see
+// subquery.go): tables holds the schemas of every table they read
+// (SubqueryTables lists them).
+func CompileWith(where string, params []string, schema []fanout.Column, tables []fanout.TableSchema) (*Predicate, error) {
+	ts := make(map[string]fanout.TableSchema, len(tables))
+	for _, t := range tables {
+		ts[fanout.QualifiedTable(t.Table)] = t
+	}
+	return compileClause(where, params, schema, ts)
+}
+
+// CompileShape compiles s's where clause with its params, against its
+// table's schema and the schemas of the tables its subqueries read.
+func CompileShape(s *fanout.Shape) (*Predicate, error) {
+	return CompileWith(s.Where, s.Params, s.Schema, s.Tables)
+}
+
+// compileClause compiles where; tables nil refuses subqueries.
+func compileClause(where string, params []string, schema []fanout.Column, tables map[string]fanout.TableSchema) (*Predicate, error) {
 	p := &Predicate{where: where}
 	if strings.TrimSpace(where) == "" {
 		if len(params) > 0 {
@@ -35,6 +59,33 @@ func CompileParams(where string, params []string, schema []fanout.Column) (*Pred
 		}
 		return p, nil
 	}
+	sel, err := parseClause(where)
+	if err != nil {
+		return nil, err
+	}
+	c := newCompiler(schema, params, tables)
+	if err := c.compileInto(p, sel.WhereClause); err != nil {
+		return nil, err
+	}
+	for i := range params {
+		if !c.usedParams[i+1] {
+			return nil, fmt.Errorf("where clause: parameter $%d was given (%s) but the clause does not use it; remove it or reference it", i+1, quote(params[i]))
+		}
+	}
+	if len(p.subs) > 0 {
+		if err := c.subquerySQL(where, p); err != nil {
+			return nil, err
+		}
+		if err := p.plan.checkPolarity(); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// parseClause parses where as `SELECT 1 WHERE <where>` and checks that it
+// is one boolean expression and nothing else.
+func parseClause(where string) (*pg.SelectStmt, error) {
 	tree, err := pg.Parse(wherePrefix + where)
 	if err != nil {
 		var pe *parser.Error
@@ -56,28 +107,44 @@ func CompileParams(where string, params []string, schema []fanout.Column) (*Pred
 		len(sel.LockingClause) > 0 || sel.WithClause != nil || len(sel.DistinctClause) > 0 || sel.IntoClause != nil {
 		return nil, fmt.Errorf("where clause must be one boolean expression, without GROUP BY, ORDER BY, LIMIT, UNION or similar clauses: %q", where)
 	}
-	c := &compiler{cols: map[string]fanout.Column{}, used: map[string]bool{}, params: params, usedParams: map[int]bool{}}
+	return sel, nil
+}
+
+func newCompiler(schema []fanout.Column, params []string, tables map[string]fanout.TableSchema) *compiler {
+	c := &compiler{cols: map[string]fanout.Column{}, used: map[string]bool{}, params: params, usedParams: map[int]bool{}, tables: tables}
 	for _, col := range schema {
 		c.cols[col.Name] = col
 		c.names = append(c.names, col.Name)
 	}
-	if p.root, err = c.boolean(sel.WhereClause); err != nil {
-		return nil, err
+	return c
+}
+
+// compileInto compiles the boolean expression n into p: its evaluable
+// tree, the columns it reads, the conjuncts the equality index can use,
+// and, when it has subqueries, their list and the clause's disjunctive
+// normal form (dnf.go).
+func (c *compiler) compileInto(p *Predicate, n *pg.Node) error {
+	var err error
+	if p.root, err = c.boolean(n); err != nil {
+		return err
 	}
 	if err := failingNode(p.root); err != nil {
-		return nil, fmt.Errorf("where clause: %v", err)
-	}
-	for i := range params {
-		if !c.usedParams[i+1] {
-			return nil, fmt.Errorf("where clause: parameter $%d was given (%s) but the clause does not use it; remove it or reference it", i+1, quote(params[i]))
-		}
+		return fmt.Errorf("where clause: %v", err)
 	}
 	for name := range c.used {
 		p.cols = append(p.cols, name)
 	}
 	sort.Strings(p.cols)
 	p.eqs = equalityConjuncts(p.root)
-	return p, nil
+	if len(c.subOrder) == 0 {
+		return nil
+	}
+	p.subs = c.subOrder
+	p.subConjs = subqueryConjuncts(p.root)
+	if p.plan, err = c.dnfPlan(n); err != nil {
+		return err
+	}
+	return nil
 }
 
 // noCommentsOrSemicolons rejects what would change the meaning of SQL that
@@ -106,6 +173,14 @@ type compiler struct {
 	params     []string
 	usedParams map[int]bool
 	refs       int // column references compiled so far (a part without any is constant)
+
+	// Subqueries (subquery.go). tables nil: subqueries are refused.
+	tables     map[string]fanout.TableSchema
+	subs       map[*pg.SubLink]*subqueryNode // compiled once, reused by the DNF's leaves
+	subOrder   []*Subquery                   // this clause's subqueries, distinct, in order of appearance
+	subRefs    int                           // subquery conditions compiled so far, reused ones too
+	depth      int                           // nesting: 0 for a shape's clause, 1 inside its subqueries, ...
+	qualifiers map[string]bool               // names a column may be qualified with (a subquery's table or alias)
 }
 
 // boolean compiles an expression that must yield a boolean. A part that
@@ -258,7 +333,9 @@ func (c *compiler) boolean1(n *pg.Node) (node, error) {
 			return nil, fmt.Errorf("where clause: constant %s: %v", x.desc, err)
 		}
 		return &boolOperandNode{o}, nil
-	case n.GetSubLink() != nil, n.GetSqlvalueFunction() != nil, n.GetCollateClause() != nil:
+	case n.GetSubLink() != nil:
+		return c.subLink(n.GetSubLink())
+	case n.GetSqlvalueFunction() != nil, n.GetCollateClause() != nil:
 		return nil, unsupported(n)
 	}
 	return c.exprBool(n)
@@ -492,7 +569,7 @@ func (c *compiler) like(l, r *pg.Node, fold, not bool) (node, error) {
 func unsupported(n *pg.Node) error {
 	switch {
 	case n.GetSubLink() != nil:
-		return fmt.Errorf("where clause: subqueries are not supported")
+		return subLinkUnsupported(n.GetSubLink())
 	case n.GetFuncCall() != nil:
 		var parts []string
 		for _, f := range n.GetFuncCall().Funcname {

@@ -23,7 +23,7 @@ func TestCompileErrors(t *testing.T) {
 		{"true UNION SELECT 2", `where clause must be one boolean expression, without GROUP BY, ORDER BY, LIMIT, UNION or similar clauses: "true UNION SELECT 2"`},
 		{"owner > 1 AND", `where clause does not parse: syntax error at end of input (at character 14 of the clause)`},
 		{"owner = = 1", `where clause does not parse: syntax error at or near "=" (at character 9 of the clause)`},
-		{"owner IN (SELECT 1)", `where clause: subqueries are not supported`},
+		{"owner IN (SELECT 1)", `where clause: subqueries are not supported here`},
 		{"created < CURRENT_DATE", `where clause: CURRENT_DATE, now() and similar are not supported: a shape's filter must not depend on the time it is evaluated`},
 		{"items.owner = 7", `where clause: column reference items.owner: write the bare column name, without a table or schema`},
 		{"doc > '{}'", `where clause: only = and <> are supported on jsonb`},

@@ -37,7 +37,8 @@ func (t tri) not() tri {
 type evalCtx struct {
 	row    fanout.Row
 	err    error
-	failed error // an evaluation error (overflow, division by zero): the row's evaluation fails
+	failed error   // an evaluation error (overflow, division by zero): the row's evaluation fails
+	res    Results // the subqueries' results (subquery.go); nil without any
 }
 
 // node is a compiled boolean expression.

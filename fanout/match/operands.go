@@ -209,7 +209,14 @@ func (c *compiler) column(ref *pg.ColumnRef) (rawOperand, error) {
 		parts = append(parts, f.GetString_().GetSval())
 	}
 	name := strings.Join(parts, ".")
+	if len(parts) == 2 && c.qualifiers[parts[0]] {
+		parts = parts[1:] // a subquery's column, qualified by its table or alias
+		name = parts[0]
+	}
 	if len(parts) != 1 {
+		if c.depth > 0 {
+			return rawOperand{}, fmt.Errorf("where clause: column reference %s: a subquery reads only its own table's columns (a correlated subquery, reading the outer table, is not supported)", name)
+		}
 		return rawOperand{}, fmt.Errorf("where clause: column reference %s: write the bare column name, without a table or schema", name)
 	}
 	col, ok := c.cols[name]
@@ -299,10 +306,14 @@ func (c *compiler) simple(n *pg.Node) bool {
 	switch {
 	case n.GetColumnRef() != nil:
 		ref := n.GetColumnRef()
-		if len(ref.Fields) != 1 || ref.Fields[0].GetString_() == nil {
+		fields := ref.Fields
+		if len(fields) == 2 && fields[0].GetString_() != nil && c.qualifiers[fields[0].GetString_().GetSval()] {
+			fields = fields[1:]
+		}
+		if len(fields) != 1 || fields[0].GetString_() == nil {
 			return true // the operand path reports the error
 		}
-		col, ok := c.cols[ref.Fields[0].GetString_().GetSval()]
+		col, ok := c.cols[fields[0].GetString_().GetSval()]
 		if !ok {
 			return true
 		}
