@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/fanout/pipeline/fanout/visibility"
 )
 
 // WireVersion is the fragment format version. A consumer rejects (dead-letters)
@@ -49,6 +51,22 @@ type Change struct {
 	// replica=full old_value and default-replica updates from it; logs
 	// written before it existed lack it, and readers fall back to Row/Old.
 	Before Row `json:"before,omitempty"`
+
+	// The fields below are set for shapes with subqueries only (moves.go).
+
+	// Tags, RemovedTags and Active are Electric's tags, removed_tags and
+	// active_conditions of a row (inserts and updates).
+	Tags        []string `json:"tags,omitempty"`
+	RemovedTags []string `json:"removed_tags,omitempty"`
+	Active      []bool   `json:"active,omitempty"`
+	// MoveIn marks an insert read by a move-in query (Electric's is_move_in).
+	MoveIn bool `json:"move_in,omitempty"`
+	// Patterns are the positions and value hashes of a move-in or
+	// move-out event.
+	Patterns []Pattern `json:"patterns,omitempty"`
+	// Snapshot is the snapshot a move-in's rows were read at
+	// (OpSnapshotEnd).
+	Snapshot *visibility.Snapshot `json:"snapshot,omitempty"`
 }
 
 // Fragment is one shape's part of one transaction, or a bounded piece of it.
@@ -67,6 +85,11 @@ type Fragment struct {
 	Seq        int           `json:"seq"`
 	Last       bool          `json:"last"`
 	Changes    []Change      `json:"changes"`
+	// OpensWindow says the fragment holds a move-in event whose rows come
+	// in a later fragment; ClosesWindows how many such windows this one's
+	// rows close (moves.go). Readers hold back what lies inside a window.
+	OpensWindow   bool `json:"opens_window,omitempty"`
+	ClosesWindows int  `json:"closes_windows,omitempty"`
 
 	wire []byte // the message body f was decoded from, if any
 	// changeCount is len(Changes), or, for a fragment checked but not
@@ -159,6 +182,14 @@ func DecodeFragment(data []byte) (*Fragment, error) {
 			if c.Before != nil {
 				return nil, fmt.Errorf("fragment %s %s: change %d: truncate with an old row (before)", f.Shape, f.Position(), i)
 			}
+		case OpMoveIn, OpMoveOut:
+			if len(c.Patterns) == 0 || c.Row != nil || c.Old != nil {
+				return nil, fmt.Errorf("fragment %s %s: change %d: %s event without patterns or with a row", f.Shape, f.Position(), i, c.Op)
+			}
+		case OpSnapshotEnd:
+			if c.Snapshot == nil {
+				return nil, fmt.Errorf("fragment %s %s: change %d: snapshot-end without its snapshot", f.Shape, f.Position(), i)
+			}
 		default:
 			return nil, fmt.Errorf("fragment %s %s: change %d: unknown op %q", f.Shape, f.Position(), i, c.Op)
 		}
@@ -184,6 +215,9 @@ func (f *Fragment) checkHeader(commitLSN, endLSN string) error {
 	}
 	if f.CommitLSN == 0 || f.Seq < 0 {
 		return fmt.Errorf("fragment of shape %s has no commit LSN or a negative seq", f.Shape)
+	}
+	if f.ClosesWindows < 0 || f.ClosesWindows > MaxClosedWindows {
+		return fmt.Errorf("fragment of shape %s closes %d move-in windows (0..%d)", f.Shape, f.ClosesWindows, MaxClosedWindows)
 	}
 	return nil
 }

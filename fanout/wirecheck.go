@@ -115,6 +115,19 @@ func (s *wireScanner) fragment() (*Fragment, bool) {
 			return nil, false
 		}
 	}
+	if s.literal(`,"opens_window":`) {
+		if !s.literal("true") {
+			return nil, false
+		}
+		f.OpensWindow = true
+	}
+	if s.literal(`,"closes_windows":`) {
+		n, ok := s.integer()
+		if !ok || n == 0 {
+			return nil, false
+		}
+		f.ClosesWindows = int(n)
+	}
 	if !s.literal(`,"commit_lsn":`) {
 		return nil, false
 	}
@@ -157,7 +170,8 @@ func (s *wireScanner) changes() (int, bool) {
 var quotedOps = [...]struct {
 	op     Op
 	quoted string
-}{{OpInsert, `"insert"`}, {OpUpdate, `"update"`}, {OpDelete, `"delete"`}, {OpTruncate, `"truncate"`}}
+}{{OpInsert, `"insert"`}, {OpUpdate, `"update"`}, {OpDelete, `"delete"`}, {OpTruncate, `"truncate"`},
+	{OpMoveIn, `"move-in"`}, {OpMoveOut, `"move-out"`}, {OpSnapshotEnd, `"snapshot-end"`}}
 
 // change reads {"op":OP[,"row":{..}][,"old":{..}][,"before":{..}]} and
 // checks it as checkFragment does: inserts and updates carry a row,
@@ -179,7 +193,11 @@ func (s *wireScanner) change() bool {
 	row, ok1 := s.optionalRow(`,"row":`)
 	old, ok2 := s.optionalRow(`,"old":`)
 	before, ok3 := s.optionalRow(`,"before":`)
-	if !ok1 || !ok2 || !ok3 || !s.literal("}") {
+	if !ok1 || !ok2 || !ok3 {
+		return false
+	}
+	patterns, snapshot, ok := s.moveFields()
+	if !ok || !s.literal("}") {
 		return false
 	}
 	switch op {
@@ -189,9 +207,84 @@ func (s *wireScanner) change() bool {
 		return row
 	case OpDelete:
 		return old
+	case OpMoveIn, OpMoveOut:
+		return patterns && !row && !old
+	case OpSnapshotEnd:
+		return snapshot
 	default: // truncate
 		return !before
 	}
+}
+
+// moveFields reads the optional fields of subquery shapes' changes
+// (appendMoveFields) and reports whether patterns and a snapshot were there.
+func (s *wireScanner) moveFields() (patterns, snapshot, ok bool) {
+	for _, name := range []string{`,"tags":`, `,"removed_tags":`} {
+		if s.literal(name) && !s.array(s.jsonString) {
+			return false, false, false
+		}
+	}
+	if s.literal(`,"active":`) && !s.array(func() bool { return s.literal("true") || s.literal("false") }) {
+		return false, false, false
+	}
+	if s.literal(`,"move_in":`) && !s.literal("true") {
+		return false, false, false
+	}
+	if s.literal(`,"patterns":`) {
+		patterns = true
+		if !s.array(func() bool {
+			if !s.literal(`{"pos":`) {
+				return false
+			}
+			if _, ok := s.integer(); !ok || !s.literal(`,"value":`) || !s.jsonString() {
+				return false
+			}
+			return s.literal("}")
+		}) {
+			return false, false, false
+		}
+	}
+	if s.literal(`,"snapshot":`) {
+		snapshot = true
+		if !s.literal(`{"xmin":`) || !s.uint64() || !s.literal(`,"xmax":`) || !s.uint64() || !s.literal(`,"xip_list":`) {
+			return false, false, false
+		}
+		if !s.literal("null") && !s.literal("[]") && !s.array(s.uint64) {
+			return false, false, false
+		}
+		if !s.literal("}") {
+			return false, false, false
+		}
+	}
+	return patterns, snapshot, true
+}
+
+// array reads a non-empty JSON array whose elements elem reads.
+func (s *wireScanner) array(elem func() bool) bool {
+	if !s.literal("[") {
+		return false
+	}
+	for {
+		if !elem() {
+			return false
+		}
+		if s.literal("]") {
+			return true
+		}
+		if !s.literal(",") {
+			return false
+		}
+	}
+}
+
+// uint64 moves past a uint64 value.
+func (s *wireScanner) uint64() bool {
+	d, ok := s.digits()
+	if !ok {
+		return false
+	}
+	_, err := strconv.ParseUint(string(d), 10, 64)
+	return err == nil
 }
 
 // optionalRow reads field (`,"name":`) and a row after it, if b holds

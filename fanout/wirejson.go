@@ -50,6 +50,13 @@ func appendFragment(b []byte, f *Fragment) ([]byte, error) {
 		}
 		b = append(b, ']')
 	}
+	if f.OpensWindow {
+		b = append(b, `,"opens_window":true`...)
+	}
+	if f.ClosesWindows != 0 {
+		b = append(b, `,"closes_windows":`...)
+		b = strconv.AppendInt(b, int64(f.ClosesWindows), 10)
+	}
 	b = append(b, `,"commit_lsn":"`...)
 	b = appendLSN(b, f.CommitLSN)
 	b = append(b, `","end_lsn":"`...)
@@ -68,6 +75,9 @@ func appendChange(b []byte, c *Change) []byte {
 			b = append(b, field.name...)
 			b = appendRow(b, field.row)
 		}
+	}
+	if c.Tags != nil || c.RemovedTags != nil || c.Active != nil || c.MoveIn || c.Patterns != nil || c.Snapshot != nil {
+		b = appendMoveFields(b, c)
 	}
 	return append(b, '}')
 }

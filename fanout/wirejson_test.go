@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/fanout/pipeline/fanout/visibility"
 )
 
 // The hand encoder writes what encoding/json writes (HTML escaping off),
@@ -90,8 +92,22 @@ func randomFragment(rng *rand.Rand, n int) *Fragment {
 		if rng.Intn(2) == 0 {
 			c.Before = row()
 		}
+		if rng.Intn(3) == 0 { // the fields of subquery shapes (moves.go)
+			c.Tags = []string{strs[rng.Intn(len(strs))], "1/" + fmt.Sprint(rng.Intn(9))}
+			c.RemovedTags = c.Tags[:rng.Intn(2)]
+			c.Active = []bool{rng.Intn(2) == 0, true}[:rng.Intn(3)]
+			c.MoveIn = rng.Intn(2) == 0
+			if rng.Intn(2) == 0 {
+				c.Patterns = []Pattern{{Pos: rng.Intn(3), Value: strs[rng.Intn(len(strs))]}}
+			}
+			if rng.Intn(2) == 0 {
+				c.Snapshot = &visibility.Snapshot{Xmin: rng.Uint64(), Xmax: rng.Uint64(), Xip: []uint64{rng.Uint64()}[:rng.Intn(2)]}
+			}
+		}
 		f.Changes = append(f.Changes, c)
 	}
+	f.OpensWindow = rng.Intn(4) == 0
+	f.ClosesWindows = rng.Intn(3)
 	return f
 }
 

@@ -190,6 +190,14 @@ type entry struct {
 	scanPos int          // -1 when indexed
 	col     *columnIndex // nil when on the scan list
 	keys    []posting
+
+	// Subqueries (deps.go, depmoves.go); nil without any.
+	routed  bool
+	deps    []*depState               // the results its clause reads
+	subIdx  *depState                 // the result whose values index it (a top-level col IN (subquery))
+	subPos  map[indexKey]int          // subIdx's values: where each one's posting is in keys
+	pending map[string]map[string]int // subquery ID -> tuples moved in whose rows are not placed yet
+	moves   map[string]subqueryMoves  // subquery ID -> its positions in the clause
 }
 
 // posting is one key of an indexed shape and its position in that key's bucket.
@@ -379,6 +387,11 @@ func (t *tableIndex) remove(e *entry) {
 	for _, p := range e.keys {
 		ci.unlink(p)
 	}
+	e.keys, e.subPos = nil, nil
+	if e.subIdx != nil {
+		e.subIdx.indexed = deleteEntry(e.subIdx.indexed, e)
+		e.subIdx = nil
+	}
 	if ci.n--; ci.n == 0 {
 		for i, x := range t.cols {
 			if x == ci {
@@ -394,6 +407,12 @@ func (t *tableIndex) remove(e *entry) {
 // slot learns its new position.
 func (ci *columnIndex) unlink(p posting) {
 	moved := ci.removeAt(p.key, p.slot)
+	if moved.subPos != nil {
+		if i, ok := moved.subPos[p.key]; ok {
+			moved.keys[i].slot = p.slot
+		}
+		return
+	}
 	for i := range moved.keys {
 		if moved.keys[i].key == p.key {
 			moved.keys[i].slot = p.slot

@@ -42,6 +42,17 @@ type Registry struct {
 	visit    uint64      // generation of the current Route call, for entry.mark
 	cand     []candidate // reused candidate list
 	examined int         // shapes decided so far, by the index or by evaluation (tests check the index with it)
+
+	// Subqueries (deps.go, depmoves.go).
+	deps      map[string]*depState   // by subquery ID
+	depTables map[string][]*depState // by table read, children first
+	waiting   map[string]*entry      // shapes waiting for their subqueries' results
+	loads     []*depState            // results to load (TakeLoads)
+	readyNow  []string               // shapes routed since the last TakeReady
+	moveIns   []MoveIn               // move-ins asked since the last TakeMoveIns
+	rotations []Rotation
+	curXid    uint32 // the transaction being routed (BeginTxn)
+	curLSN    uint64
 }
 
 // Option configures a Registry.
@@ -59,7 +70,8 @@ func WithEvalErrors(f func(s *fanout.Shape, err error)) Option {
 
 // NewRegistry returns an empty registry.
 func NewRegistry(opts ...Option) *Registry {
-	r := &Registry{shapes: map[string]*entry{}, tables: map[string]*tableIndex{}}
+	r := &Registry{shapes: map[string]*entry{}, tables: map[string]*tableIndex{},
+		deps: map[string]*depState{}, depTables: map[string][]*depState{}, waiting: map[string]*entry{}}
 	r.onErr = func(s *fanout.Shape, err error) {
 		slog.Default().Warn("shape where clause could not be evaluated on a row (an unreadable value counts as NULL; an error Postgres would raise, such as division by zero, makes the row not match); check the clause against the table's data",
 			"shape", s.Handle, "table", s.Table, "err", err)
@@ -70,12 +82,17 @@ func NewRegistry(opts ...Option) *Registry {
 	return r
 }
 
-// Add compiles s's where clause against s.Schema and adds s, replacing a
-// shape of the same handle. On error the registry is unchanged. The registry
-// keeps s, and may replace its Table, PrimaryKey and Schema with equal values
-// shared with the table's other shapes.
+// Add compiles s's where clause against s.Schema (and s.Tables for its
+// subqueries) and adds s, replacing a shape of the same handle. On error
+// the registry is unchanged. The registry keeps s, and may replace its
+// Table, PrimaryKey and Schema with equal values shared with the table's
+// other shapes.
+//
+// A shape with subqueries is routed only once their results are known
+// (deps.go): until then it waits (IsWaiting), and TakeLoads lists the
+// results to load.
 func (r *Registry) Add(s *fanout.Shape) error {
-	pred, err := CompileParams(s.Where, s.Params, s.Schema)
+	pred, err := CompileShape(s)
 	if err != nil {
 		return fmt.Errorf("shape %s on %s: %w", s.Handle, s.Table, err)
 	}
@@ -92,6 +109,25 @@ func (r *Registry) Add(s *fanout.Shape) error {
 			}
 		}
 	}
+	r.shapes[s.Handle] = e
+	ready := true
+	for _, sub := range pred.Subqueries() {
+		d := r.addDep(sub)
+		d.shapes = append(d.shapes, e)
+		e.deps = append(e.deps, d)
+		ready = ready && d.ready()
+	}
+	if !ready {
+		r.waiting[s.Handle] = e
+		return nil
+	}
+	r.route(e)
+	return nil
+}
+
+// route puts e in its table's index: from now on changes reach it.
+func (r *Registry) route(e *entry) {
+	s := e.shape
 	t := r.tables[s.Table]
 	if t == nil {
 		t = &tableIndex{}
@@ -99,8 +135,10 @@ func (r *Registry) Add(s *fanout.Shape) error {
 	}
 	t.share(s)
 	t.insert(e)
-	r.shapes[s.Handle] = e
-	return nil
+	if e.col == nil && e.pred != nil && len(e.pred.subConjs) > 0 {
+		r.indexBySubquery(t, e)
+	}
+	e.routed = true
 }
 
 // Remove drops a shape; unknown handles are ignored.
@@ -110,11 +148,32 @@ func (r *Registry) Remove(handle string) {
 		return
 	}
 	delete(r.shapes, handle)
-	t := r.tables[e.shape.Table]
-	t.remove(e)
-	if len(t.all) == 0 {
-		delete(r.tables, e.shape.Table)
+	delete(r.waiting, handle)
+	if e.routed {
+		t := r.tables[e.shape.Table]
+		t.remove(e)
+		if len(t.all) == 0 {
+			delete(r.tables, e.shape.Table)
+		}
+		e.routed = false
 	}
+	for _, d := range e.deps {
+		d.shapes = deleteEntry(d.shapes, e)
+		d.indexed = deleteEntry(d.indexed, e)
+		r.dropDep(d)
+	}
+	e.deps = nil
+}
+
+func deleteEntry(list []*entry, e *entry) []*entry {
+	for i, x := range list {
+		if x == e {
+			list[i] = list[len(list)-1]
+			list[len(list)-1] = nil
+			return list[:len(list)-1]
+		}
+	}
+	return list
 }
 
 // Len is the number of shapes.

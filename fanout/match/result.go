@@ -176,6 +176,31 @@ func canonicalText(d domain, v val) string {
 	return key(d, v).s
 }
 
+// appendCanonical appends canonicalText(d, v) to b.
+func appendCanonical(b []byte, d domain, v val) []byte {
+	switch d {
+	case dInt, dBool, dTime:
+		return strconv.AppendInt(b, v.i, 10)
+	case dText, dBpchar, dUUID:
+		return append(b, v.s...)
+	}
+	return append(b, key(d, v).s...)
+}
+
+// inOne is in for a one-column subquery and a left value that is not NULL,
+// given as its canonical text.
+func (r *Result) inOne(text []byte) tri {
+	switch {
+	case r.rows == 0:
+		return tFalse
+	case r.counts[string(text)] > 0:
+		return tTrue
+	case len(r.nulls) > 0:
+		return tNull
+	}
+	return tFalse
+}
+
 // tupleElements splits a tuple ID of arity n into its elements; null[i]
 // is set for a NULL element.
 func tupleElements(id string, n int) (parts []string, null []bool) {

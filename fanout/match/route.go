@@ -33,6 +33,9 @@ import (
 // Rows given to emit may be shared between shapes: emit must not modify
 // them. emit must not call back into the registry.
 func (r *Registry) Route(c RowChange, emit func(s *fanout.Shape, ch fanout.Change)) {
+	if ds := r.depTables[c.Table]; len(ds) > 0 {
+		r.routeDeps(ds, c, emit) // first: the table's own shapes see the new results
+	}
 	t := r.tables[c.Table]
 	if t == nil {
 		return
@@ -50,7 +53,11 @@ func (r *Registry) Route(c RowChange, emit func(s *fanout.Shape, ch fanout.Chang
 func (r *Registry) routeInsert(t *tableIndex, row fanout.Row, emit func(s *fanout.Shape, ch fanout.Change)) {
 	for _, cd := range r.candidates(t, row, nil) {
 		if r.matches(cd, row) {
-			emit(cd.shape, fanout.Change{Op: fanout.OpInsert, Row: cd.project(row)})
+			ch := fanout.Change{Op: fanout.OpInsert, Row: cd.project(row)}
+			if !cd.known { // known: no predicate, so no subquery either
+				r.decorate(cd.entry, &ch, row, nil)
+			}
+			emit(cd.shape, ch)
 		}
 	}
 }
@@ -103,12 +110,28 @@ func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, before *beforeR
 		oldKey = e.key(old)
 		keyChanged = !sameValues(oldKey, e.key(newRow))
 	}
+	if e.heldPending(old) {
+		// Its client may not hold the row yet (a move-in of its value is
+		// not placed): the whole row, as an insert, whatever it held.
+		if keyChanged {
+			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
+		}
+		if newIn {
+			ch := fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)}
+			r.decorate(e, &ch, newRow, nil)
+			emit(e.shape, ch)
+		} else if !keyChanged {
+			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
+		}
+		return
+	}
 	if !e.covers(old) {
 		if newIn {
 			ch := fanout.Change{Op: fanout.OpUpdate, Row: e.project(newRow)}
 			if keyChanged {
 				ch.Old = oldKey
 			}
+			r.decorate(e, &ch, newRow, old)
 			emit(e.shape, ch)
 		} else {
 			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
@@ -122,9 +145,12 @@ func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, before *beforeR
 		if keyChanged {
 			ch.Old = oldKey
 		}
+		r.decorate(e, &ch, newRow, old)
 		emit(e.shape, ch)
 	case newIn:
-		emit(e.shape, fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)})
+		ch := fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)}
+		r.decorate(e, &ch, newRow, nil)
+		emit(e.shape, ch)
 	case oldIn:
 		ch := fanout.Change{Op: fanout.OpDelete, Old: oldKey}
 		if before != nil {
@@ -280,7 +306,7 @@ func (r *Registry) eval(e *entry, row fanout.Row) bool {
 	if e.pred == nil {
 		ok, err = e.decide(row)
 	} else {
-		ok, err = e.pred.EvalErr(row)
+		ok, err = e.pred.EvalWith(row, r)
 	}
 	if err != nil {
 		r.onErr(e.shape, err)

@@ -46,12 +46,16 @@ type Subquery struct {
 	// row); it may have subqueries of its own (Where.Subqueries).
 	Where *Predicate
 	// SQL is the subselect, with the parameters written in as literals:
-	// `SELECT cols FROM table WHERE ...`.
-	SQL string
+	// `SELECT cols FROM table WHERE ...`; WhereSQL its WHERE alone ("" for
+	// none).
+	SQL      string
+	WhereSQL string
 
 	kinds  []kind   // the selected columns' kinds
 	lkinds []kind   // the left columns' kinds
 	doms   []domain // the domains each pair is compared in
+
+	dep *depState // the registry's state of its result, once it has one (saves a lookup per evaluation)
 }
 
 // Arity is how many columns the subquery selects.
@@ -123,6 +127,17 @@ func (n *subqueryNode) eval(c *evalCtx) tri {
 			c.failed = fmt.Errorf("the result of subquery %s is not loaded", n.sub.SQL)
 		}
 		return tNull
+	}
+	if len(n.left) == 1 { // the common case, without allocating
+		v, null := n.left[0].get(c)
+		if null {
+			if r.rows == 0 {
+				return tFalse
+			}
+			return tNull
+		}
+		var buf [24]byte
+		return r.inOne(appendCanonical(buf[:0], n.left[0].dom, v))
 	}
 	return r.in(n.leftKey(c))
 }
@@ -395,6 +410,11 @@ func (c *compiler) subquerySQL(where string, p *Predicate) error {
 			return fmt.Errorf("where clause: the subquery cannot be printed back as SQL: %w", err)
 		}
 		sub.SQL = sql
+		if w := sl.Subselect.GetSelectStmt().GetWhereClause(); w != nil {
+			if sub.WhereSQL, err = deparseWhere(tree, w); err != nil {
+				return fmt.Errorf("where clause: the subquery's WHERE cannot be printed back as SQL: %w", err)
+			}
+		}
 		h := sha256.New()
 		fmt.Fprintf(h, "%s\x00", sql)
 		for _, d := range sub.doms {
@@ -427,6 +447,23 @@ func dedupSubqueries(p *Predicate) {
 		dedupSubqueries(s.Where)
 	}
 	p.subs = out
+}
+
+// deparseWhere prints a boolean expression of tree as SQL.
+func deparseWhere(tree *pg.ParseResult, w *pg.Node) (string, error) {
+	sel := &pg.SelectStmt{
+		TargetList:  []*pg.Node{{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Val: &pg.Node{Node: &pg.Node_AConst{AConst: &pg.A_Const{Val: &pg.A_Const_Ival{Ival: &pg.Integer{Ival: 1}}}}}}}}},
+		WhereClause: w,
+	}
+	out, err := deparseSelect(tree, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
+	if err != nil {
+		return "", err
+	}
+	rest, ok := strings.CutPrefix(out, wherePrefix)
+	if !ok {
+		return "", fmt.Errorf("printed back as %q, not a SELECT 1 WHERE", out)
+	}
+	return rest, nil
 }
 
 // deparseSelect prints a subselect node of tree as SQL.
