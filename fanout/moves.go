@@ -40,7 +40,7 @@ const (
 
 // MaxClosedWindows is the most move-in windows one fragment closes (the
 // log record's header has room for that many).
-const MaxClosedWindows = 63
+const MaxClosedWindows = 31
 
 // Pattern is one (position, value hash) of a move event: the rows whose
 // tag has that hash at that position.
