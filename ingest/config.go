@@ -13,6 +13,7 @@ type Config struct {
 	NATS     configs.NATS   `mapstructure:"nats"`
 	Bus      configs.Bus    `mapstructure:"bus"`
 	Ingest   Limits         `mapstructure:"ingest"`
+	Subq     SubqueryConfig `mapstructure:"subqueries"`
 	HTTP     configs.HTTP   `mapstructure:"http"`
 	Log      configs.Log    `mapstructure:"log"`
 }
@@ -40,6 +41,15 @@ type Limits struct {
 	MaxRetries         int           `mapstructure:"max_retries"`
 	MaxBackoff         time.Duration `mapstructure:"max_backoff"`
 	DrainTimeout       time.Duration `mapstructure:"drain_timeout"`
+}
+
+// SubqueryConfig is the subqueries section: the reads from Postgres that
+// shapes with subqueries need (their results, and the rows a move-in brings).
+type SubqueryConfig struct {
+	Readers          int           `mapstructure:"readers"`
+	ReadTimeout      time.Duration `mapstructure:"read_timeout"`
+	MoveInMaxBytes   int           `mapstructure:"move_in_max_bytes"`
+	StatementTimeout time.Duration `mapstructure:"statement_timeout"`
 }
 
 // Validate checks values that have a type but not a meaning.
@@ -90,6 +100,19 @@ func (c *Config) Validate() error {
 		if d.val < time.Millisecond {
 			return fmt.Errorf("config key %s: %s is under 1ms", d.key, d.val)
 		}
+	}
+	q := c.Subq
+	if q.Readers < 1 || q.Readers > 64 {
+		return fmt.Errorf("config key subqueries.readers: %d is not between 1 and 64", q.Readers)
+	}
+	if q.ReadTimeout < time.Second {
+		return fmt.Errorf("config key subqueries.read_timeout: %s is under 1s", q.ReadTimeout)
+	}
+	if q.StatementTimeout < 0 {
+		return fmt.Errorf("config key subqueries.statement_timeout: %s is negative (0s: none)", q.StatementTimeout)
+	}
+	if q.MoveInMaxBytes < 1<<20 {
+		return fmt.Errorf("config key subqueries.move_in_max_bytes: %d is under 1 MiB", q.MoveInMaxBytes)
 	}
 	return nil
 }

@@ -16,6 +16,15 @@ type Metrics struct {
 	ConfirmedLSN   prometheus.Gauge
 	SafeLSN        prometheus.Gauge
 	Reconnects     prometheus.Counter
+
+	// Subqueries (subqueries.go, subqread.go).
+	SubqueryLoads   prometheus.Counter
+	SubqueryRetakes prometheus.Counter
+	MoveIns         prometheus.Counter
+	MoveInRows      prometheus.Counter
+	MoveOuts        prometheus.Counter
+	Rotations       prometheus.Counter
+	OpenMoveIns     prometheus.Gauge
 }
 
 // NewMetrics registers ingest's series on reg (nil: unregistered, for tests).
@@ -31,10 +40,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ConfirmedLSN:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_ingest_confirmed_lsn", Help: "LSN last confirmed to Postgres (standby status flush position)."}),
 		SafeLSN:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_ingest_safe_lsn", Help: "Safe LSN last read from flushd."}),
 		Reconnects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_reconnects_total", Help: "Replication sessions restarted after a failure."}),
+
+		SubqueryLoads:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_subquery_loads_total", Help: "Subquery results read from Postgres (a shape first using them, or a restart)."}),
+		SubqueryRetakes: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_subquery_retakes_total", Help: "Subquery reads taken again: their snapshot still saw a committed transaction in progress, or the stream passed it first."}),
+		MoveIns:         prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_move_ins_total", Help: "Move-ins placed in shape logs (values entered a subquery's result)."}),
+		MoveInRows:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_move_in_rows_read_total", Help: "Rows read from Postgres for move-ins."}),
+		MoveOuts:        prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_move_outs_total", Help: "Move-out events routed to shapes (values left a subquery's result)."}),
+		Rotations:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_ingest_subquery_rotations_total", Help: "Shapes rotated (removed for clients to refetch) because their subqueries could not be kept exact."}),
+		OpenMoveIns:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_ingest_open_move_ins", Help: "Move-ins whose rows are not placed yet; the oldest holds the confirmed LSN back."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Changes, m.Transactions, m.Fragments, m.Messages, m.PublishRetries, m.Inflight,
-			m.PublishedLSN, m.ConfirmedLSN, m.SafeLSN, m.Reconnects)
+			m.PublishedLSN, m.ConfirmedLSN, m.SafeLSN, m.Reconnects,
+			m.SubqueryLoads, m.SubqueryRetakes, m.MoveIns, m.MoveInRows, m.MoveOuts, m.Rotations, m.OpenMoveIns)
 	}
 	return m
 }

@@ -43,6 +43,7 @@ type Router struct {
 	pending    []ShapeUpdate // updates that arrived inside a transaction
 	appliedRev uint64        // highest shapes-bucket revision applied
 	decoded    *decodedXids  // transactions routed so far (the snapshot hand-off)
+	sq         *subqueries   // shapes with subqueries (subqueries.go); nil in tests without them
 }
 
 type openTxn struct {
@@ -53,13 +54,18 @@ type openTxn struct {
 	// whether or not any shape takes them.
 	sinceChanges int
 	sinceBytes   int
+	// Move-in windows the transaction opens, one per shape (subqueries.go).
+	windows     map[string]*moveWindow
+	windowOrder []*moveWindow
 }
 
 type shapeBuf struct {
 	shape   *fanout.Shape
 	changes []fanout.Change
 	bytes   int
-	seq     int // Seq of the next fragment
+	seq     int  // Seq of the next fragment
+	window  bool // a move-in event was routed to it: its fragment opens the window
+	opened  bool // the fragment opening it was published
 }
 
 // NewRouter routes with reg (owned by the router from now on).
@@ -86,8 +92,16 @@ func (r *Router) Apply(u ShapeUpdate) {
 }
 
 // Applied is the highest shapes-bucket revision in effect, and how many
-// transactions had been routed when it took effect.
-func (r *Router) Applied() (revision, routedTxns uint64) { return r.appliedRev, r.decoded.count() }
+// transactions had been routed when it took effect. A shape whose
+// subqueries' results are not loaded yet is not in effect: the revision
+// stays below it until it is routed.
+func (r *Router) Applied() (revision, routedTxns uint64) {
+	rev := r.appliedRev
+	if r.sq != nil {
+		rev = r.sq.routedRevision(rev)
+	}
+	return rev, r.decoded.count()
+}
 
 func (r *Router) applyPending() {
 	for _, u := range r.pending {
@@ -108,13 +122,27 @@ func (r *Router) apply(u ShapeUpdate) {
 		r.log.Error("shape definition rejected by the matcher; its changes are not routed until it is fixed", "shape", u.Handle, "err", err)
 		return
 	}
+	if r.sq != nil {
+		r.sq.applied(u.Handle, u.Revision)
+		if r.reg.IsWaiting(u.Handle) {
+			r.log.Info("shape waits for its subqueries' results before it is routed", "shape", u.Handle, "table", u.Shape.Table)
+			r.sq.afterChange(nil) // ask for the loads
+			return
+		}
+	}
 	r.log.Info("shape routed", "shape", u.Handle, "table", u.Shape.Table)
 }
 
 // Begin implements Handler.
-func (r *Router) Begin(_ context.Context, b Begin) error {
+func (r *Router) Begin(ctx context.Context, b Begin) error {
 	if r.tx != nil {
 		return fmt.Errorf("pgoutput Begin of xid %d while xid %d is open (protocol violation; ingest restarts from the slot)", b.Xid, r.tx.begin.Xid)
+	}
+	if r.sq != nil {
+		// Move-ins whose reads did not see b go before it.
+		if err := r.sq.beforeTxn(ctx, r, b); err != nil {
+			return err
+		}
 	}
 	r.tx = &openTxn{begin: b, txn: r.tracker.Begin(), bufs: map[string]*shapeBuf{}}
 	return nil
@@ -131,6 +159,9 @@ func (r *Router) Change(ctx context.Context, c match.RowChange) error {
 	}
 	routed := r.routed[:0]
 	r.reg.Route(c, func(s *fanout.Shape, ch fanout.Change) { routed = append(routed, routedChange{s, ch}) })
+	if r.sq != nil {
+		r.sq.afterChange(r.tx)
+	}
 	err := r.add(ctx, routed)
 	clear(routed) // the buffers hold what they need; keep no rows alive here
 	r.routed = routed
@@ -151,6 +182,9 @@ func (r *Router) Truncate(ctx context.Context, tables []string) error {
 		r.reg.ShapesOf(table, func(s *fanout.Shape) {
 			routed = append(routed, routedChange{s, fanout.Change{Op: fanout.OpTruncate}})
 		})
+		if r.sq != nil {
+			r.sq.truncated(table)
+		}
 	}
 	return r.add(ctx, routed)
 }
@@ -179,14 +213,29 @@ func (r *Router) Commit(ctx context.Context, c Commit) error {
 	tx.txn.Commit(c.EndLSN)
 	r.metrics.Transactions.Inc()
 	r.decoded.add(tx.begin.Xid)
+	if r.sq != nil {
+		r.sq.afterCommit(tx)
+	}
 	r.applyPending()
 	return nil
+}
+
+// Idle is called when the stream is idle past walEnd (a keepalive, no
+// transaction open): move-ins read below it are placed.
+func (r *Router) Idle(ctx context.Context, walEnd pglogrepl.LSN) error {
+	if r.tx != nil || r.sq == nil {
+		return nil
+	}
+	return r.sq.idle(ctx, r, walEnd)
 }
 
 // Abort forgets the open transaction (the session broke; it comes again,
 // routed with the updates that waited for its end).
 func (r *Router) Abort() {
 	r.tx = nil
+	if r.sq != nil {
+		r.sq.setHold() // the transaction's windows are gone with it
+	}
 	r.applyPending()
 }
 
@@ -213,6 +262,9 @@ func (r *Router) add(ctx context.Context, routed []routedChange) error {
 		}
 		b.changes = append(b.changes, rc.change)
 		b.bytes += size
+		if rc.change.Op == fanout.OpMoveIn {
+			b.window = true
+		}
 	}
 	return nil
 }
@@ -263,6 +315,16 @@ func (r *Router) flush(ctx context.Context, b *shapeBuf, last bool, end pglogrep
 	}
 	if f.Changes == nil {
 		f.Changes = []fanout.Change{}
+	}
+	if b.window && !b.opened {
+		// The fragment holding the transaction's first move-in event for
+		// the shape opens its window; the rows close it (subqueries.go).
+		for _, c := range f.Changes {
+			if c.Op == fanout.OpMoveIn {
+				f.OpensWindow, b.opened = true, true
+				break
+			}
+		}
 	}
 	if err := r.sink.Publish(ctx, tx.txn, fanout.Partition(b.shape.Handle, r.partitions), f); err != nil {
 		return err

@@ -55,6 +55,7 @@ type Service struct {
 	safe      *SafeHolder
 	shapes    chan shapeEvent
 	handoff   *handoff
+	subq      *subqReader // Postgres reads of shapes with subqueries
 
 	confirmed atomic.Uint64 // last position sent to Postgres
 }
@@ -111,6 +112,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 	s.decoder = NewDecoder(log)
 	s.router = NewRouter(match.NewRegistry(), cfg.Bus.Partitions, cfg.Ingest, nil, nil, s.metrics, log)
+	s.subq = newSubqReader(cfg.Subq, cfg.Postgres.URL, log, s.metrics)
+	goWorker("subquery reader", s.subq.run)
+	rot := newRotator(s.bus, log)
+	goWorker("shape rotator", rot.run)
+	s.router.sq = newSubqueries(s.router.reg, s.subq, cfg.Ingest, s.metrics, log, rot.submit)
 	if s.handoff, err = newHandoff(ctx, js, cfg, s.router.decoded, log); err != nil {
 		// Replication must not depend on it: new shapes then wait for
 		// their snapshots (and fail after snapshot.routing_timeout).
@@ -273,6 +279,7 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 	errs := make(chan error, 3)
 	msgs := make(chan walMsg, 64)
 	status := newStatusSender(repl, s.safe, s.tracker, pglogrepl.LSN(s.confirmed.Load()), cfg.StatusInterval, s.metrics)
+	status.hold = s.router.sq.Hold
 	var lastData atomic.Int64
 	lastData.Store(time.Now().UnixNano())
 	spawn := func(f func(context.Context) error) {
@@ -326,9 +333,16 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 				s.router.Apply(ev.update) // waits for the end of an open transaction
 				s.handoff.applied(s.router.Applied())
 			}
+		case res := <-s.subq.results:
+			s.router.sq.result(res)
+			s.handoff.applied(s.router.Applied())
 		case m := <-msgs:
 			progressed = true
 			if m.keepalive != nil {
+				if err := s.router.Idle(ctx, m.keepalive.ServerWALEnd); err != nil {
+					return progressed, err
+				}
+				s.handoff.applied(s.router.Applied())
 				// Nothing open or in flight: everything before the server's
 				// WAL end is handled, so an idle slot can move on.
 				if s.router.tx == nil && s.tracker.Open() == 0 && s.tracker.Idle(m.keepalive.ServerWALEnd) {

@@ -66,6 +66,12 @@ func (w *shapeWatcher) run(ctx context.Context) error {
 				continue
 			}
 			w.ensureFull(ctx, s.Table)
+			for _, t := range s.Tables {
+				// Subqueries' tables too: ingest keeps their results from
+				// the stream, and rebuilds them after a restart from the
+				// old rows of the changes it decodes again.
+				w.ensureFull(ctx, t.Table)
+			}
 			ev.update = ShapeUpdate{Handle: s.Handle, Shape: s, Revision: e.Revision()}
 		}
 		select {

@@ -60,6 +60,9 @@ type statusSender struct {
 	interval time.Duration
 	poke     chan struct{}
 	metrics  *Metrics
+	// hold, when set and not 0, is a position confirmation must not pass
+	// (an open move-in: subqueries.go).
+	hold func() pglogrepl.LSN
 
 	mu        sync.Mutex
 	confirmed pglogrepl.LSN
@@ -108,7 +111,13 @@ func (s *statusSender) run(ctx context.Context) error {
 // send reports the confirmed position as written, flushed and applied.
 func (s *statusSender) send(ctx context.Context) error {
 	s.mu.Lock()
-	s.confirmed = Confirm(s.confirmed, s.safe.Get(), s.tracker.Published())
+	safe := s.safe.Get()
+	if s.hold != nil {
+		if h := s.hold(); h != 0 {
+			safe = min(safe, h)
+		}
+	}
+	s.confirmed = Confirm(s.confirmed, safe, s.tracker.Published())
 	pos := s.confirmed
 	s.mu.Unlock()
 	s.metrics.ConfirmedLSN.Set(float64(pos))

@@ -37,6 +37,8 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 //	kind     1 byte   what the body is (RecordKind)
 //	flags    1 byte   bit 0: last, the record ends its shape's part of its transaction
 //	                  bit 1: truncate, the record holds a truncate
+//	                  bit 2: the record opens a move-in window (fanout.Fragment.OpensWindow)
+//	                  bits 3-7: how many move-in windows the record closes (0-31)
 //	epoch    8 bytes  owner epoch the record was written at
 //	lsn      8 bytes  commit LSN of its transaction
 //	seq      4 bytes  its place in that transaction's part (fanout.Fragment.Seq)
@@ -54,6 +56,8 @@ const (
 	recordV2Header   = 1 + 8 + 8 + 4
 	flagLast         = 0x01
 	flagTruncate     = 0x02
+	flagOpensWindow  = 0x04
+	closesShift      = 3              // bits 3-7: windows closed
 	recordHeaderSize = recordV3Header // what this build writes
 )
 
@@ -80,6 +84,10 @@ type recordHeader struct {
 	// and only decoding the body tells whether it holds a truncate.
 	truncate bool
 	changes  int
+	// Move-in windows of subquery shapes (fanout/moves.go): the record
+	// opens one, and closes this many.
+	opens  bool
+	closes int
 }
 
 // jsonRecord is the payload of a first-version frame.
@@ -110,6 +118,13 @@ func encodeRecord(epoch uint64, f *fanout.Fragment) ([]byte, error) {
 	if f.HasTruncate() {
 		flags |= flagTruncate
 	}
+	if f.OpensWindow {
+		flags |= flagOpensWindow
+	}
+	if f.ClosesWindows < 0 || f.ClosesWindows > fanout.MaxClosedWindows {
+		return nil, fmt.Errorf("fragment %s %s closes %d move-in windows (0..%d)", f.Shape, f.Position(), f.ClosesWindows, fanout.MaxClosedWindows)
+	}
+	flags |= byte(f.ClosesWindows) << closesShift
 	record := make([]byte, 0, recordV3Header+len(body))
 	record = append(record, recordV3, byte(KindChanges), flags)
 	record = binary.LittleEndian.AppendUint64(record, epoch)
@@ -147,6 +162,8 @@ func readRecord(payload []byte) (recordHeader, []byte, error) {
 		h.kind = RecordKind(payload[1])
 		h.last = payload[2]&flagLast != 0
 		h.truncate = payload[2]&flagTruncate != 0
+		h.opens = payload[2]&flagOpensWindow != 0
+		h.closes = int(payload[2] >> closesShift)
 		h.epoch = binary.LittleEndian.Uint64(payload[3:11])
 		h.pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[11:19]))
 		h.pos.Seq = int(binary.LittleEndian.Uint32(payload[19:23]))

@@ -17,6 +17,9 @@ import (
 type Cursor struct {
 	Offset int64
 	acc    acceptor
+	// windows is how many move-in windows are open here (subquery
+	// shapes: see readWindows); 0 at every readable end.
+	windows int
 }
 
 // Last is the position of the last accepted fragment before c, if any.
@@ -79,6 +82,12 @@ var ErrStopRead = errors.New("stop reading the shape log")
 // transaction are held back, and a read resumed from the returned cursor
 // gets them whole once their transaction is. Every reader (the HTTP API,
 // Materialize, fanoutctl shape rows) reads through here.
+//
+// Shapes with subqueries add one rule: a move-in window (a record that
+// opens one, fanout/moves.go) holds back everything from that record on,
+// later transactions included, until the records that close every open
+// window are in the log (the rows the move-in brought). So no reader sees a
+// point of the log where rows that moved in are missing.
 //
 // A torn tail ends the read and is left in place: a writer may be
 // appending. A log that does not exist (yet) has nothing after from. It only
@@ -147,11 +156,37 @@ func (r *logReader) frame(off int64, payload []byte) error {
 	next := r.scanned
 	next.Offset = off + headerSize + int64(len(payload))
 	accepted := next.acc.accept(h.epoch, h.pos)
+	if accepted {
+		next.windows = windowsAfter(before.windows, h)
+	}
 	r.scanned = next
 	if !accepted {
 		if !r.open {
 			r.readable = next
 		}
+		return nil
+	}
+	if r.open && before.windows == 0 && h.pos.CommitLSN != r.openTx.CommitLSN {
+		// A later transaction: the open one is as complete as it will
+		// ever be. Pass it on, then this record as any other.
+		if err := r.passOn(before.Offset); err != nil {
+			return err
+		}
+	}
+	if next.windows > 0 {
+		// Inside a move-in window: held back until the rows close it.
+		if !r.open {
+			r.open = true
+		}
+		r.openTx = h.pos
+		return nil
+	}
+	if before.windows > 0 {
+		// This record closes the last window open.
+		if h.last {
+			return r.passOn(next.Offset)
+		}
+		r.open, r.openTx = true, h.pos
 		return nil
 	}
 	if r.open {
@@ -194,6 +229,7 @@ func (r *logReader) passOn(end int64) error {
 		next := cur
 		next.Offset = off + headerSize + int64(len(payload))
 		if next.acc.accept(h.epoch, h.pos) {
+			next.windows = windowsAfter(cur.windows, h)
 			if err := r.fn(r.entry(h, payload, off), next); err != nil {
 				return err
 			}
@@ -211,4 +247,15 @@ func (r *logReader) passOn(end int64) error {
 func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
 	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, MayTruncate: h.truncate || h.changes < 0,
 		xid: h.xid, payload: payload, handle: r.handle, offset: off}
+}
+
+// windowsAfter is how many move-in windows are open after an accepted
+// record with header h, open before it. Closing more than are open (rows
+// placed again after a restart of ingest, for a window already closed) is
+// closing none.
+func windowsAfter(open int, h recordHeader) int {
+	if h.opens {
+		open++
+	}
+	return max(0, open-h.closes)
 }

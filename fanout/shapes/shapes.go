@@ -58,7 +58,10 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := match.CompileParams(s.Where, s.Params, schema); err != nil {
+	if s.Tables, err = SubqueryTables(ctx, conn, s.Where); err != nil {
+		return nil, err
+	}
+	if _, err := match.CompileShape(s); err != nil {
 		return nil, fmt.Errorf("table %s: %w", table, err)
 	}
 	if _, err := bus.Shapes.Create(ctx, s.Handle, s.Encode()); err != nil {
@@ -185,3 +188,34 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// SubqueryTables reads the schemas of the tables where's subqueries read
+// (col IN (SELECT ... FROM table)), as LoadSchema reads a shape's own: each
+// must exist, be a table and have a primary key (the results are kept by
+// row key). CheckSubqueryTable, when set, is asked about each too.
+func SubqueryTables(ctx context.Context, conn *pgx.Conn, where string) ([]fanout.TableSchema, error) {
+	names, err := match.SubqueryTables(where)
+	if err != nil {
+		return nil, err
+	}
+	var out []fanout.TableSchema
+	for _, name := range names {
+		if CheckSubqueryTable != nil {
+			if err := CheckSubqueryTable(ctx, conn, name); err != nil {
+				return nil, fmt.Errorf("where clause: the subquery reads table %s: %w", name, err)
+			}
+		}
+		schema, pk, err := LoadSchema(ctx, conn, name)
+		if err != nil {
+			return nil, fmt.Errorf("where clause: the subquery reads %w", err)
+		}
+		out = append(out, fanout.TableSchema{Table: name, PrimaryKey: pk, Schema: schema})
+	}
+	return out, nil
+}
+
+// CheckSubqueryTable is the hook for the rules a shape's own table follows
+// in the HTTP API (in the publication, allowed by configuration: issue 27),
+// applied to the tables its subqueries read. nil: no rule beyond being a
+// table with a primary key. The HTTP API sets it to its own table check.
+var CheckSubqueryTable func(ctx context.Context, conn *pgx.Conn, table string) error

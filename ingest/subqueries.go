@@ -1,0 +1,476 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/fanout/pipeline/consumers/wheresql"
+	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
+	"github.com/fanout/pipeline/fanout/shapes"
+)
+
+// subqueries is the router's side of shapes with subqueries: the registry
+// keeps their results and decides their moves (fanout/match/deps.go); this
+// asks the reader for what needs Postgres (subqread.go) and places what it
+// read in the stream.
+//
+// A move-in: a transaction T moves values into a subquery's result; the
+// shape's fragment of T holds the move-in event and opens a window
+// (fanout/moves.go). At T's commit the rows are read in a snapshot S. The
+// transactions S saw are exactly those up to some point B of the commit
+// order, and the router routes them before the rows: when it begins a
+// transaction S did not see, or is idle past the WAL position read with S,
+// it publishes the rows (matched with the results as they stand at B: the
+// registry's state then) at a position between B and that transaction, and
+// the window closes. If the router began a transaction S did not see while
+// the read ran, the rows would land after it: the read is taken again.
+// Until a window closes, readers of the shape's log wait (shapelog.ReadLog),
+// and ingest confirms WAL only up to T (Hold), so a restart reads T again.
+type subqueries struct {
+	reg     *match.Registry
+	reader  *subqReader // nil: no reads (the results then never load)
+	log     *slog.Logger
+	metrics *Metrics
+	limits  Limits
+
+	open    []*moveWindow     // windows not closed, in the order their transactions committed
+	waitRev map[string]uint64 // shapes waiting for their results: their shapes-bucket revision
+	lastXid uint32            // the last transaction routed
+	hold    atomic.Uint64     // commit LSN of the oldest open window (0: none), for the status sender
+	rotate  func(match.Rotation)
+}
+
+// moveWindow is one transaction's move-ins of one shape: one read, one
+// placement.
+type moveWindow struct {
+	handle    string
+	shape     *fanout.Shape
+	commitLSN pglogrepl.LSN
+	xid       uint32
+	moveIns   []match.MoveIn
+	reading   bool
+	begun     []uint32 // xids of the transactions begun while the read ran
+	overflow  bool     // too many of them to keep: take the read again
+	result    *subqResult
+}
+
+const maxBegunWhileReading = 1 << 16
+
+func newSubqueries(reg *match.Registry, reader *subqReader, limits Limits, m *Metrics, log *slog.Logger, rotate func(match.Rotation)) *subqueries {
+	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, rotate: rotate}
+}
+
+// Hold is the highest position ingest may confirm to Postgres while move-ins
+// are open: just before the oldest one's transaction, so that a restart
+// decodes it again and reads its rows anew. 0: no hold.
+func (q *subqueries) Hold() pglogrepl.LSN {
+	h := q.hold.Load()
+	if h == 0 {
+		return 0
+	}
+	return pglogrepl.LSN(h - 1)
+}
+
+func (q *subqueries) setHold() {
+	var h uint64
+	if len(q.open) > 0 {
+		h = uint64(q.open[0].commitLSN)
+	}
+	q.hold.Store(h)
+	q.metrics.OpenMoveIns.Set(float64(len(q.open)))
+}
+
+// applied notes a shape added to the registry at revision rev: while it
+// waits for its subqueries' results, the revision routed stays below it.
+func (q *subqueries) applied(handle string, rev uint64) {
+	if q.reg.IsWaiting(handle) {
+		q.waitRev[handle] = rev
+	} else {
+		delete(q.waitRev, handle)
+	}
+}
+
+// routedRevision is the shapes-bucket revision every shape up to which is
+// routed, given the highest applied.
+func (q *subqueries) routedRevision(applied uint64) uint64 {
+	for h, rev := range q.waitRev {
+		if !q.reg.IsWaiting(h) {
+			delete(q.waitRev, h) // routed, or dropped by a failed load
+			continue
+		}
+		applied = min(applied, rev-1)
+	}
+	return applied
+}
+
+// beforeTxn runs as the router begins transaction b: the reads whose
+// snapshot did not see b are placed (b comes after them), the in-flight
+// reads note b, and the registry learns the transaction.
+func (q *subqueries) beforeTxn(ctx context.Context, r *Router, b Begin) error {
+	if err := q.place(ctx, r, func(w *moveWindow) bool {
+		return b.FinalLSN >= w.result.walLSN || !w.result.snap.Visible(b.Xid)
+	}, b.FinalLSN-1); err != nil {
+		return err
+	}
+	for _, w := range q.open {
+		if w.reading && !w.overflow {
+			if len(w.begun) >= maxBegunWhileReading {
+				w.overflow, w.begun = true, nil
+			} else {
+				w.begun = append(w.begun, b.Xid)
+			}
+		}
+	}
+	q.reg.BeginTxn(b.Xid, uint64(b.FinalLSN))
+	q.routed()
+	return nil
+}
+
+// routed logs the shapes whose results became ready.
+func (q *subqueries) routed() {
+	for _, h := range q.reg.TakeReady() {
+		q.log.Info("shape routed: its subqueries' results are loaded", "shape", h)
+	}
+}
+
+// idle runs when the stream is idle past walEnd (a keepalive, no open
+// transaction): reads whose snapshot lies below it are placed.
+func (q *subqueries) idle(ctx context.Context, r *Router, walEnd pglogrepl.LSN) error {
+	if walEnd == 0 {
+		return nil
+	}
+	q.reg.Idle(uint64(walEnd))
+	q.routed()
+	return q.place(ctx, r, func(w *moveWindow) bool { return walEnd >= w.result.walLSN }, walEnd-1)
+}
+
+// afterChange collects what routing a change asked for: results to load,
+// move-ins (one window per shape and transaction), shapes to rotate.
+func (q *subqueries) afterChange(tx *openTxn) {
+	for _, req := range q.reg.TakeLoads() {
+		q.load(req)
+	}
+	for _, mi := range q.reg.TakeMoveIns() {
+		if tx == nil {
+			continue // outside a transaction (a load): nothing to move
+		}
+		if tx.windows == nil {
+			tx.windows = map[string]*moveWindow{}
+		}
+		w := tx.windows[mi.Handle]
+		if w == nil {
+			sh, _ := q.reg.Get(mi.Handle)
+			w = &moveWindow{handle: mi.Handle, shape: sh, commitLSN: tx.begin.FinalLSN, xid: tx.begin.Xid}
+			tx.windows[mi.Handle] = w
+			tx.windowOrder = append(tx.windowOrder, w)
+			if q.hold.Load() == 0 {
+				// Held from now on, before any of the transaction is
+				// published, so confirmation never passes it.
+				q.hold.Store(uint64(tx.begin.FinalLSN))
+			}
+		}
+		w.moveIns = append(w.moveIns, mi)
+	}
+	for _, rot := range q.reg.TakeRotations() {
+		q.metrics.Rotations.Inc()
+		q.rotate(rot)
+	}
+}
+
+// afterCommit starts the reads of the committed transaction's windows.
+func (q *subqueries) afterCommit(tx *openTxn) {
+	q.lastXid = tx.begin.Xid
+	for _, w := range tx.windowOrder {
+		q.open = append(q.open, w)
+		q.read(w)
+	}
+	if len(tx.windowOrder) > 0 {
+		q.setHold()
+	}
+}
+
+// load asks the reader for results.
+func (q *subqueries) load(req match.LoadRequest) {
+	if q.reader == nil {
+		q.log.Error("a shape has subqueries but ingest has no reader for them; it is not routed")
+		return
+	}
+	q.reader.submit(subqJob{load: &req})
+}
+
+// read asks the reader for w's rows.
+func (q *subqueries) read(w *moveWindow) {
+	w.reading, w.begun, w.overflow, w.result = true, nil, false, nil
+	if q.reader == nil {
+		return
+	}
+	sql, args, err := moveInSQL(w)
+	if err != nil {
+		q.fail(w, err)
+		return
+	}
+	q.reader.submit(subqJob{moveIn: &moveInRead{w: w, sql: sql, args: args}})
+}
+
+// result takes a finished read.
+func (q *subqueries) result(res subqResult) {
+	switch {
+	case res.job.load != nil:
+		if res.err != nil {
+			q.log.Error("subquery results could not be loaded; the shapes using them are not routed (their snapshots fail): check the subqueries and the connection", "err", res.err)
+			q.reg.LoadFailed(res.job.load.Subqueries, res.err)
+			return
+		}
+		q.reg.Loaded(res.load)
+	case res.job.moveIn != nil:
+		w := res.job.moveIn.w
+		if !q.isOpen(w) {
+			return // its shape was rotated meanwhile
+		}
+		if res.err != nil {
+			q.fail(w, res.err)
+			return
+		}
+		stale := w.overflow
+		for _, x := range w.begun {
+			stale = stale || !res.snap.Visible(x)
+		}
+		if stale {
+			// The router began a transaction the read did not see: the
+			// rows would land after it. Read again.
+			q.metrics.SubqueryRetakes.Inc()
+			q.read(w)
+			return
+		}
+		w.reading, w.begun = false, nil
+		r := res
+		w.result = &r
+	}
+}
+
+func (q *subqueries) isOpen(w *moveWindow) bool {
+	for _, x := range q.open {
+		if x == w {
+			return true
+		}
+	}
+	return false
+}
+
+// fail gives up a window: its shape cannot be kept exact, so it is rotated
+// (clients refetch).
+func (q *subqueries) fail(w *moveWindow, err error) {
+	q.log.Error("the rows a move-in brings could not be read; the shape is rotated (clients get 409 and refetch)", "shape", w.handle, "err", err)
+	q.drop(w)
+	q.metrics.Rotations.Inc()
+	q.rotate(match.Rotation{Handle: w.handle, Reason: "move-in read failed: " + err.Error()})
+}
+
+func (q *subqueries) drop(w *moveWindow) {
+	for i, x := range q.open {
+		if x == w {
+			q.open = append(q.open[:i], q.open[i+1:]...)
+			break
+		}
+	}
+	q.setHold()
+}
+
+// place publishes the rows of the windows whose reads passed says the
+// stream has passed, at position at (between the last transaction routed
+// and the next), and closes them.
+func (q *subqueries) place(ctx context.Context, r *Router, passed func(w *moveWindow) bool, at pglogrepl.LSN) error {
+	var due []*moveWindow
+	for _, w := range q.open {
+		if w.result != nil && passed(w) {
+			due = append(due, w)
+		}
+	}
+	if len(due) == 0 {
+		return nil
+	}
+	seq := map[string]int{} // per shape: windows of one shape placed at one point share the position's seqs
+	for i, w := range due {
+		last := true
+		for _, later := range due[i+1:] {
+			last = last && later.handle != w.handle
+		}
+		if err := q.placeWindow(ctx, r, w, at, seq, last); err != nil {
+			return err
+		}
+		q.drop(w)
+	}
+	r.sink.Flush()
+	return nil
+}
+
+func (q *subqueries) placeWindow(ctx context.Context, r *Router, w *moveWindow, at pglogrepl.LSN, seq map[string]int, lastOfShape bool) error {
+	changes := r.reg.MoveInRows(w.handle, w.result.rows)
+	snap := w.result.snap
+	changes = append(changes, fanout.Change{Op: fanout.OpSnapshotEnd, Snapshot: &snap})
+	txn := r.tracker.Begin()
+	now := time.Now().UTC()
+	for start := 0; start < len(changes); {
+		end, size := start, 0
+		for end < len(changes) && end-start < q.limits.MaxFragmentChanges {
+			cs := changeSize(changes[end])
+			if end > start && size+cs > q.limits.MaxFragmentBytes {
+				break
+			}
+			size += cs
+			end++
+		}
+		f := &fanout.Fragment{
+			Version: fanout.WireVersion, Shape: w.handle, Xid: q.lastXid,
+			CommitLSN: at, EndLSN: at, CommitTime: now, Seq: seq[w.handle],
+			Changes: changes[start:end],
+		}
+		if end == len(changes) {
+			f.ClosesWindows = 1
+			f.Last = lastOfShape
+		}
+		if err := r.sink.Publish(ctx, txn, fanout.Partition(w.handle, r.partitions), f); err != nil {
+			return err
+		}
+		seq[w.handle]++
+		start = end
+	}
+	txn.Commit(at)
+	for _, mi := range w.moveIns {
+		r.reg.MoveInDone(mi.Handle, mi.Sub, mi.Tuples)
+	}
+	q.metrics.MoveIns.Inc()
+	return nil
+}
+
+// moveInSQL is the read of a window's rows: the shape's table, every
+// column, its whole clause (Postgres evaluates the subqueries in the read's
+// snapshot), narrowed to the rows whose left sides hold the values moved.
+func moveInSQL(w *moveWindow) (string, []string, error) {
+	s := w.shape
+	if s == nil {
+		return "", nil, fmt.Errorf("shape %s is no longer registered", w.handle)
+	}
+	where, err := wheresql.Deparse(s.Where)
+	if err != nil {
+		return "", nil, err
+	}
+	cols := make([]string, len(s.Schema))
+	types := map[string]string{}
+	for i, c := range s.Schema {
+		cols[i] = quoteIdent(c.Name)
+		types[c.Name] = c.Type
+	}
+	schema, name := fanout.SplitTable(s.Table)
+	args := append([]string(nil), s.Params...)
+	var narrow []string
+	for _, mi := range w.moveIns {
+		lt := make([]string, len(mi.Sub.Left))
+		for i, l := range mi.Sub.Left {
+			lt[i] = types[l]
+		}
+		cond, a, ok := mi.Sub.MoveInSQL(mi.Tuples, len(args)+1, lt)
+		if !ok {
+			narrow = nil
+			break
+		}
+		narrow = append(narrow, cond)
+		args = append(args, a...)
+	}
+	q := "SELECT " + strings.Join(cols, ", ") + " FROM " + quoteIdent(schema) + "." + quoteIdent(name) + " WHERE (" + where + ")"
+	if len(narrow) > 0 {
+		q += " AND (" + strings.Join(narrow, " OR ") + ")"
+	} else {
+		args = append([]string(nil), s.Params...)
+	}
+	return q, args, nil
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// truncated rotates the shapes that read table through subqueries: a
+// TRUNCATE empties their results without saying which values left.
+func (q *subqueries) truncated(table string) {
+	for _, h := range q.reg.DependentsOf(table) {
+		q.metrics.Rotations.Inc()
+		q.rotate(match.Rotation{Handle: h, Reason: "table " + table + ", which its subqueries read, was truncated"})
+	}
+}
+
+// rotator removes the shapes the router cannot keep exact, off its
+// goroutine: clients get 409 and refetch, which creates them again.
+type rotator struct {
+	bus  *fanout.Bus
+	log  *slog.Logger
+	mu   sync.Mutex
+	todo []match.Rotation
+	wake chan struct{}
+}
+
+func newRotator(bus *fanout.Bus, log *slog.Logger) *rotator {
+	return &rotator{bus: bus, log: log, wake: make(chan struct{}, 1)}
+}
+
+// submit queues a rotation; it never blocks.
+func (r *rotator) submit(rot match.Rotation) {
+	r.mu.Lock()
+	for _, x := range r.todo {
+		if x.Handle == rot.Handle {
+			r.mu.Unlock()
+			return
+		}
+	}
+	r.todo = append(r.todo, rot)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *rotator) run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+		}
+		for {
+			r.mu.Lock()
+			if len(r.todo) == 0 {
+				r.mu.Unlock()
+				break
+			}
+			rot := r.todo[0]
+			r.todo = r.todo[1:]
+			r.mu.Unlock()
+			r.log.Warn("rotating a shape with subqueries: it is removed, and its clients get 409 and refetch it", "shape", rot.Handle, "reason", rot.Reason)
+			for attempt := 1; ; attempt++ {
+				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := shapes.Remove(rctx, r.bus, rot.Handle, shapes.WithRemoveLog(r.log))
+				cancel()
+				if err == nil || errors.Is(err, shapes.ErrUnknownShape) || ctx.Err() != nil {
+					break
+				}
+				if attempt >= 10 {
+					r.log.Error("could not rotate a shape; remove it by hand (fanoutctl shape rm)", "shape", rot.Handle, "err", err)
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+				}
+			}
+		}
+	}
+}
