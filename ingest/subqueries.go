@@ -45,6 +45,8 @@ type subqueries struct {
 	open    []*moveWindow     // windows not closed, in the order their transactions committed
 	waitRev map[string]uint64 // shapes waiting for their results: their shapes-bucket revision
 	lastXid uint32            // the last transaction routed
+	lastLSN pglogrepl.LSN     // its commit LSN
+	placed  map[string]int    // seqs used per shape at placement position lastLSN+2
 	hold    atomic.Uint64     // commit LSN of the oldest open window (0: none), for the status sender
 	rotate  func(match.Rotation)
 }
@@ -66,7 +68,7 @@ type moveWindow struct {
 const maxBegunWhileReading = 1 << 16
 
 func newSubqueries(reg *match.Registry, reader *subqReader, limits Limits, m *Metrics, log *slog.Logger, rotate func(match.Rotation)) *subqueries {
-	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, rotate: rotate}
+	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, placed: map[string]int{}, rotate: rotate}
 }
 
 // Hold is the highest position ingest may confirm to Postgres while move-ins
@@ -118,7 +120,7 @@ func (q *subqueries) routedRevision(applied uint64) uint64 {
 func (q *subqueries) beforeTxn(ctx context.Context, r *Router, b Begin) error {
 	if err := q.place(ctx, r, func(w *moveWindow) bool {
 		return b.FinalLSN >= w.result.walLSN || !w.result.snap.Visible(b.Xid)
-	}, b.FinalLSN-1); err != nil {
+	}); err != nil {
 		return err
 	}
 	for _, w := range q.open {
@@ -150,7 +152,7 @@ func (q *subqueries) idle(ctx context.Context, r *Router, walEnd pglogrepl.LSN) 
 	}
 	q.reg.Idle(uint64(walEnd))
 	q.routed()
-	return q.place(ctx, r, func(w *moveWindow) bool { return walEnd >= w.result.walLSN }, walEnd-1)
+	return q.place(ctx, r, func(w *moveWindow) bool { return walEnd >= w.result.walLSN })
 }
 
 // afterChange collects what routing a change asked for: results to load,
@@ -189,6 +191,10 @@ func (q *subqueries) afterChange(tx *openTxn) {
 // afterCommit starts the reads of the committed transaction's windows.
 func (q *subqueries) afterCommit(tx *openTxn) {
 	q.lastXid = tx.begin.Xid
+	if tx.begin.FinalLSN != q.lastLSN {
+		q.lastLSN = tx.begin.FinalLSN
+		clear(q.placed)
+	}
 	for _, w := range tx.windowOrder {
 		q.open = append(q.open, w)
 		q.read(w)
@@ -286,9 +292,13 @@ func (q *subqueries) drop(w *moveWindow) {
 }
 
 // place publishes the rows of the windows whose reads passed says the
-// stream has passed, at position at (between the last transaction routed
-// and the next), and closes them.
-func (q *subqueries) place(ctx context.Context, r *Router, passed func(w *moveWindow) bool, at pglogrepl.LSN) error {
+// stream has passed, and closes them. They go between the last transaction
+// routed and the next, at the LSN two bytes into the last one's commit
+// record: never a commit LSN, and neither the +1 nor the end-1 of one,
+// which the HTTP API hands out as watermarks (shapeapi.Watermark), so an
+// offset <watermark>_0 never falls on them.
+func (q *subqueries) place(ctx context.Context, r *Router, passed func(w *moveWindow) bool) error {
+	at := q.lastLSN + 2
 	var due []*moveWindow
 	for _, w := range q.open {
 		if w.result != nil && passed(w) {
@@ -298,13 +308,14 @@ func (q *subqueries) place(ctx context.Context, r *Router, passed func(w *moveWi
 	if len(due) == 0 {
 		return nil
 	}
-	seq := map[string]int{} // per shape: windows of one shape placed at one point share the position's seqs
 	for i, w := range due {
 		last := true
 		for _, later := range due[i+1:] {
 			last = last && later.handle != w.handle
 		}
-		if err := q.placeWindow(ctx, r, w, at, seq, last); err != nil {
+		// Windows of one shape placed at one point (now or earlier since
+		// the last transaction) share the position's seqs.
+		if err := q.placeWindow(ctx, r, w, at, q.placed, last); err != nil {
 			return err
 		}
 		q.drop(w)
