@@ -52,8 +52,17 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 			kept = append(kept, received{m, i, it.Frag})
 		}
 	}
+	if len(kept) > 0 {
+		// Shapes with subqueries: the deletes of the rows a move-out drops go before it.
+		for i, f := range w.moveOuts().expand(fragments(kept)) {
+			kept[i].frag = f
+		}
+	}
 	for len(kept) > 0 {
 		err := w.persist(writer, fragments(kept))
+		if err != nil {
+			w.moveOuts().reset() // what the states saw may not be in the logs
+		}
 		var shapeErr *shapelog.ShapeError
 		if !errors.As(err, &shapeErr) {
 			if err != nil {

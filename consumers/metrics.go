@@ -17,6 +17,8 @@ type metrics struct {
 	noticeErrors prometheus.Counter
 	// quarantined counts shapes set aside because their log is unusable.
 	quarantined prometheus.Counter
+	// moveOutDeletes counts the deletes put before move-out events.
+	moveOutDeletes prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -44,7 +46,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Notices that a shape log grew (for the HTTP API's live requests) that could not be sent."}),
 		quarantined: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_quarantined_shapes_total",
 			Help: "Shapes set aside because their log is unusable (their fragments are dead-lettered)."}),
+		moveOutDeletes: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_move_out_deletes_total",
+			Help: "Deletes written before move-out events of shapes with subqueries, for clients that ignore move events."}),
 	}
-	reg.MustRegister(m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.reopens, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
+	reg.MustRegister(m.moveOutDeletes, m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.reopens, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
 	return m
 }

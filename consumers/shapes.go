@@ -23,11 +23,13 @@ type shapeCache struct {
 	mu      sync.RWMutex
 	known   map[string]bool
 	removed map[string]bool // deleted while watched; handles are never reused
+	// subquery shapes' primary keys (moveout.go keeps their rows' tags)
+	subqueryPK map[string][]string
 }
 
 func newShapeCache(kv jetstream.KeyValue, log *slog.Logger, timeout time.Duration, onRemove func(string)) *shapeCache {
 	return &shapeCache{kv: kv, log: log, timeout: timeout, onRemove: onRemove,
-		known: map[string]bool{}, removed: map[string]bool{}}
+		known: map[string]bool{}, removed: map[string]bool{}, subqueryPK: map[string][]string{}}
 }
 
 // run watches the bucket until ctx ends; primed is closed once the current
@@ -71,17 +73,22 @@ func (c *shapeCache) run(ctx context.Context, primed chan struct{}) error {
 func (c *shapeCache) apply(e jetstream.KeyValueEntry) {
 	h := e.Key()
 	if e.Operation() == jetstream.KeyValuePut {
-		if _, err := fanout.DecodeShape(e.Value()); err != nil {
+		sh, err := fanout.DecodeShape(e.Value())
+		if err != nil {
 			// Its fragments are still persisted: losing data is worse.
 			c.log.Error("shape definition in KV does not decode; its fragments are still persisted", "shape", h, "err", err)
 		}
 		c.mu.Lock()
 		c.known[h] = true
+		if sh != nil && sh.HasSubqueries() {
+			c.subqueryPK[h] = sh.PrimaryKey
+		}
 		c.mu.Unlock()
 		return
 	}
 	c.mu.Lock()
 	delete(c.known, h)
+	delete(c.subqueryPK, h)
 	c.removed[h] = true
 	c.mu.Unlock()
 	c.onRemove(h)
@@ -111,4 +118,13 @@ func (c *shapeCache) exists(ctx context.Context, handle string) bool {
 	}
 	c.log.Warn("cannot look up shape in KV; persisting its fragment", "shape", handle, "err", err)
 	return true
+}
+
+// subqueryKey is the primary key of a shape with subqueries; ok is false
+// for other shapes (or one not seen yet).
+func (c *shapeCache) subqueryKey(handle string) ([]string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	pk, ok := c.subqueryPK[handle]
+	return pk, ok
 }

@@ -47,6 +47,15 @@ type worker struct {
 	removals []string // shapes deleted from KV whose logs go between two batches
 
 	quarantined map[string]error // shapes whose log is unusable (batch.go); worker goroutine only
+	moves       *moveOuts        // deletes before move-outs (moveout.go); worker goroutine only
+}
+
+// moveOuts is the worker's moveOuts, made on first use.
+func (w *worker) moveOuts() *moveOuts {
+	if w.moves == nil {
+		w.moves = newMoveOuts(w.s.cfg.Storage.Dir, w.s.shapes.subqueryKey, w.log, w.s.m)
+	}
+	return w.moves
 }
 
 func newWorker(s *Service, partition int, epoch uint64, parent context.Context) *worker {
@@ -362,6 +371,9 @@ func (w *worker) applyRemovals(writer shapelog.Writer) {
 	w.removals = nil
 	w.mu.Unlock()
 	for _, h := range hs {
+		if w.moves != nil {
+			w.moves.forget(h)
+		}
 		if err := writer.Remove(w.stopCtx, h); err != nil {
 			w.log.Error("could not remove the log of a removed shape; remove it by hand", "shape", h, "err", err)
 			continue

@@ -31,38 +31,61 @@ func EncodeFragment(rel Relation, f *fanout.Fragment) (entries []Entry, truncate
 	base := FirstOp(f.Position())
 	lsn := strconv.FormatUint(uint64(f.CommitLSN), 10)
 	var ps []pending
-	for i, c := range f.Changes {
+	for i := range f.Changes {
+		c := &f.Changes[i]
 		op := base.Op + 2*uint64(i)
 		switch c.Op {
 		case fanout.OpInsert:
-			ps = append(ps, pending{op: op, operation: "insert", row: c.Row})
+			ps = append(ps, pending{op: op, operation: "insert", row: c.Row, meta: c})
 		case fanout.OpUpdate:
-			ps = rel.appendUpdate(ps, op, c)
+			ps = rel.appendUpdate(ps, op, *c)
 		case fanout.OpDelete:
-			ps = append(ps, pending{op: op, operation: "delete", row: rel.deleted(c)})
+			ps = append(ps, pending{op: op, operation: "delete", row: rel.deleted(*c)})
 		case fanout.OpTruncate:
 			truncated = true
+		case fanout.OpMoveIn, fanout.OpMoveOut, fanout.OpSnapshotEnd:
+			ps = append(ps, pending{op: op, event: c})
 		}
 		if truncated {
 			break
 		}
 	}
+	lastChange := -1 // `last` marks the transaction's last operation, never an event
+	for i, p := range ps {
+		if p.event == nil {
+			lastChange = i
+		}
+	}
 	entries = make([]Entry, len(ps))
 	var headers []byte
 	for i, p := range ps {
-		headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == len(ps)-1, p.keyChange)
-		entries[i] = Entry{Offset: Offset{Tx: base.Tx, Op: p.op}, JSON: appendChange(nil, rel, p.row, p.old, headers)}
+		off := Offset{Tx: base.Tx, Op: p.op}
+		if p.event != nil {
+			entries[i] = Entry{Offset: off, JSON: eventMessage(p.event, f.Xid)}
+			continue
+		}
+		if p.meta != nil && p.meta.MoveIn {
+			// A row a move-in brought: Electric's is_move_in insert, with
+			// neither lsn nor txids (it is no transaction's change).
+			headers = moveInHeadersJSON(headers[:0], rel, p.meta)
+		} else {
+			headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == lastChange, p.keyChange)
+			headers = withRowMeta(headers, p.meta)
+		}
+		entries[i] = Entry{Offset: off, JSON: appendChange(nil, rel, p.row, p.old, headers)}
 	}
 	return entries, truncated
 }
 
 // pending is one message of EncodeFragment: its value row, and old_value
-// when old is not nil.
+// when old is not nil; or an event.
 type pending struct {
 	op        uint64
 	operation string
 	row, old  fanout.Row
 	keyChange keyChange
+	meta      *fanout.Change // the change whose tags and active conditions the message carries (subquery shapes)
+	event     *fanout.Change // a move event or snapshot-end
 }
 
 // appendUpdate appends the messages of update c at op.
@@ -71,10 +94,10 @@ func (rel Relation) appendUpdate(ps []pending, op uint64, c fanout.Change) []pen
 		if oldKey, newKey := rel.Key(c.Old), rel.Key(c.Row); oldKey != newKey {
 			return append(ps,
 				pending{op: op, operation: "delete", row: rel.oldRow(c), keyChange: keyChange{"key_change_to", newKey}},
-				pending{op: op + 1, operation: "insert", row: c.Row, keyChange: keyChange{"key_change_from", oldKey}})
+				pending{op: op + 1, operation: "insert", row: c.Row, keyChange: keyChange{"key_change_from", oldKey}, meta: &c})
 		}
 	}
-	p := pending{op: op, operation: "update", row: c.Row}
+	p := pending{op: op, operation: "update", row: c.Row, meta: &c}
 	switch {
 	case c.Before == nil: // the old row is unknown: the whole new row
 	case rel.Full:

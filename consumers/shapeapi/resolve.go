@@ -118,6 +118,8 @@ func classifyAddError(err error) error {
 	case errors.As(err, &pgErr), strings.Contains(msg, "store shape"), strings.Contains(msg, "read the "),
 		strings.Contains(msg, "connect to Postgres"):
 		return fmt.Errorf("%w: %v", errNotReady, err)
+	case strings.HasPrefix(msg, "where clause"): // a subquery's table is the where's business
+		return Invalid("where", msg)
 	case strings.Contains(msg, "does not exist"), strings.Contains(msg, "is not a table"), strings.Contains(msg, "no primary key"):
 		return Invalid("table", msg)
 	case strings.Contains(msg, "column"):

@@ -529,7 +529,7 @@ type subsetMeta struct {
 // read runs q in one REPEATABLE READ READ ONLY transaction whose first
 // statement reads pg_current_snapshot() and pg_current_wal_lsn(), so the
 // metadata is that of the rows; meta is called before the first row.
-func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta func(visibility.Snapshot, pglogrepl.LSN) error, row func([][]byte) error) error {
+func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta func(visibility.Snapshot, pglogrepl.LSN) error, prepare func(conn *pgconn.PgConn) error, row func([][]byte) error) error {
 	conn, err := p.acquire(ctx)
 	if err != nil {
 		return err
@@ -557,6 +557,11 @@ func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta 
 	}
 	if err := meta(snap, lsn); err != nil {
 		return err
+	}
+	if prepare != nil {
+		if err := prepare(conn.PgConn()); err != nil {
+			return err
+		}
 	}
 	rr := conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
 	for rr.NextRow() {
@@ -609,7 +614,7 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 		s.badRequest(w, bad)
 		return
 	}
-	pred, err := match.CompileParams(sh.Where, sh.Params, sh.Schema)
+	pred, err := match.CompileShape(sh)
 	if err != nil {
 		s.fail(w, fmt.Errorf("shape %s: %w", sh.Handle, err))
 		return
@@ -654,6 +659,19 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 	full := make(fanout.Row, len(cols))
 	out := make(fanout.Row, len(v.rel.Columns))
 	n := 0
+	// A shape with subqueries: their results as of the subset's snapshot,
+	// read in its transaction.
+	var res match.Results
+	var prepare func(conn *pgconn.PgConn) error
+	if pred.HasSubqueries() {
+		prepare = func(conn *pgconn.PgConn) error {
+			var err error
+			res, err = match.BuildResults(pred, func(sq *match.Subquery) ([]fanout.Row, error) {
+				return textRows(ctx, conn, sq.LoadSQL())
+			})
+			return err
+		}
+	}
 	err = s.subsets.read(ctx, q, params, func(snap visibility.Snapshot, lsn pglogrepl.LSN) error {
 		m := subsetMeta{Xmin: strconv.FormatUint(snap.Xmin, 10), Xmax: strconv.FormatUint(snap.Xmax, 10), XipList: []string{},
 			SnapshotMark: mark, DatabaseLSN: strconv.FormatUint(uint64(lsn), 10)}
@@ -663,7 +681,7 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 		b, _ := json.Marshal(m)
 		buf = append(append(append(buf, `{"metadata":`...), b...), `,"data":[`...)
 		return nil
-	}, func(vals [][]byte) error {
+	}, prepare, func(vals [][]byte) error {
 		for i, c := range cols {
 			if vals[i] == nil {
 				full[c] = nil
@@ -672,7 +690,7 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 				full[c] = &s
 			}
 		}
-		if !pred.Eval(full) {
+		if ok, _ := pred.EvalWith(full, res); !ok {
 			return nil // the shape's membership is the matcher's, as in its log
 		}
 		clear(out)
@@ -683,7 +701,12 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 			buf = append(buf, ',')
 		}
 		n++
-		buf = appendMessage(buf, v.rel, out, headers)
+		if res != nil { // a shape with subqueries: tags and active conditions per row
+			buf = appendMessage(buf, v.rel, out, withRowMeta(append([]byte(nil), headers...),
+				&fanout.Change{Tags: pred.Tags(sh.Handle, full), Active: pred.Active(full, res)}))
+		} else {
+			buf = appendMessage(buf, v.rel, out, headers)
+		}
 		if len(buf) >= subsetBuffered {
 			return flush()
 		}
@@ -716,4 +739,28 @@ func subsetHeaders(rel Relation, mark int32) []byte {
 	b = append(b[:len(b)-1], `,"snapshot_mark":`...)
 	b = strconv.AppendInt(b, int64(mark), 10)
 	return append(b, '}')
+}
+
+// textRows runs sql (no parameters) on conn, in its open transaction, and
+// returns its rows in Postgres text form by column name.
+func textRows(ctx context.Context, conn *pgconn.PgConn, sql string) ([]fanout.Row, error) {
+	rr := conn.ExecParams(ctx, sql, nil, nil, nil, nil)
+	var out []fanout.Row
+	for rr.NextRow() {
+		fields := rr.FieldDescriptions()
+		row := make(fanout.Row, len(fields))
+		for i, v := range rr.Values() {
+			if v == nil {
+				row[fields[i].Name] = nil
+				continue
+			}
+			s := string(v)
+			row[fields[i].Name] = &s
+		}
+		out = append(out, row)
+	}
+	if _, err := rr.Close(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

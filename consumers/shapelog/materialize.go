@@ -37,8 +37,8 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 	}
 	t := table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
 	if snap != nil {
-		if err := snap.EachRow(func(row fanout.Row) error {
-			if err := t.apply(fanout.Change{Op: fanout.OpInsert, Row: row}); err != nil {
+		if err := snap.EachRowMeta(func(row fanout.Row, tags []string, active []bool) error {
+			if err := t.apply(fanout.Change{Op: fanout.OpInsert, Row: row, Tags: tags, Active: active}); err != nil {
 				return fmt.Errorf("snapshot of shape %s: %w", handle, err)
 			}
 			return nil
@@ -90,6 +90,10 @@ type table struct {
 	pk   []string
 	rows map[string]fanout.Row
 	keys map[string][]string // map key -> key values, for sorting
+	// tags follows a shape with subqueries as a client following tags
+	// does (made at its first tagged row): a move-out drops the rows it
+	// names even where the log lacks their deletes.
+	tags *TagState
 }
 
 func (t *table) key(r fanout.Row) (string, []string, error) {
@@ -106,7 +110,19 @@ func (t *table) key(r fanout.Row) (string, []string, error) {
 }
 
 func (t *table) apply(c fanout.Change) error {
+	if t.tags == nil && len(c.Tags) > 0 {
+		t.tags = NewTagState(t.pk)
+	}
+	if t.tags != nil {
+		for _, d := range t.tags.Apply(c) {
+			if err := t.apply(d); err != nil {
+				return err
+			}
+		}
+	}
 	switch c.Op {
+	case fanout.OpMoveIn, fanout.OpMoveOut, fanout.OpSnapshotEnd:
+		return nil // the rows a move brings or drops are changes of their own
 	case fanout.OpInsert:
 		k, vals, err := t.key(c.Row)
 		if err != nil {

@@ -215,6 +215,43 @@ func (s *Snapshot) ReadChunk(i int, fn func(row fanout.Row) error) error {
 	return nil
 }
 
+// EachRowMeta calls fn for every row of every chunk, in order, with the
+// tags and active conditions its message carries (nil for a shape without
+// subqueries).
+func (s *Snapshot) EachRowMeta(fn func(row fanout.Row, tags []string, active []bool) error) error {
+	for i := range s.Chunks {
+		var n int64
+		err := s.readChunkLines(i, func(_ int64, line []byte) error {
+			if n > 0 && len(line) > 0 && line[0] == ',' {
+				line = line[1:]
+			}
+			n++
+			if s.Version == 1 {
+				row, err := s.decodeRow(line, true)
+				if err != nil {
+					return err
+				}
+				return fn(row, nil, nil)
+			}
+			var msg struct {
+				Value   fanout.Row `json:"value"`
+				Headers struct {
+					Tags   []string `json:"tags"`
+					Active []bool   `json:"active_conditions"`
+				} `json:"headers"`
+			}
+			if err := json.Unmarshal(line, &msg); err != nil {
+				return fmt.Errorf("snapshot of shape %s chunk %d: not a row message: %w", s.Handle, i, err)
+			}
+			return fn(msg.Value, msg.Headers.Tags, msg.Headers.Active)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // decodeRow reads one stored line of s's format.
 func (s *Snapshot) decodeRow(line []byte, first bool) (fanout.Row, error) {
 	if s.Version == 1 {

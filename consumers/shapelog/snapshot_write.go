@@ -73,7 +73,11 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 }
 
 // Add appends a row (values of the writer's columns; a missing column is NULL).
-func (w *SnapshotWriter) Add(row fanout.Row) error {
+func (w *SnapshotWriter) Add(row fanout.Row) error { return w.AddMeta(row, nil, nil) }
+
+// AddMeta is Add for a shape with subqueries: the row's message carries its
+// tags and active conditions (tags nil: a plain row).
+func (w *SnapshotWriter) AddMeta(row fanout.Row, tags []string, active []bool) error {
 	if w.f == nil {
 		f, err := os.Create(filepath.Join(w.s.dir, chunkName(len(w.s.Chunks))))
 		if err != nil {
@@ -88,7 +92,12 @@ func (w *SnapshotWriter) Add(row fanout.Row) error {
 	for i, c := range w.s.Columns {
 		w.vals[i] = row[c]
 	}
-	w.line = append(w.enc.Append(w.line, w.vals), '\n')
+	if tags != nil {
+		w.line = w.enc.AppendMeta(w.line, w.vals, tags, active)
+	} else {
+		w.line = w.enc.Append(w.line, w.vals)
+	}
+	w.line = append(w.line, '\n')
 	if _, err := w.bw.Write(w.line); err != nil {
 		return fmt.Errorf("snapshot of shape %s: write chunk: %w", w.s.Handle, err)
 	}

@@ -96,6 +96,47 @@ func NewSnapshotEncoder(schema, table string, columns, pk []string) *SnapshotEnc
 // KeyColumns reports whether every primary key column is among the columns.
 func (e *SnapshotEncoder) KeyColumns(pk []string) bool { return len(e.pk) == len(pk) }
 
+// AppendMeta is Append for a shape with subqueries: the headers also carry
+// the row's tags and active_conditions (fanout/match/dnf.go).
+func (e *SnapshotEncoder) AppendMeta(b []byte, vals []*string, tags []string, active []bool) []byte {
+	b = e.Append(b, vals)
+	b = b[:len(b)-2] // the headers' and the message's closing braces
+	return append(AppendRowMeta(b, tags, nil, active), "}}"...)
+}
+
+// AppendRowMeta appends the header fields of a row of a shape with
+// subqueries: ,"tags":[...], ,"removed_tags":[...] (when any) and
+// ,"active_conditions":[...].
+func AppendRowMeta(b []byte, tags, removed []string, active []bool) []byte {
+	list := func(name string, l []string) {
+		b = append(b, name...)
+		b = append(b, '[')
+		for i, t := range l {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = AppendString(b, t)
+		}
+		b = append(b, ']')
+	}
+	list(`,"tags":`, tags)
+	if len(removed) > 0 {
+		list(`,"removed_tags":`, removed)
+	}
+	b = append(b, `,"active_conditions":[`...)
+	for i, a := range active {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if a {
+			b = append(b, "true"...)
+		} else {
+			b = append(b, "false"...)
+		}
+	}
+	return append(b, ']')
+}
+
 // Append appends the message of a row whose values, in the encoder's
 // column order, are vals (nil: NULL).
 func (e *SnapshotEncoder) Append(b []byte, vals []*string) []byte {

@@ -169,7 +169,7 @@ func (j *job) take(ctx context.Context, log interface {
 		return nil, errPermanent{err}
 	}
 	j.shapeRev = max(j.shapeRev, e.Revision())
-	pred, err := match.CompileParams(j.shape.Where, j.shape.Params, j.shape.Schema)
+	pred, err := match.CompileShape(j.shape)
 	if err != nil {
 		return nil, errPermanent{fmt.Errorf("where clause: %w", err)}
 	}
@@ -258,6 +258,12 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS SHARE MODE", simple); err != nil {
 		return nil, nil, fmt.Errorf("lock %s for the snapshot: %w", j.shape.Table, err)
 	}
+	for _, t := range j.shape.Tables { // what its subqueries read, likewise
+		ts, tn := fanout.SplitTable(t.Table)
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{ts, tn}.Sanitize()+" IN ACCESS SHARE MODE", simple); err != nil {
+			return nil, nil, fmt.Errorf("lock %s, which the shape's subqueries read, for the snapshot: %w", t.Table, err)
+		}
+	}
 	var text string
 	if err := tx.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
 		return nil, nil, fmt.Errorf("read pg_current_snapshot(): %w", err)
@@ -295,6 +301,17 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 			w.Abort()
 		}
 	}()
+	// A clause with subqueries is evaluated against their results as of
+	// this snapshot, read in the same transaction; the rows' messages carry
+	// their tags and active conditions.
+	var res match.Results
+	if pred.HasSubqueries() {
+		if res, err = match.BuildResults(pred, func(s *match.Subquery) ([]fanout.Row, error) {
+			return readRows(ctx, conn.PgConn(), s.LoadSQL())
+		}); err != nil {
+			return nil, nil, fmt.Errorf("read the results of the shape's subqueries: %w", err)
+		}
+	}
 	params := make([][]byte, len(j.shape.Params))
 	for i, p := range j.shape.Params {
 		params[i] = []byte(p)
@@ -312,10 +329,15 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 				row[c] = &s
 			}
 		}
-		if !pred.Eval(row) {
+		if ok, _ := pred.EvalWith(row, res); !ok {
 			continue // one membership rule: the matcher's
 		}
-		if err := w.Add(row); err != nil {
+		var tags []string
+		var active []bool
+		if res != nil {
+			tags, active = pred.Tags(j.shape.Handle, row), pred.Active(row, res)
+		}
+		if err := w.AddMeta(row, tags, active); err != nil {
 			rr.Close()
 			return nil, nil, err
 		}
@@ -426,4 +448,28 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// readRows runs sql (no parameters) on conn, in its open transaction, and
+// returns its rows in Postgres text form by column name.
+func readRows(ctx context.Context, conn *pgconn.PgConn, sql string) ([]fanout.Row, error) {
+	rr := conn.ExecParams(ctx, sql, nil, nil, nil, nil)
+	var out []fanout.Row
+	for rr.NextRow() {
+		fields := rr.FieldDescriptions()
+		row := make(fanout.Row, len(fields))
+		for i, v := range rr.Values() {
+			if v == nil {
+				row[fields[i].Name] = nil
+				continue
+			}
+			s := string(v)
+			row[fields[i].Name] = &s
+		}
+		out = append(out, row)
+	}
+	if _, err := rr.Close(); err != nil {
+		return nil, describe(err)
+	}
+	return out, nil
 }

@@ -276,3 +276,50 @@ func mightEqual(left tupleKey, id string, n int) bool {
 	}
 	return true
 }
+
+// staticResults are results computed once, by subquery ID.
+type staticResults map[string]*Result
+
+func (s staticResults) Result(q *Subquery) *Result { return s[q.ID] }
+
+// BuildResults computes the results of p's subqueries, nested ones first,
+// from the rows rows returns for each (its LoadSQL, read in one snapshot):
+// what a snapshot needs to evaluate a clause with subqueries as of that
+// snapshot. A row of a subquery's table counts when its own WHERE matches.
+func BuildResults(p *Predicate, rows func(s *Subquery) ([]fanout.Row, error)) (Results, error) {
+	res := staticResults{}
+	var fill func(p *Predicate) error
+	fill = func(p *Predicate) error {
+		if p == nil {
+			return nil
+		}
+		for _, s := range p.subs {
+			if res[s.ID] != nil {
+				continue
+			}
+			if err := fill(s.Where); err != nil {
+				return err
+			}
+			rs, err := rows(s)
+			if err != nil {
+				return err
+			}
+			r := NewResult(s)
+			for _, row := range rs {
+				if s.Where != nil {
+					if ok, _ := s.Where.EvalWith(row, res); !ok {
+						continue
+					}
+				}
+				id, _ := s.RowTuple(row)
+				r.Add(id)
+			}
+			res[s.ID] = r
+		}
+		return nil
+	}
+	if err := fill(p); err != nil {
+		return nil, err
+	}
+	return res, nil
+}

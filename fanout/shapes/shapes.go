@@ -196,18 +196,18 @@ func contains(list []string, s string) bool {
 func SubqueryTables(ctx context.Context, conn *pgx.Conn, where string) ([]fanout.TableSchema, error) {
 	names, err := match.SubqueryTables(where)
 	if err != nil {
-		return nil, err
+		return nil, nil // a clause that does not parse: compiling it says where
 	}
 	var out []fanout.TableSchema
 	for _, name := range names {
 		if CheckSubqueryTable != nil {
 			if err := CheckSubqueryTable(ctx, conn, name); err != nil {
-				return nil, fmt.Errorf("where clause: the subquery reads table %s: %w", name, err)
+				return nil, fmt.Errorf("where clause: subquery on table %s: %w", name, err)
 			}
 		}
 		schema, pk, err := LoadSchema(ctx, conn, name)
 		if err != nil {
-			return nil, fmt.Errorf("where clause: the subquery reads %w", err)
+			return nil, fmt.Errorf("where clause: subquery: %w", err)
 		}
 		out = append(out, fanout.TableSchema{Table: name, PrimaryKey: pk, Schema: schema})
 	}
