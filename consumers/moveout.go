@@ -73,7 +73,9 @@ func mayMoveOut(f *fanout.Fragment) bool {
 // some is a new one; the others are the same). A shape whose state cannot
 // be built keeps its events alone, and the failure is logged.
 func (m *moveOuts) expand(frags []*fanout.Fragment) []*fanout.Fragment {
-	for i, f := range frags {
+	// First the states this batch needs, from what is on disk: before any
+	// of its fragments, which are not persisted yet, is applied to them.
+	for _, f := range frags {
 		pk, ok := m.key(f.Shape)
 		if !ok {
 			continue
@@ -85,17 +87,20 @@ func (m *moveOuts) expand(frags []*fanout.Fragment) []*fanout.Fragment {
 				st = nil // build it again, with the snapshot's rows
 			}
 		}
+		if st != nil || !mayMoveOut(f) {
+			continue
+		}
+		built, last, full, extra, err := shapelog.BuildTagState(m.dir, f.Shape, pk)
+		if err != nil {
+			m.log.Error("cannot read a shape's log to find the rows a move-out drops; its clients that ignore move events keep them", "shape", f.Shape, "err", err)
+			continue
+		}
+		m.states[f.Shape] = &shapeTags{st: built, last: last, has: last != (fanout.Position{}), full: full, checked: time.Now(), extra: extra}
+	}
+	for i, f := range frags {
+		st := m.states[f.Shape]
 		if st == nil {
-			if !mayMoveOut(f) {
-				continue
-			}
-			built, last, full, extra, err := shapelog.BuildTagState(m.dir, f.Shape, pk)
-			if err != nil {
-				m.log.Error("cannot read a shape's log to find the rows a move-out drops; its clients that ignore move events keep them", "shape", f.Shape, "err", err)
-				continue
-			}
-			st = &shapeTags{st: built, last: last, has: last != (fanout.Position{}), full: full, checked: time.Now(), extra: extra}
-			m.states[f.Shape] = st
+			continue
 		}
 		if st.has && !f.Position().After(st.last) {
 			continue // a duplicate: the log skips it

@@ -120,3 +120,18 @@ func TestMissedMoveOutDeletesAreMadeUp(t *testing.T) {
 		t.Fatalf("fragment after a move-out without deletes: %s", s)
 	}
 }
+
+// The rows a batch inserts before its first move-out are in the state the
+// move-out is expanded with, though they are not on disk yet.
+func TestMoveOutSeesRowsEarlierInItsBatch(t *testing.T) {
+	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, true },
+		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
+	got := m.expand([]*fanout.Fragment{sqFrag(100, taggedInsert("1", "10")), sqFrag(200, moveOut("10"))})
+	if s := ops(got[1]); s != "delete:1 move-out" {
+		t.Fatalf("move-out after an insert in the same batch: %s", s)
+	}
+}

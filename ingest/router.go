@@ -247,6 +247,9 @@ type routedChange struct {
 func (r *Router) add(ctx context.Context, routed []routedChange) error {
 	tx := r.tx
 	for _, rc := range routed {
+		if r.sq != nil && len(r.sq.byShape) > 0 && r.sq.watching(rc.shape.Handle) {
+			r.sq.touch(rc.shape, tx.begin.Xid, rc.change) // rows a late move-in read must not override
+		}
 		b := tx.bufs[rc.shape.Handle]
 		if b == nil {
 			b = &shapeBuf{shape: rc.shape}

@@ -29,10 +29,18 @@ import (
 // transactions S saw are exactly those up to some point B of the commit
 // order, and the router routes them before the rows: when it begins a
 // transaction S did not see, or is idle past the WAL position read with S,
-// it publishes the rows (matched with the results as they stand at B: the
-// registry's state then) at a position between B and that transaction, and
-// the window closes. If the router began a transaction S did not see while
-// the read ran, the rows would land after it: the read is taken again.
+// it publishes the rows (matched with the results as they stand then) at a
+// position between B and that transaction, and the window closes.
+//
+// Under load the router is often past B already when the read returns: it
+// routed transactions S did not see (post-B) while the read ran. The rows
+// are then placed at once, after those transactions, less the rows those
+// transactions changed: their changes are newer than the read, and each is
+// a whole row (an update of a row whose value's move-in is pending travels
+// as an insert of the whole row: match/depmoves.go), a delete, or a row the
+// client held before. So the window records, while it is open, the keys of
+// the shape's rows each transaction changes.
+//
 // Until a window closes, readers of the shape's log wait (shapelog.ReadLog),
 // and ingest confirms WAL only up to T (Hold), so a restart reads T again.
 type subqueries struct {
@@ -43,6 +51,7 @@ type subqueries struct {
 	limits  Limits
 
 	open    []*moveWindow     // windows not closed, in the order their transactions committed
+	byShape map[string][]*moveWindow // the same, by shape
 	waitRev map[string]uint64 // shapes waiting for their results: their shapes-bucket revision
 	lastXid uint32            // the last transaction routed
 	lastLSN pglogrepl.LSN     // its commit LSN
@@ -60,15 +69,23 @@ type moveWindow struct {
 	xid       uint32
 	moveIns   []match.MoveIn
 	reading   bool
-	begun     []uint32 // xids of the transactions begun while the read ran
-	overflow  bool     // too many of them to keep: take the read again
+	begun     []uint32            // xids of the transactions begun while it is open
+	touched   map[uint32][]string // the shape's row keys each of them changed
+	nTouched  int
+	overflow  bool // too many of them to keep: take the read again
+	late      bool // the read came back after the router began a transaction it did not see
 	result    *subqResult
 }
 
-const maxBegunWhileReading = 1 << 16
+// Bounds of what an open window records: beyond them the read is taken
+// again (its record starts over).
+const (
+	maxBegunWhileReading = 1 << 16
+	maxTouchedWhileOpen  = 1 << 20
+)
 
 func newSubqueries(reg *match.Registry, reader *subqReader, limits Limits, m *Metrics, log *slog.Logger, rotate func(match.Rotation)) *subqueries {
-	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, placed: map[string]int{}, rotate: rotate}
+	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, placed: map[string]int{}, byShape: map[string][]*moveWindow{}, rotate: rotate}
 }
 
 // Hold is the highest position ingest may confirm to Postgres while move-ins
@@ -119,18 +136,19 @@ func (q *subqueries) routedRevision(applied uint64) uint64 {
 // reads note b, and the registry learns the transaction.
 func (q *subqueries) beforeTxn(ctx context.Context, r *Router, b Begin) error {
 	if err := q.place(ctx, r, func(w *moveWindow) bool {
-		return b.FinalLSN >= w.result.walLSN || !w.result.snap.Visible(b.Xid)
+		return w.late || b.FinalLSN >= w.result.walLSN || !w.result.snap.Visible(b.Xid)
 	}); err != nil {
 		return err
 	}
 	for _, w := range q.open {
-		if w.reading && !w.overflow {
-			if len(w.begun) >= maxBegunWhileReading {
-				w.overflow, w.begun = true, nil
-			} else {
-				w.begun = append(w.begun, b.Xid)
-			}
+		if w.overflow {
+			continue
 		}
+		if len(w.begun) >= maxBegunWhileReading {
+			q.overflow(w)
+			continue
+		}
+		w.begun = append(w.begun, b.Xid)
 	}
 	q.reg.BeginTxn(b.Xid, uint64(b.FinalLSN))
 	q.routed()
@@ -152,7 +170,65 @@ func (q *subqueries) idle(ctx context.Context, r *Router, walEnd pglogrepl.LSN) 
 	}
 	q.reg.Idle(uint64(walEnd))
 	q.routed()
-	return q.place(ctx, r, func(w *moveWindow) bool { return walEnd >= w.result.walLSN })
+	return q.place(ctx, r, func(w *moveWindow) bool { return w.late || walEnd >= w.result.walLSN })
+}
+
+// touch records that transaction xid changed key (a row of shape handle)
+// in the shape's open windows.
+func (q *subqueries) touch(sh *fanout.Shape, xid uint32, c fanout.Change) {
+	for _, w := range q.byShape[sh.Handle] {
+		if w.overflow {
+			continue
+		}
+		row := c.Row
+		if row == nil {
+			row = c.Old
+		}
+		if row == nil {
+			continue
+		}
+		k := rowKeyOf(sh.PrimaryKey, row)
+		if c.Old != nil && c.Row != nil {
+			if ok := rowKeyOf(sh.PrimaryKey, c.Old); ok != k {
+				q.touchKey(w, xid, ok)
+			}
+		}
+		q.touchKey(w, xid, k)
+	}
+}
+
+func (q *subqueries) touchKey(w *moveWindow, xid uint32, k string) {
+	if w.nTouched >= maxTouchedWhileOpen {
+		q.overflow(w)
+		return
+	}
+	if w.touched == nil {
+		w.touched = map[uint32][]string{}
+	}
+	w.touched[xid] = append(w.touched[xid], k)
+	w.nTouched++
+}
+
+// overflow gives up what w recorded: its read is taken again, and the new
+// read sees every transaction recorded so far.
+func (q *subqueries) overflow(w *moveWindow) {
+	q.metrics.SubqueryRetakes.Inc()
+	q.read(w)
+}
+
+// watching reports whether shape handle has an open window.
+func (q *subqueries) watching(handle string) bool { return len(q.byShape[handle]) > 0 }
+
+// rowKeyOf joins a row's primary key values.
+func rowKeyOf(pk []string, row fanout.Row) string {
+	var b strings.Builder
+	for _, c := range pk {
+		if v := row[c]; v != nil {
+			b.WriteString(*v)
+		}
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // afterChange collects what routing a change asked for: results to load,
@@ -197,6 +273,7 @@ func (q *subqueries) afterCommit(tx *openTxn) {
 	}
 	for _, w := range tx.windowOrder {
 		q.open = append(q.open, w)
+		q.byShape[w.handle] = append(q.byShape[w.handle], w)
 		q.read(w)
 	}
 	if len(tx.windowOrder) > 0 {
@@ -215,7 +292,7 @@ func (q *subqueries) load(req match.LoadRequest) {
 
 // read asks the reader for w's rows.
 func (q *subqueries) read(w *moveWindow) {
-	w.reading, w.begun, w.overflow, w.result = true, nil, false, nil
+	w.reading, w.begun, w.touched, w.nTouched, w.overflow, w.late, w.result = true, nil, nil, 0, false, false, nil
 	if q.reader == nil {
 		return
 	}
@@ -246,18 +323,16 @@ func (q *subqueries) result(res subqResult) {
 			q.fail(w, res.err)
 			return
 		}
-		stale := w.overflow
-		for _, x := range w.begun {
-			stale = stale || !res.snap.Visible(x)
-		}
-		if stale {
-			// The router began a transaction the read did not see: the
-			// rows would land after it. Read again.
-			q.metrics.SubqueryRetakes.Inc()
-			q.read(w)
+		if w.overflow {
+			q.read(w) // what it recorded meanwhile is lost: read again
 			return
 		}
-		w.reading, w.begun = false, nil
+		for _, x := range w.begun {
+			// The router began a transaction the read did not see: the
+			// rows go at once, after it, less those it changed (place).
+			w.late = w.late || !res.snap.Visible(x)
+		}
+		w.reading = false
 		r := res
 		w.result = &r
 	}
@@ -287,6 +362,18 @@ func (q *subqueries) drop(w *moveWindow) {
 			q.open = append(q.open[:i], q.open[i+1:]...)
 			break
 		}
+	}
+	ws := q.byShape[w.handle]
+	for i, x := range ws {
+		if x == w {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(q.byShape, w.handle)
+	} else {
+		q.byShape[w.handle] = ws
 	}
 	q.setHold()
 }
@@ -325,7 +412,29 @@ func (q *subqueries) place(ctx context.Context, r *Router, passed func(w *moveWi
 }
 
 func (q *subqueries) placeWindow(ctx context.Context, r *Router, w *moveWindow, at pglogrepl.LSN, seq map[string]int, lastOfShape bool) error {
-	changes := r.reg.MoveInRows(w.handle, w.result.rows)
+	rows := w.result.rows
+	if w.late {
+		// Rows changed by transactions the read did not see: their
+		// changes, already routed, are newer than the read.
+		newer := map[string]bool{}
+		for _, x := range w.begun {
+			if !w.result.snap.Visible(x) {
+				for _, k := range w.touched[x] {
+					newer[k] = true
+				}
+			}
+		}
+		if len(newer) > 0 && w.shape != nil {
+			kept := rows[:0:0]
+			for _, row := range rows {
+				if !newer[rowKeyOf(w.shape.PrimaryKey, row)] {
+					kept = append(kept, row)
+				}
+			}
+			rows = kept
+		}
+	}
+	changes := r.reg.MoveInRows(w.handle, rows)
 	snap := w.result.snap
 	changes = append(changes, fanout.Change{Op: fanout.OpSnapshotEnd, Snapshot: &snap})
 	txn := r.tracker.Begin()

@@ -59,6 +59,9 @@ func (v *shapeView) locate(req *Request) (place, error) {
 		if gen != 0 || rows > total {
 			return place{}, Invalid("offset", "out of bounds for this shape")
 		}
+		if rows == total {
+			return logStart, nil // the base is done (an empty one too: served once, from -1)
+		}
 		return v.basePlace(rows), nil
 	}
 	if o.Op < legacyChunks { // "0_i": after stored chunk i

@@ -259,3 +259,7 @@ func windowsAfter(open int, h recordHeader) int {
 	}
 	return max(0, open-h.closes)
 }
+
+// OpenWindows is how many move-in windows are open at c (0 at a readable
+// end; inside a range passed whole once its windows closed, more).
+func (c Cursor) OpenWindows() int { return c.windows }

@@ -314,3 +314,4 @@ func scanAccepted(dir, handle string, fn func(e LogEntry) error) error {
 	})
 	return err
 }
+
