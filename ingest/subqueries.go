@@ -50,13 +50,13 @@ type subqueries struct {
 	metrics *Metrics
 	limits  Limits
 
-	open    []*moveWindow     // windows not closed, in the order their transactions committed
+	open    []*moveWindow            // windows not closed, in the order their transactions committed
 	byShape map[string][]*moveWindow // the same, by shape
-	waitRev map[string]uint64 // shapes waiting for their results: their shapes-bucket revision
-	lastXid uint32            // the last transaction routed
-	lastLSN pglogrepl.LSN     // its commit LSN
-	placed  map[string]int    // seqs used per shape at placement position lastLSN+2
-	hold    atomic.Uint64     // commit LSN of the oldest open window (0: none), for the status sender
+	waitRev map[string]uint64        // shapes waiting for their results: their shapes-bucket revision
+	lastXid uint32                   // the last transaction routed
+	lastLSN pglogrepl.LSN            // its commit LSN
+	placed  map[string]int           // seqs used per shape at placement position lastLSN+2
+	hold    atomic.Uint64            // commit LSN of the oldest open window (0: none), for the status sender
 	rotate  func(match.Rotation)
 }
 

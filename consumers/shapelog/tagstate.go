@@ -314,4 +314,3 @@ func scanAccepted(dir, handle string, fn func(e LogEntry) error) error {
 	})
 	return err
 }
-
