@@ -213,6 +213,9 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 	if err != nil {
 		return false, err
 	}
+	if err := s.rebuildResults(ctx, from); err != nil {
+		return false, err
+	}
 	repl, err := connectReplication(ctx, cfg.URL)
 	if err != nil {
 		return false, err

@@ -45,6 +45,7 @@ type subqReader struct {
 type subqJob struct {
 	load   *match.LoadRequest
 	moveIn *moveInRead
+	gen    uint64 // subqueries.gen when asked
 }
 
 // moveInRead reads the rows a move-in window brings.
@@ -77,6 +78,14 @@ func (q *subqReader) submit(j subqJob) {
 	case q.wake <- struct{}{}:
 	default:
 	}
+}
+
+// drop forgets the reads not started yet.
+func (q *subqReader) drop() {
+	q.mu.Lock()
+	clear(q.queue)
+	q.queue = q.queue[:0]
+	q.mu.Unlock()
 }
 
 func (q *subqReader) next() (subqJob, bool) {

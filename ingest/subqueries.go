@@ -57,6 +57,7 @@ type subqueries struct {
 	lastLSN pglogrepl.LSN            // its commit LSN
 	placed  map[string]int           // seqs used per shape at placement position lastLSN+2
 	hold    atomic.Uint64            // commit LSN of the oldest open window (0: none), for the status sender
+	gen     uint64                   // bumped by reset: reads asked before are stale
 	rotate  func(match.Rotation)
 }
 
@@ -86,6 +87,19 @@ const (
 
 func newSubqueries(reg *match.Registry, reader *subqReader, limits Limits, m *Metrics, log *slog.Logger, rotate func(match.Rotation)) *subqueries {
 	return &subqueries{reg: reg, reader: reader, limits: limits, metrics: m, log: log, waitRev: map[string]uint64{}, placed: map[string]int{}, byShape: map[string][]*moveWindow{}, rotate: rotate}
+}
+
+// reset forgets the open windows and the reads in flight (a replication
+// session starts again: the stream brings their moves again) and bumps the
+// generation, so results of reads asked before are dropped.
+func (q *subqueries) reset() {
+	q.open, q.byShape = nil, map[string][]*moveWindow{}
+	clear(q.placed)
+	q.gen++
+	if q.reader != nil {
+		q.reader.drop()
+	}
+	q.setHold()
 }
 
 // Hold is the highest position ingest may confirm to Postgres while move-ins
@@ -287,7 +301,7 @@ func (q *subqueries) load(req match.LoadRequest) {
 		q.log.Error("a shape has subqueries but ingest has no reader for them; it is not routed")
 		return
 	}
-	q.reader.submit(subqJob{load: &req})
+	q.reader.submit(subqJob{load: &req, gen: q.gen})
 }
 
 // read asks the reader for w's rows.
@@ -301,11 +315,14 @@ func (q *subqueries) read(w *moveWindow) {
 		q.fail(w, err)
 		return
 	}
-	q.reader.submit(subqJob{moveIn: &moveInRead{w: w, sql: sql, args: args}})
+	q.reader.submit(subqJob{moveIn: &moveInRead{w: w, sql: sql, args: args}, gen: q.gen})
 }
 
 // result takes a finished read.
 func (q *subqueries) result(res subqResult) {
+	if res.job.gen != q.gen {
+		return // asked before the session started again
+	}
 	switch {
 	case res.job.load != nil:
 		if res.err != nil {

@@ -247,15 +247,34 @@ func (r *Registry) TakeLoads() []LoadRequest {
 	return []LoadRequest{req}
 }
 
-// ReloadAll asks for every result to be loaded again (ingest's replication
-// session restarted: see Rewind) and returns the request.
+// ReloadAll starts over every result (ingest's replication session starts
+// again from the slot, behind where the results stand): each is loaded
+// again and rewound to the session's start (LoadedAt). Until then the
+// shapes reading them wait: they are taken out of the index, and what they
+// had pending is forgotten (the stream brings those moves again).
 func (r *Registry) ReloadAll() LoadRequest {
 	var ds []*depState
 	for _, d := range r.deps {
 		d.status = depLoading
-		d.buffer = map[string]bufferedRow{}
+		d.buffer = nil // the load is rewound, not caught up
 		ds = append(ds, d)
 	}
+	for h, e := range r.shapes {
+		if len(e.deps) == 0 {
+			continue
+		}
+		e.pending, e.moves = nil, nil
+		if e.routed {
+			t := r.tables[e.shape.Table]
+			t.remove(e)
+			if len(t.all) == 0 {
+				delete(r.tables, e.shape.Table)
+			}
+			e.routed = false
+		}
+		r.waiting[h] = e
+	}
+	r.moveIns, r.readyNow = nil, nil
 	slices.SortStableFunc(ds, func(a, b *depState) int { return a.level - b.level })
 	req := LoadRequest{}
 	for _, d := range ds {
@@ -263,6 +282,76 @@ func (r *Registry) ReloadAll() LoadRequest {
 	}
 	r.loads = r.loads[:0]
 	return req
+}
+
+// SubqueryTableKeys maps each table a subquery reads to its primary key.
+func (r *Registry) SubqueryTableKeys() map[string][]string {
+	out := map[string][]string{}
+	for t, ds := range r.depTables {
+		if len(ds) > 0 {
+			out[t] = ds[0].sub.PrimaryKey
+		}
+	}
+	return out
+}
+
+// HasSubqueries reports whether any shape reads a subquery.
+func (r *Registry) HasSubqueries() bool { return len(r.deps) > 0 }
+
+// RewindRow is a row of a subquery's table as it was at an earlier point
+// of the stream: Old, or none (nil: it did not exist), keyed by Key.
+type RewindRow struct {
+	Table string
+	Key   fanout.Row
+	Old   fanout.Row
+}
+
+// LoadedAt sets the results of a ReloadAll from the rows read and rewinds
+// them, from the load's snapshot, to an earlier point of the stream: rows
+// are each row's state at that point where a transaction the snapshot saw
+// changed it since (its state before the first such change). The results
+// are then ready at that point: the stream is routed from there.
+func (r *Registry) LoadedAt(l DepLoad, rows []RewindRow) {
+	byTable := map[string][]RewindRow{}
+	for _, rw := range rows {
+		byTable[rw.Table] = append(byTable[rw.Table], rw)
+	}
+	for _, s := range l.Subqueries { // children first
+		d := r.deps[s.ID]
+		if d == nil || d.status != depLoading {
+			continue
+		}
+		d.result = NewResult(d.sub)
+		d.members = map[string]string{}
+		if d.nested() {
+			d.rows = map[string]fanout.Row{}
+			for i := range d.byChild {
+				d.byChild[i] = map[string]map[string]struct{}{}
+			}
+		}
+		for _, row := range l.Rows[s.ID] {
+			r.setRow(d, row)
+		}
+		for _, rw := range byTable[d.sub.Table] {
+			key, ok := rowKey(d.sub.PrimaryKey, rw.Key)
+			if !ok {
+				continue
+			}
+			var old fanout.Row
+			if rw.Old != nil {
+				old = project(rw.Old, d.needed)
+			}
+			r.setKey(d, key, old) // counted only if its WHERE matches it
+		}
+		if d.nested() {
+			// Its children were rewound: evaluate its rows again.
+			for key, row := range d.rows {
+				r.setKey(d, key, row)
+			}
+		}
+		d.buffer, d.status = nil, depReady
+	}
+	r.checkWaiting()
 }
 
 // Loaded sets the results of a load: from the rows read, plus the changes

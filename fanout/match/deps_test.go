@@ -2,6 +2,7 @@ package match
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 
@@ -250,5 +251,45 @@ func BenchmarkRouteSubqueryShapes(b *testing.B) {
 			}
 			b.ReportMetric(float64(emitted)/float64(b.N), "shapes/op")
 		})
+	}
+}
+
+// A restart: the results are loaded again (at a later point) and rewound,
+// with the rows as they were before the changes since, to where the stream
+// starts again; the shapes reading them wait until then.
+func TestRewoundResults(t *testing.T) {
+	r := NewRegistry()
+	if err := r.Add(issuesShape("s1", "project_id IN (SELECT project_id FROM members WHERE user_id = 7)")); err != nil {
+		t.Fatal(err)
+	}
+	load(t, r, map[string][]fanout.Row{"public.members": {member(1, 7, 10)}})
+	r.BeginTxn(200, 2000)
+	if r.IsWaiting("s1") {
+		t.Fatal("not routed")
+	}
+	req := r.ReloadAll()
+	if !r.IsWaiting("s1") || len(req.Subqueries) != 1 {
+		t.Fatalf("ReloadAll: waiting %v, request %v", r.IsWaiting("s1"), req)
+	}
+	// Now: member 1 moved to project 20, member 2 (user 7, project 30) was
+	// added, member 3 (user 7, project 40) deleted; before those changes:
+	// member 1 in project 10, no member 2, member 3 in project 40.
+	s := req.Subqueries[0]
+	now := []fanout.Row{project(member(1, 7, 20), s.Needed()), project(member(2, 7, 30), s.Needed())}
+	r.LoadedAt(DepLoad{Subqueries: req.Subqueries, Rows: map[string][]fanout.Row{s.ID: now}, Snapshot: visibility.Snapshot{Xmin: 300, Xmax: 300}, WalLSN: 3000},
+		[]RewindRow{
+			{Table: "public.members", Key: fanout.Row{"id": str("1")}, Old: member(1, 7, 10)},
+			{Table: "public.members", Key: fanout.Row{"id": str("2")}},
+			{Table: "public.members", Key: fanout.Row{"id": str("3")}, Old: member(3, 7, 40)},
+		})
+	if r.IsWaiting("s1") {
+		t.Fatal("still waiting after LoadedAt")
+	}
+	res := r.Result(firstSub(r, "s1"))
+	var got []string
+	res.Each(func(id string) { got = append(got, id) })
+	sort.Strings(got)
+	if strings.Join(got, ",") != "10,40" {
+		t.Fatalf("rewound result %v, want 10,40", got)
 	}
 }

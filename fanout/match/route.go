@@ -118,7 +118,9 @@ func (r *Registry) updateShape(e *entry, old, newRow fanout.Row, before *beforeR
 		}
 		if newIn {
 			ch := fanout.Change{Op: fanout.OpInsert, Row: e.project(newRow)}
-			r.decorate(e, &ch, newRow, nil)
+			// The client may hold the row with the old row's tags: say
+			// which go (an insert of a held row adds its tags to them).
+			r.decorate(e, &ch, newRow, old)
 			emit(e.shape, ch)
 		} else if !keyChanged {
 			emit(e.shape, fanout.Change{Op: fanout.OpDelete, Old: oldKey})
