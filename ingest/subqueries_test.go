@@ -259,4 +259,3 @@ func TestResultsRebuiltAfterRestart(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-
