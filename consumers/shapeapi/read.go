@@ -48,7 +48,7 @@ func (v *shapeView) locate(req *Request) (place, error) {
 	case o.Start && changesOnly, o.Tx == 0 && changesOnly:
 		return logStart, nil // no base: the log from its start
 	case o.Start:
-		return v.basePlace(0), nil
+		return place{inBase: true}, nil
 	case o.Tx > 0:
 		return place{after: o}, nil
 	case o.Op == InfOp:
@@ -68,17 +68,10 @@ func (v *shapeView) locate(req *Request) (place, error) {
 }
 
 // basePlace is the base after its first rows rows, or the log's start
-// once the base is done.
+// once the base is done (a base's first response, from -1, is served even
+// when it has no rows: it carries the snapshot-end).
 func (v *shapeView) basePlace(rows int64) place {
-	if v.snap == nil || v.snap.snap == nil {
-		// No snapshot at all: the base is the empty snapshot-end alone,
-		// served once from -1.
-		if rows == 0 {
-			return place{inBase: true}
-		}
-		return logStart
-	}
-	if rows >= v.baseRows() && rows > 0 {
+	if rows >= v.baseRows() {
 		return logStart
 	}
 	return place{inBase: true, row: rows}
