@@ -27,6 +27,10 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, []byte(`{"status":"starting"}`))
 			return
 		}
+		if ok, _ := s.currentData(); !ok { // continuity.go
+			writeJSON(w, http.StatusAccepted, []byte(`{"status":"waiting"}`))
+			return
+		}
 		writeJSON(w, http.StatusOK, []byte(`{"status":"active"}`))
 	})
 	mux.HandleFunc("/v1/shape", func(w http.ResponseWriter, r *http.Request) {
@@ -128,6 +132,9 @@ func (s *Server) view(ctx context.Context, handle string, def Definition) (*shap
 	sh := s.shapes.get(ctx, handle)
 	if sh == nil {
 		return nil, fmt.Errorf("%w: shape %s was removed", errNotReady, handle)
+	}
+	if err := s.stale(sh); err != nil { // continuity.go
+		return nil, err
 	}
 	snap, err := s.awaitReady(ctx, handle)
 	if err != nil {
@@ -359,6 +366,9 @@ func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req 
 // snapshot already holds. atEnd: the read reached the log's current end;
 // truncated: the log holds a truncate after from.
 func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, atEnd, truncated bool, end shapelog.Cursor, err error) {
+	if err = s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
+		return nil, false, false, end, err
+	}
 	ix := s.index(handle)
 	seen := v.seen()
 	if end, err = ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen); err != nil {

@@ -55,6 +55,9 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 	heldG    prometheus.GaugeFunc
+
+	// continuity is ingest's report of the replication stream (continuity.go).
+	continuity continuityView
 }
 
 // New connects to NATS and prepares the server; Run serves.
@@ -117,7 +120,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.subsets.close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		err := shapes.Watch(ctx, s.bus.Shapes, s.shapes.put, s.shapes.remove, s.log, shapes.WithReady(func() { close(s.shapes.primed) }))
@@ -127,6 +130,11 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	wg.Go(func() {
 		if err := s.watchSafeLSN(ctx); err != nil {
+			errs <- err
+		}
+	})
+	wg.Go(func() {
+		if err := s.watchContinuity(ctx); err != nil {
 			errs <- err
 		}
 	})
