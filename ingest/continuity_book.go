@@ -72,21 +72,15 @@ func (b *continuityBook) identity() *fanout.SlotIdentity {
 }
 
 // pendingBreak is the recorded break of the whole stream not yet reset.
-func (b *continuityBook) pendingBreak() *fanout.Break {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if br := b.cur.Break; br != nil && br.AllTables() {
-		c := *br
-		return &c
-	}
-	return nil
-}
+func (b *continuityBook) pendingBreak() *fanout.Break { return b.recordedBreak(true) }
 
 // tablesBreak is the recorded break of some tables (nil: none).
-func (b *continuityBook) tablesBreak() *fanout.Break {
+func (b *continuityBook) tablesBreak() *fanout.Break { return b.recordedBreak(false) }
+
+func (b *continuityBook) recordedBreak(allTables bool) *fanout.Break {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if br := b.cur.Break; br != nil && !br.AllTables() {
+	if br := b.cur.Break; br != nil && br.AllTables() == allTables {
 		c := *br
 		return &c
 	}

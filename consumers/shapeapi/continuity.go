@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/fanout/pipeline/fanout"
 )
 
@@ -49,34 +47,14 @@ func (s *Server) currentData() (bool, string) {
 
 // watchContinuity follows the continuity report until ctx ends.
 func (s *Server) watchContinuity(ctx context.Context) error {
-	for {
-		w, err := s.bus.State.Watch(ctx, fanout.KeyContinuity)
+	return s.followStateKey(ctx, fanout.KeyContinuity, "the continuity report", func(value []byte) {
+		c, err := fanout.DecodeContinuity(value)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.log.Warn("cannot watch the continuity report; retrying", "err", err)
-			if !sleep(ctx, time.Second) {
-				return nil
-			}
-			continue
+			s.log.Error("continuity report in the state bucket is invalid; ignored (is ingest of the same version?)", "err", err)
+			return
 		}
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			c, err := fanout.DecodeContinuity(e.Value())
-			if err != nil {
-				s.log.Error("continuity report in the state bucket is invalid; ignored (is ingest of the same version?)", "err", err)
-				continue
-			}
-			s.onContinuity(s.continuity.cur.Swap(c), c)
-		}
-		w.Stop()
-		if ctx.Err() != nil {
-			return nil
-		}
-	}
+		s.onContinuity(s.continuity.cur.Swap(c), c)
+	})
 }
 
 // onContinuity acts on a new report: held requests of shapes it makes

@@ -316,21 +316,11 @@ func (c *contStack) checkListedShapes() {
 	if err := json.Unmarshal([]byte(c.ctl("shape", "ls", "--json")), &list); err != nil {
 		c.t.Fatal(err)
 	}
+	var defs []shapeDef
 	for _, sh := range list {
-		want := renderRows(c.expectedRows(sh.Table, sh.Where, sh.Columns))
-		var got string
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			got = renderRows(c.shapeRows(sh.Handle))
-			if got == want || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if got != want {
-			c.t.Errorf("shape %s (%s WHERE %s) differs from its query:\n--- shape rows\n%s--- SELECT\n%s", sh.Handle, sh.Table, sh.Where, got, want)
-		}
+		defs = append(defs, shapeDef{handle: sh.Handle, table: sh.Table, where: sh.Where, columns: sh.Columns})
 	}
+	c.checkShapeRows(defs, 60*time.Second)
 }
 
 func (c *contStack) counts() map[*client]int {

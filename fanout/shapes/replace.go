@@ -79,28 +79,17 @@ func Replace(ctx context.Context, bus *fanout.Bus, tables []string, log *slog.Lo
 // listValid reads every shape; an invalid definition (which no service
 // serves nor routes) is logged and left alone, so one cannot stop a reset.
 func listValid(ctx context.Context, bus *fanout.Bus, log *slog.Logger) ([]*fanout.Shape, error) {
-	w, err := bus.Shapes.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, err)
-	}
-	defer w.Stop()
 	var out []*fanout.Shape
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, ctx.Err())
-		case e := <-w.Updates():
-			if e == nil {
-				return out, nil
-			}
-			s, err := decode(e)
-			if err != nil {
-				log.Error("invalid shape definition not resynced", "key", e.Key(), "err", err)
-				continue
-			}
-			out = append(out, s)
+	err := eachEntry(ctx, bus.Shapes, fanout.ShapesBucket, func(e jetstream.KeyValueEntry) error {
+		s, err := decode(e)
+		if err != nil {
+			log.Error("invalid shape definition not resynced", "key", e.Key(), "err", err)
+			return nil
 		}
-	}
+		out = append(out, s)
+		return nil
+	})
+	return out, err
 }
 
 // definition is one key of the definitions bucket and its revision.
@@ -155,26 +144,15 @@ func definitionsByHandle(ctx context.Context, bus *fanout.Bus) (map[string]*defi
 	if err != nil {
 		return nil, fmt.Errorf("open KV bucket %s: %w", fanout.APIDefinitionsBucket, err)
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("list KV bucket %s: %w", fanout.APIDefinitionsBucket, err)
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("list KV bucket %s: %w", fanout.APIDefinitionsBucket, ctx.Err())
-		case e := <-w.Updates():
-			if e == nil {
-				return out, nil
-			}
-			if strings.HasPrefix(e.Key(), servedPrefix) {
-				continue // a served generation (ServedKey), not a definition
-			}
-			var v DefinitionValue
-			if json.Unmarshal(e.Value(), &v) == nil && v.Handle != "" {
-				out[v.Handle] = &definition{key: e.Key(), rev: e.Revision()}
-			}
+	err = eachEntry(ctx, kv, fanout.APIDefinitionsBucket, func(e jetstream.KeyValueEntry) error {
+		if strings.HasPrefix(e.Key(), servedPrefix) {
+			return nil // a served generation (ServedKey), not a definition
 		}
-	}
+		var v DefinitionValue
+		if json.Unmarshal(e.Value(), &v) == nil && v.Handle != "" {
+			out[v.Handle] = &definition{key: e.Key(), rev: e.Revision()}
+		}
+		return nil
+	})
+	return out, err
 }
