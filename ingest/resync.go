@@ -397,9 +397,9 @@ func resetRecord(br fanout.Break, newSlot string, replaced []shapes.Replaced) fa
 
 // runbook is what an operator does by hand when ingest stops on a break.
 func runbook(cfg PostgresConfig, cause string) string {
-	steps := fmt.Sprintf("remove and add every shape again (their logs miss changes), drop the slot if it still exists (SELECT pg_drop_replication_slot('%s')), delete the %s and %s keys (nats kv del %s ...), and start ingest, which creates a new slot; "+
+	steps := fmt.Sprintf("remove and add every shape again (their logs miss changes), drop the slot if it still exists (SELECT pg_drop_replication_slot('%s')), delete ingest's record of it (nats kv del %s %s; nats kv del %s %s), and start ingest, which creates a new slot; "+
 		"or set ingest.on_continuity_break=resync and ingest does this by itself",
-		cfg.Slot, fanout.KeyIngestPublished, fanout.KeyIngestSlot, fanout.StateBucket)
+		cfg.Slot, fanout.StateBucket, fanout.KeyIngestPublished, fanout.StateBucket, fanout.KeyIngestSlot)
 	if cause == CausePublicationMissing {
 		steps = fmt.Sprintf("create publication %s again, then %s", cfg.Publication, steps)
 	}
