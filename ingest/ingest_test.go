@@ -331,8 +331,9 @@ func TestResumesAfterPostgresRestart(t *testing.T) {
 	}
 }
 
-// A slot that disappears after ingest streamed from it is lost data: ingest
-// stops with an error that says what to do, instead of silently starting over.
+// A slot that disappears after ingest streamed from it is lost data: with
+// ingest.on_continuity_break=stop, ingest stops with an error that says what
+// to do, instead of silently starting over (resync: continuity_e2e_test.go).
 func TestDroppedSlotIsAClearError(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	ns := testenv.StartNATS(t)
@@ -345,7 +346,7 @@ func TestDroppedSlotIsAClearError(t *testing.T) {
 	}
 	pg.Exec(t, conn, `SELECT pg_drop_replication_slot('fanout')`)
 	var cfg Config
-	if err := configs.Load("ingest", testArgs(pg, ns), &cfg); err != nil {
+	if err := configs.Load("ingest", testArgs(pg, ns, "--ingest.on_continuity_break", "stop"), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	cfg.HTTP.Addr = ""
@@ -356,7 +357,7 @@ func TestDroppedSlotIsAClearError(t *testing.T) {
 		t.Fatal("Run did not stop by itself within 1m")
 	}
 	t.Logf("Run: %v", err)
-	if err == nil || !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "nats kv del") {
+	if err == nil || !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "nats kv del") || !strings.Contains(err.Error(), CauseSlotMissing) {
 		t.Fatalf("Run returned %v, want ErrSlotLost saying what to do", err)
 	}
 	var n int

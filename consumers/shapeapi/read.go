@@ -267,6 +267,9 @@ const messageOverhead = 200
 
 // planLog plans a read of handle's log after o.
 func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, error) {
+	if err := s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
+		return nil, err
+	}
 	ix := s.index(handle)
 	seen := v.seen()
 	end, err := ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen)
