@@ -344,6 +344,12 @@ func TestDroppedSlotIsAClearError(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The walsender lets go of the slot a moment after ingest hangs up.
+	testenv.Eventually(t, 30*time.Second, "the slot to be released", func() bool {
+		var active bool
+		err := conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&active)
+		return err == nil && !active
+	})
 	pg.Exec(t, conn, `SELECT pg_drop_replication_slot('fanout')`)
 	var cfg Config
 	if err := configs.Load("ingest", testArgs(pg, ns, "--ingest.on_continuity_break", "stop"), &cfg); err != nil {
