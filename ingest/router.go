@@ -44,6 +44,7 @@ type Router struct {
 	appliedRev uint64        // highest shapes-bucket revision applied
 	decoded    *decodedXids  // transactions routed so far (the snapshot hand-off)
 	sq         *subqueries   // shapes with subqueries (subqueries.go); nil in tests without them
+	tables     *tableSet     // shaped tables, for the continuity checks (nil: not kept)
 }
 
 type openTxn struct {
@@ -113,6 +114,9 @@ func (r *Router) applyPending() {
 
 func (r *Router) apply(u ShapeUpdate) {
 	r.appliedRev = max(r.appliedRev, u.Revision)
+	if old, ok := r.reg.Get(u.Handle); ok {
+		r.tables.remove(old.Table)
+	}
 	if u.Shape == nil {
 		r.reg.Remove(u.Handle)
 		r.log.Info("shape removed", "shape", u.Handle)
@@ -121,6 +125,10 @@ func (r *Router) apply(u ShapeUpdate) {
 	if err := r.reg.Add(u.Shape); err != nil {
 		r.log.Error("shape definition rejected by the matcher; its changes are not routed until it is fixed", "shape", u.Handle, "err", err)
 		return
+	}
+	r.tables.add(u.Shape.Table)
+	for _, t := range u.Shape.Tables {
+		r.tables.add(t.Table) // its subqueries' tables are shaped too
 	}
 	if r.sq != nil {
 		r.sq.applied(u.Handle, u.Revision)

@@ -590,11 +590,14 @@ func (r *rotator) run(ctx context.Context) error {
 			rot := r.todo[0]
 			r.todo = r.todo[1:]
 			r.mu.Unlock()
-			r.log.Warn("rotating a shape with subqueries: it is removed, and its clients get 409 and refetch it", "shape", rot.Handle, "reason", rot.Reason)
+			r.log.Warn("rotating a shape with subqueries: it is replaced by a new one, and its clients get 409 and refetch it", "shape", rot.Handle, "reason", rot.Reason)
 			for attempt := 1; ; attempt++ {
 				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := shapes.Remove(rctx, r.bus, rot.Handle, shapes.WithRemoveLog(r.log))
+				rep, err := shapes.ReplaceShape(rctx, r.bus, rot.Handle, r.log)
 				cancel()
+				if err == nil {
+					r.log.Info("shape rotated", "shape", rot.Handle, "replacement", rep.New)
+				}
 				if err == nil || errors.Is(err, shapes.ErrUnknownShape) || ctx.Err() != nil {
 					break
 				}

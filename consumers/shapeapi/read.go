@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/jackc/pglogrepl"
 
@@ -48,7 +49,7 @@ func (v *shapeView) locate(req *Request) (place, error) {
 	case o.Start && changesOnly, o.Tx == 0 && changesOnly:
 		return logStart, nil // no base: the log from its start
 	case o.Start:
-		return v.basePlace(0), nil
+		return place{inBase: true}, nil
 	case o.Tx > 0:
 		return place{after: o}, nil
 	case o.Op == InfOp:
@@ -59,9 +60,6 @@ func (v *shapeView) locate(req *Request) (place, error) {
 		if gen != 0 || rows > total {
 			return place{}, Invalid("offset", "out of bounds for this shape")
 		}
-		if rows == total {
-			return logStart, nil // the base is done (an empty one too: served once, from -1)
-		}
 		return v.basePlace(rows), nil
 	}
 	if o.Op < legacyChunks { // "0_i": after stored chunk i
@@ -71,17 +69,10 @@ func (v *shapeView) locate(req *Request) (place, error) {
 }
 
 // basePlace is the base after its first rows rows, or the log's start
-// once the base is done.
+// once the base is done (a base's first response, from -1, is served even
+// when it has no rows: it carries the snapshot-end).
 func (v *shapeView) basePlace(rows int64) place {
-	if v.snap == nil || v.snap.snap == nil {
-		// No snapshot at all: the base is the empty snapshot-end alone,
-		// served once from -1.
-		if rows == 0 {
-			return place{inBase: true}
-		}
-		return logStart
-	}
-	if rows >= v.baseRows() && rows > 0 {
+	if rows >= v.baseRows() {
 		return logStart
 	}
 	return place{inBase: true, row: rows}
@@ -172,7 +163,8 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	h.Set("content-type", "application/json")
 	h.Set("content-length", strconv.Itoa(size))
 	w.WriteHeader(http.StatusOK)
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	bw.WriteByte('[')
 	written := int64(0)
 	var err error
@@ -207,8 +199,27 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	bw.Flush()
 }
 
-// bodyWriter buffers a streamed body on its way to the client.
-func (s *Server) bodyWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 32<<10) }
+// bodyBuffer is how much of a streamed body is held before any of it (and
+// so the headers) reaches the client: a response up to this size goes out
+// in one piece, as it would if built whole. Electric's 1.0 client (the one
+// pglite-sync uses) aborts requests to refresh and cannot survive an abort
+// between the headers and the end of the body (its long poll reads the
+// body outside its retry wrapper: the stream dies), so that gap is kept
+// as short as the network makes it for all but the largest responses.
+const bodyBuffer = 256 << 10
+
+var bodyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bodyBuffer) }}
+
+// bodyWriter buffers a streamed body on its way to the client; release
+// returns it (after the last Flush).
+func (s *Server) bodyWriter(w io.Writer) (bw *bufio.Writer, release func()) {
+	bw = bodyWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw, func() {
+		bw.Reset(nil)
+		bodyWriters.Put(bw)
+	}
+}
 
 // logPlan is how far one response of a log read goes.
 type logPlan struct {
@@ -256,6 +267,9 @@ const messageOverhead = 200
 
 // planLog plans a read of handle's log after o.
 func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, error) {
+	if err := s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
+		return nil, err
+	}
 	ix := s.index(handle)
 	seen := v.seen()
 	end, err := ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen)

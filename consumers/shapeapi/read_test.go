@@ -206,3 +206,20 @@ func indexOf(xs []string, x string) int {
 	}
 	return -1
 }
+
+// A base without rows is one response (its snapshot-end) from -1, and its
+// offset leads to the log, never to the base again.
+func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
+	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
+	start, err := v.locate(&Request{Offset: StartOffset, Def: Definition{Log: "full"}})
+	if err != nil || !start.inBase || start.row != 0 {
+		t.Fatalf("-1: %+v %v", start, err)
+	}
+	next, err := v.locate(&Request{Offset: BaseOffset(0, 0), Def: Definition{Log: "full"}})
+	if err != nil || next.inBase {
+		t.Fatalf("after the empty base's response: %+v %v, want the log", next, err)
+	}
+	if _, err := v.locate(&Request{Offset: BaseOffset(0, 1), Def: Definition{Log: "full"}}); err == nil {
+		t.Fatal("a row offset past the base was accepted")
+	}
+}
