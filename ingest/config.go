@@ -56,6 +56,7 @@ type SubqueryConfig struct {
 	MoveInMaxBytes   int           `mapstructure:"move_in_max_bytes"`
 	StatementTimeout time.Duration `mapstructure:"statement_timeout"`
 }
+
 // Values of ingest.on_continuity_break.
 const (
 	OnBreakResync = "resync"
