@@ -19,6 +19,8 @@ type metrics struct {
 	quarantined prometheus.Counter
 	// moveOutDeletes counts the deletes put before move-out events.
 	moveOutDeletes prometheus.Counter
+	// insertsAsUpdates counts inserts of held rows written as updates.
+	insertsAsUpdates prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,7 +50,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Shapes set aside because their log is unusable (their fragments are dead-lettered)."}),
 		moveOutDeletes: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_move_out_deletes_total",
 			Help: "Deletes written before move-out events of shapes with subqueries, for clients that ignore move events."}),
+		insertsAsUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_consumer_held_row_inserts_total",
+			Help: "Inserts of rows a shape with subqueries already holds (a move-in brought them again) written as whole-row updates."}),
 	}
-	reg.MustRegister(m.moveOutDeletes, m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.reopens, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
+	reg.MustRegister(m.moveOutDeletes, m.insertsAsUpdates, m.quarantined, m.fragments, m.changes, m.duplicates, m.orphans, m.reopens, m.deadLetters, m.removedDrop, m.owned, m.fsync, m.noticeErrors)
 	return m
 }

@@ -13,11 +13,15 @@ import (
 // (fanout/moves.go), the deletes of the rows it moves out of the shape, so
 // a client that ignores events (a plain ShapeStream, useShape, pglite-sync)
 // ends equal to the query too; electric-db-collection applies the deletes
-// as any, and the event then finds nothing left to drop. It keeps, for each
-// such shape it has written a move-out for, what a client following tags
-// holds (shapelog.TagState): built from the shape's snapshot and log the
-// first time, then kept from the fragments this worker writes. One per
-// worker; the worker's goroutine only.
+// as any, and the event then finds nothing left to drop. And it writes an
+// insert of a row the shape already holds (a row a move-in brought again,
+// an update seen while a move-in was read) as an update of the whole row,
+// as a client that applies inserts as SQL INSERTs (pglite-sync) needs;
+// clients that follow tags merge an insert of a held row the same way. It
+// keeps, for each such shape it writes, what a client following tags holds
+// (shapelog.TagState): built from the shape's snapshot and log the first
+// time, then kept from the fragments this worker writes. One per worker;
+// the worker's goroutine only.
 //
 // A shape whose initial snapshot is not complete yet has only its log's
 // rows known: a move-out then deletes those, and once the snapshot is
@@ -87,12 +91,12 @@ func (m *moveOuts) expand(frags []*fanout.Fragment) []*fanout.Fragment {
 				st = nil // build it again, with the snapshot's rows
 			}
 		}
-		if st != nil || !mayMoveOut(f) {
+		if st != nil {
 			continue
 		}
 		built, last, full, extra, err := shapelog.BuildTagState(m.dir, f.Shape, pk)
 		if err != nil {
-			m.log.Error("cannot read a shape's log to find the rows a move-out drops; its clients that ignore move events keep them", "shape", f.Shape, "err", err)
+			m.log.Error("cannot read a shape's log to find the rows it holds; its clients that ignore move events may keep rows a move-out drops, and get inserts of rows they hold", "shape", f.Shape, "err", err)
 			continue
 		}
 		m.states[f.Shape] = &shapeTags{st: built, last: last, has: last != (fanout.Position{}), full: full, checked: time.Now(), extra: extra}
@@ -116,7 +120,7 @@ func (m *moveOuts) expand(frags []*fanout.Fragment) []*fanout.Fragment {
 			}
 		}
 		var out []fanout.Change
-		grew := false
+		grew := false // the fragment changed
 		if !st.extraDone && len(st.extra) > 0 {
 			for _, k := range st.extra {
 				out = append(out, fanout.Change{Op: fanout.OpDelete, Old: k})
@@ -126,6 +130,11 @@ func (m *moveOuts) expand(frags []*fanout.Fragment) []*fanout.Fragment {
 		}
 		st.extraDone = true
 		for _, c := range f.Changes {
+			if c.Op == fanout.OpInsert && c.Old == nil && st.st.Has(c.Row) {
+				c.Op = fanout.OpUpdate // the whole row: Before is unknown
+				m.m.insertsAsUpdates.Inc()
+				grew = true
+			}
 			dropped := st.st.Apply(c)
 			if len(dropped) > 0 {
 				out = append(out, dropped...)

@@ -135,3 +135,45 @@ func TestMoveOutSeesRowsEarlierInItsBatch(t *testing.T) {
 		t.Fatalf("move-out after an insert in the same batch: %s", s)
 	}
 }
+
+// An insert of a row the shape holds (a move-in bringing a row another
+// condition kept; an update seen while a move-in was read) is written as an
+// update of the whole row, so a client applying inserts as SQL INSERTs
+// does not fail on a duplicate key; an insert of a row it does not hold,
+// or holds no more, stays an insert. The state is built on the shape's
+// first fragment, not only at a move-out.
+func TestInsertOfAHeldRowIsAnUpdate(t *testing.T) {
+	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := st.Take(context.Background(), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Append(context.Background(), []*fanout.Fragment{sqFrag(100, taggedInsert("1", "10"), taggedInsert("2", "20"))}); err != nil {
+		t.Fatal(err)
+	}
+	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, true },
+		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
+	moveIn := taggedInsert("1", "10")
+	moveIn.MoveIn = true
+	got := m.expand([]*fanout.Fragment{
+		sqFrag(200, moveIn, taggedInsert("3", "10")),
+		sqFrag(300, moveOut("20")),
+		sqFrag(400, taggedInsert("2", "10")),
+	})
+	if s := ops(got[0]); s != "update:1 insert:3" || !got[0].Changes[0].MoveIn || got[0].Changes[0].Before != nil {
+		t.Fatalf("inserts of a held row and a new one: %s (%+v)", s, got[0].Changes[0])
+	}
+	if s := ops(got[2]); s != "insert:2" {
+		t.Fatalf("insert of a row moved out: %s", s)
+	}
+	if _, err := w.Append(context.Background(), got); err != nil {
+		t.Fatal(err)
+	}
+	if ids := materializedIDs(t, st.Dir()); ids != "1,2,3" {
+		t.Fatalf("rows: %s", ids)
+	}
+}

@@ -78,7 +78,14 @@ func (d *Decoder) Decode(ctx context.Context, data []byte, h Handler) error {
 	case *pglogrepl.CommitMessage:
 		return h.Commit(ctx, Commit{CommitLSN: m.CommitLSN, EndLSN: m.TransactionEndLSN})
 	case *pglogrepl.RelationMessage:
-		d.relation(m)
+		rel := d.relation(m)
+		if rh, ok := h.(RelationHandler); ok {
+			cols := make([]fanout.Column, len(rel.columns))
+			for i, c := range rel.columns {
+				cols[i] = fanout.Column{Name: c.name, OID: c.oid}
+			}
+			rh.Relation(rel.table, cols)
+		}
 		return nil
 	case *pglogrepl.InsertMessage:
 		rel, err := d.lookup(m.RelationID)
@@ -136,9 +143,16 @@ func (d *Decoder) Decode(ctx context.Context, data []byte, h Handler) error {
 	}
 }
 
+// RelationHandler is a Handler that also hears each Relation message: the
+// columns (names and type OIDs, in order) of a table, sent before its first
+// change of a session and after a change of its schema.
+type RelationHandler interface {
+	Relation(table string, cols []fanout.Column)
+}
+
 // relation replaces the cached description: after ALTER TABLE, Postgres
 // sends a new Relation message before the first change that needs it.
-func (d *Decoder) relation(m *pglogrepl.RelationMessage) {
+func (d *Decoder) relation(m *pglogrepl.RelationMessage) *relation {
 	rel := &relation{table: m.Namespace + "." + m.RelationName, columns: make([]column, len(m.Columns))}
 	for i, c := range m.Columns {
 		rel.columns[i] = column{name: c.Name, oid: c.DataType, key: c.Flags&1 != 0}
@@ -152,6 +166,7 @@ func (d *Decoder) relation(m *pglogrepl.RelationMessage) {
 		}
 	}
 	d.relations[m.RelationID] = rel
+	return rel
 }
 
 func (d *Decoder) lookup(id uint32) (*relation, error) {

@@ -176,6 +176,14 @@ func (r *Router) Change(ctx context.Context, c match.RowChange) error {
 	return err
 }
 
+// Relation implements RelationHandler: a table a shape's subqueries read
+// whose columns changed rotates the shape (subqueries.relation).
+func (r *Router) Relation(table string, cols []fanout.Column) {
+	if r.sq != nil {
+		r.sq.relation(table, cols)
+	}
+}
+
 // Truncate implements Handler: every shape of each table is emptied.
 func (r *Router) Truncate(ctx context.Context, tables []string) error {
 	if r.tx == nil {

@@ -543,6 +543,46 @@ func (q *subqueries) truncated(table string) {
 	}
 }
 
+// relation rotates the shapes whose subqueries read table when its columns
+// are no longer those the shape was created with: a column a subquery reads
+// may be gone or hold other values (ALTER COLUMN TYPE ... USING, a column
+// dropped and added again), and the results ingest holds cannot follow,
+// since Postgres rewrites the table without row changes in the stream.
+// Columns added after the shape's are harmless. The shape is removed, so
+// the one its clients get next reads the schema anew (Rotation.Remove).
+func (q *subqueries) relation(table string, cols []fanout.Column) {
+	if !q.reg.TablesRead(table) {
+		return
+	}
+	for _, h := range q.reg.DependentsOf(table) {
+		s, ok := q.reg.Get(h)
+		if !ok {
+			continue
+		}
+		for _, ts := range s.Tables {
+			if ts.Table == table && !sameColumns(ts.Schema, cols) {
+				q.metrics.Rotations.Inc()
+				q.rotate(match.Rotation{Handle: h, Remove: true, Reason: "the schema of table " + table + ", which its subqueries read, changed"})
+				break
+			}
+		}
+	}
+}
+
+// sameColumns reports whether the columns a shape was created with are the
+// first of a table's columns now, with the same types.
+func sameColumns(was []fanout.Column, now []fanout.Column) bool {
+	if len(now) < len(was) {
+		return false
+	}
+	for i, c := range was {
+		if now[i].Name != c.Name || now[i].OID != c.OID {
+			return false
+		}
+	}
+	return true
+}
+
 // rotator removes the shapes the router cannot keep exact, off its
 // goroutine: clients get 409 and refetch, which creates them again.
 type rotator struct {
@@ -590,14 +630,23 @@ func (r *rotator) run(ctx context.Context) error {
 			rot := r.todo[0]
 			r.todo = r.todo[1:]
 			r.mu.Unlock()
-			r.log.Warn("rotating a shape with subqueries: it is replaced by a new one, and its clients get 409 and refetch it", "shape", rot.Handle, "reason", rot.Reason)
+			if rot.Remove {
+				r.log.Warn("rotating a shape with subqueries: it is removed, its clients get 409 and refetch it (the HTTP API creates it anew)", "shape", rot.Handle, "reason", rot.Reason)
+			} else {
+				r.log.Warn("rotating a shape with subqueries: it is replaced by a new one, and its clients get 409 and refetch it", "shape", rot.Handle, "reason", rot.Reason)
+			}
 			for attempt := 1; ; attempt++ {
 				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				rep, err := shapes.ReplaceShape(rctx, r.bus, rot.Handle, r.log)
-				cancel()
-				if err == nil {
-					r.log.Info("shape rotated", "shape", rot.Handle, "replacement", rep.New)
+				var err error
+				if rot.Remove {
+					err = shapes.Remove(rctx, r.bus, rot.Handle, shapes.WithRemoveLog(r.log))
+				} else {
+					var rep shapes.Replaced
+					if rep, err = shapes.ReplaceShape(rctx, r.bus, rot.Handle, r.log); err == nil {
+						r.log.Info("shape rotated", "shape", rot.Handle, "replacement", rep.New)
+					}
 				}
+				cancel()
 				if err == nil || errors.Is(err, shapes.ErrUnknownShape) || ctx.Err() != nil {
 					break
 				}

@@ -259,3 +259,37 @@ func TestResultsRebuiltAfterRestart(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// A column added to a table the shape's subqueries read leaves it alone; a
+// change of a column's type (Postgres rewrites the table, sending no row
+// changes) removes it: its clients get 409, and the HTTP API creates it
+// anew, reading the schemas again.
+func TestInnerSchemaChangeRemovesTheShape(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	ns := testenv.StartNATS(t)
+	bus := ns.Bus(t)
+	conn := pg.Connect(t)
+	pg.Exec(t, conn, subqueryTables)
+	standInFlushd(t, bus, func(context.Context) bool { return true })
+	runIngest(t, pg, ns)
+	sh, rev := addSubqueryShape(t, pg, bus)
+	awaitRouted(t, bus, rev)
+	exists := func() bool {
+		_, err := shapes.Get(context.Background(), bus, sh.Handle)
+		return err == nil
+	}
+
+	pg.Exec(t, conn, "ALTER TABLE members ADD COLUMN role text")
+	pg.Exec(t, conn, "INSERT INTO members VALUES (3, 7, 20, 'x')") // a move-in: the shape goes on
+	testenv.Eventually(t, 30*time.Second, "the move-in's rows on the bus", func() bool {
+		_, _, closed := shapeChanges(t, bus, sh.Handle)
+		return closed == 1
+	})
+	if !exists() {
+		t.Fatal("a column added to the subquery's table removed the shape")
+	}
+
+	pg.Exec(t, conn, "ALTER TABLE members ALTER COLUMN project_id TYPE bigint USING project_id * 10")
+	pg.Exec(t, conn, "INSERT INTO members VALUES (4, 9, 300, 'y')")
+	testenv.Eventually(t, 30*time.Second, "the shape removed", func() bool { return !exists() })
+}

@@ -259,7 +259,7 @@ func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Re
 		off = LastOp(last)
 	}
 	c := NewChunk(s.cfg.API.ChunkBytes, off)
-	c.Control(UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, true)))
+	c.Control(UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, true)))
 	h := w.Header()
 	h.Set("electric-up-to-date", "")
 	h.Set("electric-has-data", "false")
@@ -352,7 +352,7 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	h := w.Header()
 	var upToDate []byte
 	if p.atEnd {
-		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, !req.Live))
+		upToDate = UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, !req.Live))
 		h.Set("electric-up-to-date", "")
 	}
 	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))
@@ -501,7 +501,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 			}
 			err := s.eachLogMessage(handle, v, p, event)
 			if err == nil && p.atEnd {
-				err = event(UpToDate(s.marks.forLog(ctx, handle, p.lastCommit(), safe, false)))
+				err = event(UpToDate(s.marks.forHeldLog(ctx, handle, p.lastCommit(), p.held, safe, false)))
 			}
 			if err == nil {
 				err = bw.Flush()

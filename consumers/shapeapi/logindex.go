@@ -54,10 +54,17 @@ type mark struct {
 // marks and, after the first read, encoding the new fragments (skipping
 // those seen says the snapshot holds).
 func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
+	end, _, err := ix.extendHeld(dir, handle, rel, seen)
+	return end, err
+}
+
+// extendHeld is extend that also returns the first record held back after
+// the readable end (shapelog.ReadLogHeld).
+func (ix *logIndex) extendHeld(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	prev := ix.tail
-	end, err := shapelog.ReadLog(dir, handle, ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
+	end, held, err := shapelog.ReadLogHeld(dir, handle, ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
 		if len(ix.marks) == 0 || prev.Offset-ix.last.Offset >= markEvery {
 			ix.marks = append(ix.marks, mark{cur: prev, first: FirstOp(e.Position)})
 			ix.last = prev
@@ -100,7 +107,7 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
 		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
 		ix.unseen, ix.unseenFound = shapelog.Cursor{}, false
-		return end, err
+		return end, held, err
 	}
 	ix.tail = end
 	if !ix.recentValid {
@@ -114,7 +121,7 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		ix.recentSize -= len(ix.recent[0].JSON) + 64
 		ix.recent = ix.recent[1:]
 	}
-	return end, nil
+	return end, held, nil
 }
 
 // fromRecent adds the entries after from to c, if the index holds all of

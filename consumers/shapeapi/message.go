@@ -65,9 +65,12 @@ func EncodeFragment(rel Relation, f *fanout.Fragment) (entries []Entry, truncate
 			continue
 		}
 		if p.meta != nil && p.meta.MoveIn {
-			// A row a move-in brought: Electric's is_move_in insert, with
-			// neither lsn nor txids (it is no transaction's change).
-			headers = moveInHeadersJSON(headers[:0], rel, p.meta)
+			// A row a move-in brought: Electric's is_move_in insert,
+			// without txids (it is no transaction's change) but with the
+			// LSN it was placed at: clients that apply changes by LSN
+			// (pglite-sync drops a change without one once it committed
+			// anything) take it in log order.
+			headers = moveInHeadersJSON(headers[:0], p.operation, rel, lsn, p.meta)
 		} else {
 			headers = changeHeadersJSON(headers[:0], p.operation, rel, f.Xid, lsn, p.op, f.Last && !truncated && i == lastChange, p.keyChange)
 			headers = withRowMeta(headers, p.meta)

@@ -23,13 +23,19 @@ func withRowMeta(headers []byte, c *fanout.Change) []byte {
 	return append(headers, '}')
 }
 
-// moveInHeadersJSON is the headers object of a row a move-in brought.
-func moveInHeadersJSON(b []byte, rel Relation, c *fanout.Change) []byte {
-	b = append(b, `{"operation":"insert","relation":[`...)
+// moveInHeadersJSON is the headers object of a row a move-in brought: an
+// insert, or an update of the whole row when the shape held it already
+// (consumers/moveout.go).
+func moveInHeadersJSON(b []byte, operation string, rel Relation, lsn string, c *fanout.Change) []byte {
+	b = append(b, `{"operation":"`...)
+	b = append(b, operation...)
+	b = append(b, `","relation":[`...)
 	b = appendString(b, rel.Schema)
 	b = append(b, ',')
 	b = appendString(b, rel.Table)
-	b = append(b, `],"is_move_in":true`...)
+	b = append(b, `],"lsn":`...)
+	b = appendString(b, lsn)
+	b = append(b, `,"is_move_in":true`...)
 	b = shapemsg.AppendRowMeta(b, c.Tags, nil, c.Active)
 	return append(b, '}')
 }

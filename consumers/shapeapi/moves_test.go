@@ -12,7 +12,8 @@ import (
 // The messages of a shape with subqueries are Electric 1.7's: row messages
 // carry tags and active_conditions (updates removed_tags too), moves are
 // event messages with patterns and txids, move-in rows are inserts with
-// is_move_in and without lsn or txids, and a snapshot-end ends them. Events
+// is_move_in, without txids but with the LSN they were placed at (for
+// clients that apply by LSN), and a snapshot-end ends them. Events
 // take offsets like changes, and `last` marks the last row message.
 func TestEncodeSubqueryMessages(t *testing.T) {
 	rel := Relation{Schema: "public", Table: "issues", PK: []string{"id"}, Columns: []string{"id", "p"}}
@@ -40,7 +41,7 @@ func TestEncodeSubqueryMessages(t *testing.T) {
 		`{"key":"\"public\".\"issues\"/\"1\"","value":{"id":"1","p":"20"},"headers":{"operation":"update","relation":["public","issues"],"txids":[9],"lsn":"2000","op_position":2,"tags":["h20"],"removed_tags":["h10"],"active_conditions":[true]}}`,
 		`{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"h30"}],"txids":[9]}}`,
 		`{"headers":{"event":"move-in","patterns":[{"pos":0,"value":"h40"}],"txids":[9]}}`,
-		`{"key":"\"public\".\"issues\"/\"4\"","value":{"id":"4","p":"40"},"headers":{"operation":"insert","relation":["public","issues"],"is_move_in":true,"tags":["h40"],"active_conditions":[true]}}`,
+		`{"key":"\"public\".\"issues\"/\"4\"","value":{"id":"4","p":"40"},"headers":{"operation":"insert","relation":["public","issues"],"lsn":"2000","is_move_in":true,"tags":["h40"],"active_conditions":[true]}}`,
 		`{"headers":{"control":"snapshot-end","xip_list":["6"],"xmax":"8","xmin":"5"}}`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

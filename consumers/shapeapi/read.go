@@ -234,6 +234,10 @@ type logPlan struct {
 	// truncate follows (the shape is rotated).
 	atEnd, truncated bool
 	end              shapelog.Cursor
+	// held is the commit LSN of the first record after end the log holds
+	// back (a move-in window open, or a transaction being written); 0:
+	// none. Watermarks stay below it (heldMark).
+	held pglogrepl.LSN
 	// recent holds the whole body when the index's recent entries
 	// answered (recentLast is then its last offset).
 	recent     *Chunk
@@ -272,11 +276,11 @@ func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, e
 	}
 	ix := s.index(handle)
 	seen := v.seen()
-	end, err := ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen)
+	end, held, err := ix.extendHeld(s.cfg.Storage.Dir, handle, v.rel, seen)
 	if err != nil {
 		return nil, err
 	}
-	p := &logPlan{after: after, end: end}
+	p := &logPlan{after: after, end: end, held: held.CommitLSN}
 	defer func() {
 		if c := p.lastCommit(); c > 0 {
 			s.marks.saw(c)
@@ -290,7 +294,7 @@ func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, e
 	p.start = ix.seek(after)
 	limit := s.cfg.API.ChunkBytes
 	size, full := 1, false
-	readEnd, err := shapelog.ReadLog(s.cfg.Storage.Dir, handle, p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	readEnd, readHeld, err := shapelog.ReadLogHeld(s.cfg.Storage.Dir, handle, p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		if !LastOp(e.Position).After(after) {
 			return nil
 		}
@@ -350,7 +354,7 @@ func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, e
 	}
 	p.atEnd = !full && !p.truncated
 	if p.atEnd {
-		p.end = readEnd // the log may have grown since the index read it
+		p.end, p.held = readEnd, readHeld.CommitLSN // the log may have grown since the index read it
 	}
 	return p, nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 
@@ -221,5 +222,51 @@ func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
 	}
 	if _, err := v.locate(&Request{Offset: BaseOffset(0, 1), Def: Definition{Log: "full"}}); err == nil {
 		t.Fatal("a row offset past the base was accepted")
+	}
+}
+
+// While a move-in window is open, the records after it are held back
+// though their transactions are complete and the safe LSN passed them: the
+// up-to-date watermark stays below them, or a client that drops changes at
+// or below its watermark (pglite-sync) would lose them when they are served.
+func TestWatermarksStayBelowHeldRecords(t *testing.T) {
+	s, wr := readServer(t, 1<<20)
+	ready := make(chan struct{})
+	close(ready)
+	s.marks = &watermarks{partitions: 1, marks: map[int]*partitionMark{0: {read: time.Now().Add(time.Hour), ready: ready}}}
+	ctx := context.Background()
+	opening := inserts(200, 0, true, 2, 1)
+	opening.OpensWindow = true
+	if _, err := wr.Append(ctx, []*fanout.Fragment{inserts(100, 0, true, 1, 1), opening, inserts(300, 0, true, 3, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
+	for _, after := range []Offset{{Op: InfOp}, {Tx: 100, Op: InfOp}} {
+		p, err := s.planLog("sx", v, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.atEnd || p.held != 200 {
+			t.Fatalf("after %v: at end %v, held %v; want the end, held from 200", after, p.atEnd, p.held)
+		}
+		if w := s.marks.forHeldLog(ctx, "sx", p.lastCommit(), p.held, 1000, false); w != 199 {
+			t.Fatalf("after %v: watermark %v with records held from 200", after, w)
+		}
+	}
+	closing := inserts(400, 0, true, 4, 1)
+	closing.ClosesWindows = 1
+	if _, err := wr.Append(ctx, []*fanout.Fragment{closing}); err != nil {
+		t.Fatal(err)
+	}
+	ids, _, _ := readAllResponses(t, s, Offset{Tx: 100, Op: InfOp})
+	if fmt.Sprint(ids) != "[2 3 4]" {
+		t.Fatalf("after the window closed: ids %v", ids)
+	}
+	p, err := s.planLog("sx", v, Offset{Tx: 400, Op: InfOp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := s.marks.forHeldLog(ctx, "sx", p.lastCommit(), p.held, 1000, false); p.held != 0 || w != Watermark(400, 1000) {
+		t.Fatalf("nothing held: held %v, watermark %v", p.held, w)
 	}
 }

@@ -98,6 +98,15 @@ func (m *watermarks) saw(lsn pglogrepl.LSN) {
 // this server has served waits up to markWait for the partition to catch
 // up (non-live reads); the result is true either way.
 func (m *watermarks) forLog(ctx context.Context, handle string, last pglogrepl.LSN, safe pglogrepl.LSN, wait bool) pglogrepl.LSN {
+	return m.forHeldLog(ctx, handle, last, 0, safe, wait)
+}
+
+// forHeldLog is forLog for a log that holds back records from commit LSN
+// held on (0: none; shapelog.ReadLogHeld): the watermark stays below held,
+// since those records are served later with their own LSNs, and a client
+// drops changes at or below a watermark it was handed (pglite-sync). With
+// a cap it does not wait: the read cannot reach the served mark anyway.
+func (m *watermarks) forHeldLog(ctx context.Context, handle string, last, held pglogrepl.LSN, safe pglogrepl.LSN, wait bool) pglogrepl.LSN {
 	w := Watermark(last, safe)
 	target := pglogrepl.LSN(m.served.Load())
 	p := fanout.Partition(handle, m.partitions)
@@ -105,6 +114,11 @@ func (m *watermarks) forLog(ctx context.Context, handle string, last pglogrepl.L
 	for {
 		if mark, err := m.mark(ctx, p); err == nil && mark > 1 && mark-1 > w {
 			w = mark - 1
+		}
+		if held > 0 && w >= held {
+			// Below held, above the log's last commit (a held record is
+			// a later transaction's, more than a byte further).
+			return max(Watermark(last, 0), held-1)
 		}
 		if !wait || w >= target || time.Now().After(deadline) || ctx.Err() != nil {
 			return w

@@ -222,6 +222,9 @@ func TestMoveInWindowsHoldReaders(t *testing.T) {
 	if got, _, c2 := readAll(t, st.Dir(), "sa", c); len(got) != 0 || c2 != c {
 		t.Fatalf("records inside open windows were read: %v", got)
 	}
+	if _, held, err := ReadLogHeld(st.Dir(), "sa", c, func(LogEntry, Cursor) error { return nil }); err != nil || held != pos(200, 0) {
+		t.Fatalf("held back from %v (%v), want 200", held, err)
+	}
 	mustAppend(t, w, closes(1, frag("sa", 450, 0, true, ins("id", "5")))) // closes one of two
 	if got, _, _ := readAll(t, st.Dir(), "sa", c); len(got) != 0 {
 		t.Fatalf("read with a window still open: %v", got)
@@ -248,5 +251,9 @@ func TestMoveInWindowsHoldReaders(t *testing.T) {
 	mustAppend(t, w, opens(frag("sa", 600, 0, true, ins("id", "9"))))
 	if got, _, _ := readAll(t, st.Dir(), "sa", end); !reflect.DeepEqual(got, []fanout.Position{pos(500, 0)}) {
 		t.Fatalf("after a stray close: read %v, want only 500", got)
+	}
+	mustAppend(t, w, closes(1, frag("sa", 700, 0, true, ins("id", "10"))))
+	if _, held, _ := ReadLogHeld(st.Dir(), "sa", end, func(LogEntry, Cursor) error { return nil }); held != (fanout.Position{}) {
+		t.Fatalf("nothing is held back, yet held from %v", held)
 	}
 }

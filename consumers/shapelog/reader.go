@@ -93,27 +93,50 @@ var ErrStopRead = errors.New("stop reading the shape log")
 // appending. A log that does not exist (yet) has nothing after from. It only
 // reads, so it never slows a writer beyond the page cache.
 func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, error) {
+	end, _, err := ReadLogHeld(dir, handle, from, fn)
+	return end, err
+}
+
+// ReadLogHeld is ReadLog that also returns the position of the first
+// record after the returned cursor that the readable-end rule held back (an
+// incomplete transaction, or records inside an open move-in window); zero
+// when none was. A reader's up-to-date watermark must stay below its commit
+// LSN: while a window is open, records of complete transactions are held
+// back after the safe LSN passed them.
+func ReadLogHeld(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, fanout.Position, error) {
+	r, err := readLog(dir, handle, from, fn)
+	if r == nil {
+		return from, fanout.Position{}, err
+	}
+	var held fanout.Position
+	if r.open && err == nil {
+		held = r.firstHeld
+	}
+	return r.readable, held, err
+}
+
+func readLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (*logReader, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
-		return from, err
+		return nil, err
 	}
 	f, err := os.Open(logPath(dir, handle))
 	if errors.Is(err, os.ErrNotExist) {
-		return from, nil
+		return nil, nil
 	}
 	if err != nil {
-		return from, fmt.Errorf("open log of shape %s: %w", handle, err)
+		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	defer f.Close()
 	if from.Offset > 0 {
 		fi, err := f.Stat()
 		if err != nil {
-			return from, fmt.Errorf("stat log of shape %s: %w", handle, err)
+			return nil, fmt.Errorf("stat log of shape %s: %w", handle, err)
 		}
 		if fi.Size() < from.Offset {
-			return from, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, fi.Size(), from.Offset)
+			return nil, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, fi.Size(), from.Offset)
 		}
 		if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
-			return from, fmt.Errorf("read log of shape %s: %w", handle, err)
+			return nil, fmt.Errorf("read log of shape %s: %w", handle, err)
 		}
 	}
 	r := &logReader{f: f, handle: handle, fn: fn, readable: from, scanned: from}
@@ -121,9 +144,10 @@ func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) e
 		return r.frame(from.Offset+rel, payload)
 	})
 	if errors.Is(err, ErrStopRead) {
+		r.open = false // stopped by the reader: nothing was held back
 		err = nil
 	}
-	return r.readable, err
+	return r, err
 }
 
 // logReader applies the readable-end rule to one forward scan of a log.
@@ -145,6 +169,8 @@ type logReader struct {
 	// not met: its records from readable on are held back.
 	open   bool
 	openTx fanout.Position
+	// firstHeld is the first record held back since open was last set.
+	firstHeld fanout.Position
 }
 
 func (r *logReader) frame(off int64, payload []byte) error {
@@ -176,7 +202,7 @@ func (r *logReader) frame(off int64, payload []byte) error {
 	if next.windows > 0 {
 		// Inside a move-in window: held back until the rows close it.
 		if !r.open {
-			r.open = true
+			r.open, r.firstHeld = true, h.pos
 		}
 		r.openTx = h.pos
 		return nil
@@ -186,7 +212,10 @@ func (r *logReader) frame(off int64, payload []byte) error {
 		if h.last {
 			return r.passOn(next.Offset)
 		}
-		r.open, r.openTx = true, h.pos
+		if !r.open {
+			r.open, r.firstHeld = true, h.pos
+		}
+		r.openTx = h.pos
 		return nil
 	}
 	if r.open {
@@ -204,7 +233,7 @@ func (r *logReader) frame(off int64, payload []byte) error {
 		}
 	}
 	if !h.last {
-		r.open, r.openTx = true, h.pos
+		r.open, r.openTx, r.firstHeld = true, h.pos, h.pos
 		return nil
 	}
 	if err := r.fn(r.entry(h, payload, off), next); err != nil {

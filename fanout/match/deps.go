@@ -760,6 +760,11 @@ func (r *Registry) onDepErr(d *depState, err error) {
 type Rotation struct {
 	Handle string
 	Reason string
+	// Remove: the shape is removed, not replaced by one of the same
+	// definition (its tables' schemas changed: a new shape must read them
+	// again, and its where clause may no longer be valid). Clients get 409,
+	// and the HTTP API creates the shape anew from its definition.
+	Remove bool
 }
 
 // TakeRotations returns the shapes to rotate since the last call.
