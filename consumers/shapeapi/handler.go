@@ -352,7 +352,13 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	h := w.Header()
 	var upToDate []byte
 	if p.atEnd {
-		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, !req.Live))
+		// Only a non-live read with nothing new waits for its watermark
+		// (watermark.go): that is the refresh pglite-sync makes of its
+		// other shapes. A read with data answers at once: a client's
+		// prefetch (Electric's 1.0 client aborts those, and cannot survive
+		// an abort that comes while they are held).
+		wait := !req.Live && p.empty()
+		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, wait))
 		h.Set("electric-up-to-date", "")
 	}
 	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))
