@@ -113,3 +113,22 @@ func TestEveryServiceDefaultLoads(t *testing.T) {
 		}
 	}
 }
+
+// The metrics endpoint has no authentication: every service's default
+// http.addr is loopback, and profiles are off.
+func TestMetricsDefaultToLoopbackWithoutProfiles(t *testing.T) {
+	for _, svc := range []string{"ingest", "flushd", "consumer", "shapeapi"} {
+		var cfg struct {
+			HTTP HTTP `mapstructure:"http"`
+		}
+		if _, err := LoadCommand(svc, nil, &cfg, nil); err != nil {
+			t.Fatalf("%s: %v", svc, err)
+		}
+		if !strings.HasPrefix(cfg.HTTP.Addr, "127.0.0.1:") {
+			t.Errorf("%s: http.addr defaults to %q, want a 127.0.0.1 address", svc, cfg.HTTP.Addr)
+		}
+		if cfg.HTTP.Pprof {
+			t.Errorf("%s: http.pprof defaults to true", svc)
+		}
+	}
+}

@@ -104,7 +104,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 			}
 		}()
 	}
-	goWorker("http", func(c context.Context) error { return observe.Serve(c, cfg.HTTP.Addr, reg, s.ready, log) })
+	goWorker("http", func(c context.Context) error {
+		return observe.Serve(c, cfg.HTTP.Addr, reg, s.ready, log, observe.Pprof(cfg.HTTP.Pprof))
+	})
 	watcher := &shapeWatcher{kv: s.bus.Shapes, pgURL: cfg.Postgres.URL, identity: cfg.Postgres.ReplicaIdentityFull, log: log, out: s.shapes, full: map[string]bool{}}
 	goWorker("shape watcher", watcher.run)
 	goWorker("safe LSN watcher", func(c context.Context) error { return watchSafe(c, s.bus.State, s.safe, s.metrics, log) })

@@ -138,7 +138,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 	wg.Go(func() {
-		if err := observe.Serve(ctx, s.cfg.HTTP.Addr, s.reg, s.rdy, s.log); err != nil {
+		if err := observe.Serve(ctx, s.cfg.HTTP.Addr, s.reg, s.rdy, s.log, observe.Pprof(s.cfg.HTTP.Pprof)); err != nil {
 			errs <- err
 		}
 	})
