@@ -500,6 +500,16 @@ func TestNATSShapeAPIDoesItsJobAndNoOtherJob(t *testing.T) {
 		_, err = shapes.Get(ctx, api.bus, sh.Handle)
 		return err
 	})
+	api.allowed(t, "follow the API shapes and record when one was last read", func(ctx context.Context) error {
+		if err := watchInitial(ctx, defs); err != nil {
+			return err
+		}
+		if err := watchInitial(ctx, states); err != nil {
+			return err
+		}
+		_, err := defs.Put(ctx, "read."+sh.Handle, []byte("1767225600000"))
+		return err
+	})
 	api.allowed(t, "wait for the shape's snapshot state", func(ctx context.Context) error {
 		w, err := states.Watch(ctx, sh.Handle)
 		if err != nil {
