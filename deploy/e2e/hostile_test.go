@@ -420,8 +420,9 @@ func TestShapeAPIDeadlinesFreeWhatSlowClientsHold(t *testing.T) {
 	s.startConsumer("c1")
 	s.startIngest()
 	s.waitSlot()
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	base := s.startShapeAPI("FANOUT_API_IDLE_TIMEOUT=2s", "FANOUT_API_READ_TIMEOUT=2s", "FANOUT_API_WRITE_TIMEOUT=2s",
-		"FANOUT_API_SUBSET_CONNECTIONS=2", "FANOUT_API_SUBSET_TIMEOUT=5m")
+		"FANOUT_API_SUBSET_CONNECTIONS=2", "FANOUT_API_SUBSET_TIMEOUT=5m", "FANOUT_HTTP_ADDR="+metrics)
 	u, _ := url.Parse(base)
 
 	// Subset requests whose clients never read the 60 MB answer.
@@ -433,6 +434,7 @@ func TestShapeAPIDeadlinesFreeWhatSlowClientsHold(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		c.(*net.TCPConn).SetReadBuffer(16 << 10)
 		fmt.Fprintf(c, "GET %s?%s HTTP/1.1\r\nHost: x\r\n\r\n", u.Path, stuck.Encode())
 	}
 	busy := func() int {
@@ -447,6 +449,28 @@ func TestShapeAPIDeadlinesFreeWhatSlowClientsHold(t *testing.T) {
 	if r := apiFirst(t, base, ok, 30*time.Second); r.code != http.StatusOK || strings.Count(r.body, `"key"`) != 3 {
 		t.Fatalf("a subset request after the stuck ones: %s", r)
 	}
+
+	// An SSE client that stops reading while 20 MB of changes stream to it.
+	sse, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Close()
+	sse.(*net.TCPConn).SetReadBuffer(16 << 10) // no window for the 20 MB: the server's writes block
+	live := shapeQuery("table", "blobs", "log", "changes_only", "handle", h, "offset", off, "live", "true", "live_sse", "true")
+	fmt.Fprintf(sse, "GET %s?%s HTTP/1.1\r\nHost: x\r\n\r\n", u.Path, live.Encode())
+	held := func() string {
+		_, body := get("http://" + metrics + "/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, "fanout_shapeapi_held_requests "); ok {
+				return v
+			}
+		}
+		return "?"
+	}
+	testenv.Eventually(t, 30*time.Second, "the SSE request to be held", func() bool { return held() == "1" })
+	s.exec(`UPDATE blobs SET body = body || 'x' WHERE id <= 10000`)
+	testenv.Eventually(t, 2*time.Minute, "the SSE request nobody reads to end (api.write_timeout=2s)", func() bool { return held() == "0" })
 
 	// Idle keep-alive connections, and one that never finishes its request.
 	var idle []net.Conn
