@@ -15,8 +15,9 @@ import (
 // field is no limit (operators' shapes, fanoutctl shape add).
 type Budget struct {
 	// MaxNodes bounds the expression nodes: operators, columns, function
-	// calls, casts, CASE arms. Constants are not counted (they are folded),
-	// nor the items of a list (MaxListItems bounds those).
+	// calls, casts, CASE arms, and the items of an IN list (each one a
+	// comparison per change). Other constants are not counted (they are
+	// folded), nor the items of an array (MaxListItems bounds those).
 	MaxNodes int
 	// MaxDepth bounds how deeply expressions nest.
 	MaxDepth int
@@ -103,8 +104,14 @@ func (w *vetter) visit(n *pg.Node, depth int) error {
 			return &BudgetError{Limit: LimitFunctions, Max: w.b.MaxFunctions, Got: w.functions}
 		}
 	case n.GetAExpr() != nil:
-		if err := qualified("operator", n.GetAExpr().Name); err != nil {
+		e := n.GetAExpr()
+		if err := qualified("operator", e.Name); err != nil {
 			return err
+		}
+		if e.Kind == pg.A_Expr_Kind_AEXPR_IN {
+			// Each item is a comparison on every change: a node (a
+			// = ANY(array) compares against a prepared array, much cheaper).
+			w.nodes += len(e.GetRexpr().GetList().GetItems())
 		}
 	case n.GetTypeCast() != nil:
 		if err := qualified("type", n.GetTypeCast().GetTypeName().GetNames()); err != nil {
