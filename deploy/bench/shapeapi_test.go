@@ -67,6 +67,7 @@ type shapeResponse struct {
 	cursor   string
 	upToDate bool
 	body     []byte
+	header   http.Header
 }
 
 func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (shapeResponse, error) {
@@ -82,7 +83,7 @@ func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (s
 	body, err := io.ReadAll(resp.Body)
 	_, upToDate := resp.Header["Electric-Up-To-Date"]
 	return shapeResponse{status: resp.StatusCode, handle: resp.Header.Get("electric-handle"), offset: resp.Header.Get("electric-offset"),
-		cursor: resp.Header.Get("electric-cursor"), upToDate: upToDate, body: body}, err
+		cursor: resp.Header.Get("electric-cursor"), upToDate: upToDate, body: body, header: resp.Header}, err
 }
 
 // syncShape reads a shape from -1 to up-to-date, as a client's initial sync
