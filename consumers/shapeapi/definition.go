@@ -97,6 +97,15 @@ func (s *Server) validateInPostgres(ctx context.Context, conn *pgx.Conn, sh *fan
 	if _, err := tx.Exec(ctx, "SET LOCAL search_path = "+pgpool.SearchPath+"; SET LOCAL statement_timeout = 10000", simple); err != nil {
 		return fmt.Errorf("%w: validate the snapshot query: %v", errNotReady, err)
 	}
+	// Postgres checks privileges when a query runs, not when it is
+	// prepared: a table the role may not read would fail every snapshot.
+	var readable bool
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', $1::text, $2::text), 'SELECT')", schema, table).Scan(&readable); err != nil {
+		return fmt.Errorf("%w: validate the snapshot query: %v", errNotReady, err)
+	}
+	if !readable {
+		return Invalid("table", fmt.Sprintf("the shape API's Postgres role may not read %s (GRANT SELECT on it to the role of postgres.url)", sh.Table))
+	}
 	types, err := wheresql.EnumTypes(ctx, conn, sh.Schema)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errNotReady, err)

@@ -432,6 +432,8 @@ func describe(err error) error {
 	switch {
 	case errors.As(err, &pe) && pe.Code == "42P01":
 		return errPermanent{fmt.Errorf("%w (the table was dropped?)", err)}
+	case errors.As(err, &pe) && pe.Code == "42501":
+		return errPermanent{fmt.Errorf("%w (GRANT SELECT on the table to the role of the consumers' postgres.url, then add the shape again)", err)}
 	case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "22"):
 		return errPermanent{refused{code: pe.Code, error: fmt.Errorf("%w: Postgres cannot evaluate the where clause on a row of the table; no retry helps until the rows or the clause change", err)}}
 	}

@@ -599,3 +599,36 @@ func TestReplicaIdentityChangeStaysOffTheApplicationsPath(t *testing.T) {
 		return ident == "f"
 	})
 }
+
+// The least-privilege role of deploy/PRODUCTION.md is enough for the
+// snapshots and the shape API, and a published table it may not read is a
+// 400, not a shape that fails.
+func TestShapeAPIWorksWithTheLeastPrivilegeRole(t *testing.T) {
+	s := newStack(t)
+	s.exec(itemsTable)
+	s.exec(`CREATE TABLE other (id int PRIMARY KEY, v text)`)
+	s.exec(`INSERT INTO items SELECT g, g % 3, 't' || g, 'b' FROM generate_series(1, 30) g`)
+	s.exec(`CREATE ROLE fanout_reader LOGIN PASSWORD 'r' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+		GRANT CONNECT ON DATABASE postgres TO fanout_reader;
+		GRANT USAGE ON SCHEMA public TO fanout_reader;
+		GRANT SELECT ON public.items TO fanout_reader;
+		ALTER ROLE fanout_reader SET default_transaction_read_only = on;
+		ALTER ROLE fanout_reader SET idle_in_transaction_session_timeout = '10min'`)
+	reader := strings.Replace(s.pg.URL, "postgres://postgres@", "postgres://fanout_reader:r@", 1)
+	s.startFlushd()
+	s.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1", "FANOUT_POSTGRES_URL="+reader)
+	s.startIngest() // ingest keeps its own role
+	s.waitSlot()
+	base := s.startShapeAPI("FANOUT_POSTGRES_URL=" + reader)
+	h, off := syncToEnd(t, base, shapeQuery("table", "items", "where", "owner = 1"))
+	s.exec(`INSERT INTO items VALUES (100, 1, 'new', 'b')`)
+	q := shapeQuery("table", "items", "where", "owner = 1", "handle", h, "offset", off, "live", "true")
+	if r := apiGet(t, base, q); r.code != http.StatusOK || !strings.Contains(r.body, `"id":"100"`) {
+		t.Fatalf("a live read with the reader role: %s", r)
+	}
+	q = shapeQuery("table", "items", "where", "owner = 1", "handle", h, "offset", off, "subset__order_by", "id", "subset__limit", "2")
+	if r := apiGet(t, base, q); r.code != http.StatusOK || strings.Count(r.body, `"key"`) != 2 {
+		t.Fatalf("a subset with the reader role: %s", r)
+	}
+	invalid(t, "a published table the role may not read", apiGet(t, base, shapeQuery("table", "other", "offset", "-1")), "table", "may not read")
+}
