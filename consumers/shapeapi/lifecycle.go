@@ -232,12 +232,7 @@ func (l *lifecycle) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() {
-		for ctx.Err() == nil {
-			if err := l.follow(ctx); err != nil && ctx.Err() == nil {
-				l.log.Warn("watch of the API definitions ended; starting it again in 1s", "bucket", fanout.APIDefinitionsBucket, "err", err)
-			}
-			sleep(ctx, time.Second)
-		}
+		followBucket(ctx, l.defs, "the API definitions", fanout.APIDefinitionsBucket, l.log, l.apply, func() {})
 	})
 	every := min(l.readGrain(), time.Minute)
 	t := time.NewTicker(every)
@@ -283,28 +278,6 @@ func (l *lifecycle) flushReads(ctx context.Context) {
 		l.mu.Lock()
 		l.written[h] = at[i]
 		l.mu.Unlock()
-	}
-}
-
-// follow applies the definitions bucket until ctx ends or the watch does.
-func (l *lifecycle) follow(ctx context.Context) error {
-	w, err := l.defs.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errWatchEnded
-			}
-			if e != nil {
-				l.apply(e)
-			}
-		}
 	}
 }
 

@@ -77,39 +77,14 @@ func (sw *stateWatch) forget(handle string) {
 	sw.mu.Unlock()
 }
 
-// run follows the bucket until ctx ends, starting the watch again (after
-// a pause) when NATS ends it; every waiter is woken then, as a change may
-// have been missed.
+// run follows the bucket until ctx ends; every waiter is woken when the
+// watch starts again, as a change may have been missed.
 func (sw *stateWatch) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := sw.follow(ctx); err != nil && ctx.Err() == nil {
-			sw.log.Warn("watch of the snapshot states ended; starting it again in 1s", "bucket", shapestate.Bucket, "err", err)
-		}
-		sw.waiters.wakeAll()
-		sleep(ctx, time.Second)
-	}
-}
-
-func (sw *stateWatch) follow(ctx context.Context) error {
-	w, err := sw.kv.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errWatchEnded
-			}
-			if e == nil || e.Key() == shapestate.RoutingKey {
-				continue
-			}
+	followBucket(ctx, sw.kv, "the snapshot states", shapestate.Bucket, sw.log, func(e jetstream.KeyValueEntry) {
+		if e.Key() != shapestate.RoutingKey {
 			sw.apply(e)
 		}
-	}
+	}, sw.waiters.wakeAll)
 }
 
 // apply records one state change and wakes the shape's waiters.
@@ -132,6 +107,39 @@ func (sw *stateWatch) apply(e jetstream.KeyValueEntry) {
 
 // errWatchEnded: NATS closed a watch (the connection closed or reset).
 var errWatchEnded = errors.New("the KV watch ended")
+
+// followBucket applies every entry of kv (current values, then changes) to
+// apply until ctx ends, starting the watch again a second after NATS ends
+// it (restarted is called then).
+func followBucket(ctx context.Context, kv jetstream.KeyValue, what, bucket string, log *slog.Logger, apply func(jetstream.KeyValueEntry), restarted func()) {
+	follow := func() error {
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case e, ok := <-w.Updates():
+				if !ok {
+					return errWatchEnded
+				}
+				if e != nil {
+					apply(e)
+				}
+			}
+		}
+	}
+	for ctx.Err() == nil {
+		if err := follow(); err != nil && ctx.Err() == nil {
+			log.Warn("watch of "+what+" ended; starting it again in 1s", "bucket", bucket, "err", err)
+		}
+		restarted()
+		sleep(ctx, time.Second)
+	}
+}
 
 // wakeAll signals every request waiting on h (their source of signals was
 // interrupted: each looks again).

@@ -2,11 +2,9 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -89,22 +87,7 @@ func BenchmarkShapeAPIUnderShapeFlood(b *testing.B) {
 					}
 					refusedSince = time.Time{}
 				}
-				now := time.Now()
-				var msgs []struct {
-					Value   map[string]*string `json:"value"`
-					Headers map[string]any     `json:"headers"`
-				}
-				json.Unmarshal(r.body, &msgs)
-				seenMu.Lock()
-				for _, m := range msgs {
-					if m.Headers["operation"] == "insert" && m.Value["id"] != nil {
-						id, _ := strconv.ParseInt(*m.Value["id"], 10, 64)
-						if _, ok := seen[id]; !ok {
-							seen[id] = now
-						}
-					}
-				}
-				seenMu.Unlock()
+				noteInserts(r.body, time.Now(), &seenMu, seen)
 				off, cursor = r.offset, r.cursor
 			}
 		})
@@ -205,23 +188,9 @@ func BenchmarkShapeAPIUnderShapeFlood(b *testing.B) {
 	legitWG.Wait()
 	floodWG.Wait()
 	floodTook := time.Since(floodStart)
-	testenv.Eventually(b, time.Minute, "every committed change to reach the readers", func() bool {
-		seenMu.Lock()
-		defer seenMu.Unlock()
-		for id := range committed {
-			if _, ok := seen[id]; !ok {
-				return false
-			}
-		}
-		return true
-	})
+	lat := commitToClient(b, committed, &seenMu, seen)
 	stopReaders()
 	readersWG.Wait()
-	var lat []time.Duration
-	for id, at := range committed {
-		lat = append(lat, seen[id].Sub(at))
-	}
-	slices.Sort(lat)
 	addRow("shape flood: existing shape's commit-to-client p50 / p99", pct(lat, 50)+" / "+pct(lat, 99), "",
 		fmt.Sprintf("%d readers held, %d commits/s, while %d new-shape requests came in %s; target p99 < 250 ms", readers, perSec, requests, flood))
 	addRow("shape flood: live readers refused / longest past retry-after", fmt.Sprintf("%d / %s", liveRefused.Load(), time.Duration(worstRefusal.Load()).Round(time.Millisecond)),

@@ -1,53 +1,36 @@
 package observe
 
 import (
-	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/fanout/pipeline/fanout/testenv"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// serve runs Serve on a free loopback port and returns its base URL.
+// serve runs Serve on a free loopback port and returns its base URL once
+// it answers.
 func serve(t *testing.T, opts ...Option) string {
 	t.Helper()
-	out := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(out, nil))
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, "127.0.0.1:0", NewRegistry(), nil, log, opts...) }()
+	go func() {
+		done <- Serve(ctx, addr, NewRegistry(), nil, slog.New(slog.NewTextHandler(io.Discard, nil)), opts...)
+	}()
 	t.Cleanup(func() { cancel(); <-done })
-	addr := regexp.MustCompile(`addr=(\S+)`)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if m := addr.FindStringSubmatch(out.String()); m != nil {
-			return "http://" + m[1]
+	testenv.Eventually(t, 10*time.Second, "the metrics server to answer", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("Serve logged no address: %s", out.String())
-	return ""
+		return err == nil
+	})
+	return "http://" + addr
 }
 
 func status(t *testing.T, url string) int {
