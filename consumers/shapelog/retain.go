@@ -135,6 +135,9 @@ type Sizes struct {
 	// DiskBytes is every file of the shape: bases and logs of all the
 	// generations still on disk.
 	DiskBytes int64
+	// Superseded says a replaced generation is still on disk (it expires
+	// 2 x retain after it was replaced).
+	Superseded bool
 }
 
 // ShapeSizes measures handle under dir. DiskBytes walks the shape's
@@ -151,6 +154,14 @@ func ShapeSizes(dir, handle string, disk bool) (Sizes, error) {
 		s.BaseRows, s.BaseBytes = cur.Base.Rows, cur.Base.Bytes
 	}
 	s.LogBytes = fileSize(genLogPath(dir, handle, chain.Last().Number))
+	for _, g := range chain.gens {
+		if g == cur {
+			break
+		}
+		if g.Number > 0 || !gen0Removed(dir, handle, chain) {
+			s.Superseded = true
+		}
+	}
 	if disk {
 		filepath.WalkDir(filepath.Join(dir, "shapes", handle), func(_ string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
