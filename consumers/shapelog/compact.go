@@ -167,11 +167,11 @@ func (c *compaction) run(ctx context.Context) error {
 	x, err := t.replay(chain, func(e LogEntry, f *fanout.Fragment) error {
 		n := int64(headerSize + len(e.payload))
 		read += n
+		lastXid = e.xid // in the base, through the snapshot's rows or the replay
 		if f != nil {
 			if o, ok := lastOp(f, snap.PrimaryKey); ok {
 				end, hasEnd = o, true
 			}
-			lastXid = f.Xid
 		}
 		return c.io(ctx, n)
 	})

@@ -431,6 +431,16 @@ func (c *Chain) Current() *Generation {
 // Last is the newest generation: the writer appends to its log.
 func (c *Chain) Last() *Generation { return c.gens[len(c.gens)-1] }
 
+// Oldest is the oldest generation whose log is still on disk: a read of
+// everything the shape's logs still hold starts at its LogStart (and its
+// base, when it is not generation 0).
+func (c *Chain) Oldest() *Generation {
+	if len(c.gens) == 1 || !gen0Removed(c.dir, c.handle, c) {
+		return c.gens[0]
+	}
+	return c.gens[1]
+}
+
 // Generation returns generation k, or nil when the chain does not hold it.
 func (c *Chain) Generation(k uint64) *Generation {
 	for _, g := range c.gens {

@@ -40,7 +40,11 @@ type LogEntry struct {
 	payload []byte
 	handle  string
 	offset  int64
+	gen     uint64
 }
+
+// Generation is the generation whose log holds the entry.
+func (e LogEntry) Generation() uint64 { return e.gen }
 
 // Fragment decodes the entry's fragment.
 func (e LogEntry) Fragment() (*fanout.Fragment, error) {
@@ -234,5 +238,5 @@ func (r *logReader) passOn(end int64) error {
 }
 
 func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
-	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, xid: h.xid, payload: payload, handle: r.handle, offset: off}
+	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, xid: h.xid, payload: payload, handle: r.handle, offset: off, gen: r.scanned.gen}
 }

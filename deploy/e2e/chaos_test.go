@@ -688,7 +688,12 @@ func checkTransactions(storage, handle string) ([]string, error) {
 	var broken []string
 	report := func(format string, args ...any) { broken = append(broken, fmt.Sprintf(format, args...)) }
 	var open *fanout.Fragment // the transaction's last applied fragment, until its Last
-	_, err := shapelog.ReadLog(storage, handle, shapelog.Cursor{}, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	chain, err := shapelog.LoadChain(storage, handle)
+	if err != nil {
+		return nil, err
+	}
+	// Every log still on disk, through the generations of a compacted shape.
+	_, err = chain.Read(chain.Oldest().LogStart(), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		f, err := e.Fragment()
 		if err != nil {
 			return err
