@@ -30,10 +30,6 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// recordOverhead is a log record's frame and header around a fragment's
-// wire bytes: what an append adds to a log besides them.
-const recordOverhead = 8 + 27
-
 // measurePerRound bounds the shapes measured (their generation read, their
 // log stat'ed) per round: a takeover of a partition of thousands of shapes
 // measures them over a few seconds.
@@ -163,7 +159,7 @@ func (c *compactor) observe(frags []*fanout.Fragment) {
 			c.shapes[f.Shape] = t
 		}
 		wire, _ := f.Wire()
-		t.size.logBytes += int64(len(wire)) + recordOverhead
+		t.size.logBytes += int64(len(wire)) + shapelog.RecordOverhead
 		if !t.never && (!t.measured || t.size.logBytes >= t.logAt) && !c.due[f.Shape] {
 			c.due[f.Shape] = true
 			woken = true

@@ -56,6 +56,10 @@ type OpOffset struct {
 // OpBits is where a fragment's seq starts in an operation index.
 const OpBits = 24
 
+// RecordOverhead is what a log record adds around a fragment's wire bytes:
+// its frame and its header.
+const RecordOverhead = headerSize + recordHeaderSize
+
 // Compare orders offsets.
 func (o OpOffset) Compare(p OpOffset) int {
 	switch {
