@@ -27,7 +27,7 @@ func readServer(t *testing.T, chunkBytes int) (*Server, shapelog.Writer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wr.Close() })
-	s := &Server{indexes: newIndexCache(4), marks: &watermarks{}}
+	s := &Server{indexes: newIndexCache(4), chains: newLRU[*chainEntry](4), marks: &watermarks{}}
 	s.cfg.Storage.Dir = dir
 	s.cfg.API.ChunkBytes = chunkBytes
 	return s, wr
@@ -57,7 +57,7 @@ func readAllSized(t *testing.T, s *Server, after Offset) (ids []string, ends []s
 	t.Helper()
 	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
 	for range 100 {
-		p, err := s.planLog("sx", v, after)
+		p, err := s.planLog("sx", v, place{after: after})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,11 +48,13 @@ type Server struct {
 	indexes *indexCache
 	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
+	chains  *lru[*chainEntry]   // by handle, at most maxCachedShapes (generations.go)
 
 	subsets *subsetConns // subset snapshot reads (subset.go)
 
-	requests *prometheus.CounterVec
-	heldG    prometheus.GaugeFunc
+	requests       *prometheus.CounterVec
+	heldG          prometheus.GaugeFunc
+	expiredOffsets prometheus.Counter
 }
 
 // New connects to NATS and prepares the server; Run serves.
@@ -87,10 +89,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
-		marks: newWatermarks(bus, cfg.Bus.Partitions)}
+		chains: newLRU[*chainEntry](maxCachedShapes),
+		marks:  newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})
+	s.expiredOffsets = prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_shapeapi_expired_offsets_total",
+		Help: "Reads refused with 409 because their offset is in a compacted generation no longer served (older than storage.compaction.retain): the client starts again from -1. Raise storage.compaction.retain (on the consumers and here) if clients come back later than that."})
+	s.reg.MustRegister(s.expiredOffsets)
 	s.reg.MustRegister(s.requests, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
 		Help: "Live requests waiting for their shape's log to grow."}, func() float64 { return float64(s.hub.held()) }))
 	return s, nil
@@ -103,6 +109,7 @@ func (s *Server) forget(handle string) {
 	s.indexes.drop(handle)
 	s.columns.remove(handle)
 	s.snaps.remove(handle)
+	s.chains.remove(handle)
 	s.mu.Unlock()
 	s.hub.wake(handle)
 }

@@ -90,7 +90,7 @@ func (s *FileStore) Compact(ctx context.Context, w Writer, handle string, opts C
 		return nil, err
 	}
 	fw, ok := w.(*fileWriter)
-	if !ok || fw.store != s {
+	if !ok || fw.store.dir != s.dir {
 		return nil, fmt.Errorf("compact shape %s: the writer given is not a partition writer of this store", handle)
 	}
 	c := &compaction{dir: s.dir, handle: handle, w: fw, opts: opts}

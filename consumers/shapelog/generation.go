@@ -298,6 +298,14 @@ type Generation struct {
 	sourceBytes int64
 }
 
+// BaseRows is how many rows the generation's base holds.
+func (g *Generation) BaseRows() int64 {
+	if g.Base == nil {
+		return 0
+	}
+	return g.Base.Rows
+}
+
 // LogStart is the cursor at the start of the generation's log.
 func (g *Generation) LogStart() Cursor { return Cursor{gen: g.Number, acc: g.start} }
 
@@ -443,6 +451,15 @@ func (c *Chain) Oldest() *Generation {
 		return c.gens[0]
 	}
 	return c.gens[1]
+}
+
+// Stale reports whether a generation newer than the chain's newest one
+// completed since it was loaded: a reader that read to the end of the
+// chain's logs must load it again and go on in the new log (the writer
+// appends there now). One stat.
+func (c *Chain) Stale() bool {
+	_, err := os.Stat(filepath.Join(genDir(c.dir, c.handle, c.Last().Number+1), manifestName))
+	return err == nil
 }
 
 // Generation returns generation k, or nil when the chain does not hold it.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -331,4 +332,117 @@ func TestCompactionKilledAtRandomSteps(t *testing.T) {
 		}
 		t.Logf("shape %s: current generation %d", d.handle, chain.Current().Number)
 	}
+}
+
+// handleNow is the handle a client synced, once it has one.
+func (c *client) handleNow() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hand
+}
+
+// changeMessages are the change messages of msgs (control messages left
+// out), as comparable strings.
+func changeMessages(msgs []map[string]any) []string {
+	var out []string
+	for _, m := range msgs {
+		if _, ok := m["key"]; !ok {
+			continue
+		}
+		h, _ := m["headers"].(map[string]any)
+		out = append(out, fmt.Sprintf("%v %v %v lsn=%v op=%v txids=%v", h["operation"], m["key"], m["value"], h["lsn"], h["op_position"], h["txids"]))
+	}
+	return out
+}
+
+// The unmodified Electric clients across compactions: clients that
+// synced before them stay exact while the consumer compacts under them
+// (long poll and SSE, 1.5 and 1.0, which pglite-sync pins), new clients
+// start from the compacted base and end exact, and a client resuming
+// from an offset and handle it held several compactions ago gets exactly
+// the change messages (lsn, op_position, txids included) that a client
+// following along got after that offset.
+func TestElectricClientsAcrossCompactions(t *testing.T) {
+	s := newStack(t)
+	s.env = append(s.env, compactionEnv(5*time.Minute)...)
+	s.exec(electricItems)
+	s.exec(`INSERT INTO items SELECT g, g % 3, 't' || g, g, g % 2 = 0, jsonb_build_object('g', g), g / 4.0, ARRAY['a' || g] FROM generate_series(1, 300) g`)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startIngest()
+	s.waitSlot()
+	url := s.startShapeAPI()
+
+	owner1 := map[string]any{"table": "items", "where": "owner = 1"}
+	follow := s.startClient("1.5-follow", clientArgs{Client: "1.5", URL: url, Params: owner1, Record: true})
+	sse := s.startClient("1.5-sse", clientArgs{Client: "1.5", URL: url, Params: owner1, SSE: true})
+	old := s.startClient("1.0-follow", clientArgs{Client: "1.0", URL: url, Params: owner1})
+	for _, c := range []*client{follow, sse, old} {
+		s.waitEqual(c, "items", "owner = 1", nil)
+	}
+	// The offset and handle a client holds now, before any compaction.
+	first := s.startClient("1.5-first", clientArgs{Client: "1.5", URL: url, Params: owner1, Mode: "messages", Once: true})
+	<-first.done
+	first.mu.Lock()
+	offset, handle := first.off, first.hand
+	first.mu.Unlock()
+	follow.mu.Lock()
+	seenBefore := len(follow.msgs)
+	follow.mu.Unlock()
+
+	def := shapeDef{handle: handle, table: "public.items", where: "owner = 1"}
+	for round := 0; round < 4; round++ {
+		s.exec(fmt.Sprintf(`UPDATE items SET title = 'r%d-' || id, score = score + 1 WHERE owner = 1 OR id %% 7 = %d`, round, round))
+		s.exec(fmt.Sprintf(`UPDATE items SET owner = (owner + 1) %% 3 WHERE id %% 11 = %d`, round))
+		s.exec(fmt.Sprintf(`UPDATE items SET id = id + 1000 WHERE id = %d`, 30+3*round))
+		s.drain()
+		for _, c := range []*client{follow, sse, old} {
+			s.waitEqual(c, "items", "owner = 1", nil)
+		}
+		if round == 1 {
+			s.compactedTo([]shapeDef{def}, 0)
+		}
+	}
+	s.compactedTo([]shapeDef{def}, 1)
+	s.waitEqual(follow, "items", "owner = 1", nil)
+
+	// A new client starts from the compacted base.
+	fresh := s.startClient("1.5-new", clientArgs{Client: "1.5", URL: url, Params: owner1})
+	fresh10 := s.startClient("1.0-new", clientArgs{Client: "1.0", URL: url, Params: owner1})
+	s.waitEqual(fresh, "items", "owner = 1", nil)
+	s.waitEqual(fresh10, "items", "owner = 1", nil)
+	if h := fresh.handleNow(); h != handle {
+		t.Fatalf("the compactions changed the shape's handle: %s, then %s", handle, h)
+	}
+
+	// A client resuming from the old offset gets what the follower got.
+	for _, version := range []string{"1.5", "1.0"} {
+		resumed := s.startClient(version+"-resumed", clientArgs{Client: version, URL: url, Params: owner1, Mode: "messages", Once: true, Offset: offset, Handle: handle})
+		<-resumed.done
+		resumed.mu.Lock()
+		got, errs := changeMessages(resumed.msgs), resumed.errs
+		resumed.mu.Unlock()
+		follow.mu.Lock()
+		want := changeMessages(follow.msgs[seenBefore:])
+		follow.mu.Unlock()
+		if len(errs) > 0 || len(want) == 0 || !reflect.DeepEqual(got, want) {
+			t.Fatalf("a %s client resuming from %s (before the compactions) got %d change messages (errors %v), the follower %d after that offset; first difference: %s",
+				version, offset, len(got), errs, len(want), firstDifference(got, want))
+		}
+		t.Logf("a %s client resumed from %s across the compactions: %d change messages, as the follower", version, offset, len(got))
+	}
+}
+
+func firstDifference(a, b []string) string {
+	for i := range max(len(a), len(b)) {
+		switch {
+		case i >= len(a):
+			return "missing " + b[i]
+		case i >= len(b):
+			return "extra " + a[i]
+		case a[i] != b[i]:
+			return a[i] + " where the follower got " + b[i]
+		}
+	}
+	return "none"
 }
