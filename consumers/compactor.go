@@ -67,7 +67,6 @@ type shapeTrack struct {
 	size      shapeSize
 	logAt     int64 // look again once the log reaches this
 	running   bool
-	never     bool      // not compactable (no snapshot): skipped until the partition is taken again
 	expireAt  time.Time // when a replaced generation is due for removal (zero: none)
 }
 
@@ -160,7 +159,7 @@ func (c *compactor) observe(frags []*fanout.Fragment) {
 		}
 		wire, _ := f.Wire()
 		t.size.logBytes += int64(len(wire)) + shapelog.RecordOverhead
-		if !t.never && (!t.measured || t.size.logBytes >= t.logAt) && !c.due[f.Shape] {
+		if (!t.measured || t.size.logBytes >= t.logAt) && !c.due[f.Shape] {
 			c.due[f.Shape] = true
 			woken = true
 		}
@@ -205,7 +204,7 @@ func (c *compactor) round(ctx context.Context) {
 	c.mu.Lock()
 	for h := range c.due {
 		t := c.shapes[h]
-		if t == nil || c.writers[t.partition] == nil || t.never {
+		if t == nil || c.writers[t.partition] == nil {
 			delete(c.due, h)
 			continue
 		}
@@ -310,13 +309,14 @@ func (c *compactor) measure(h string) {
 	if t == nil {
 		return
 	}
+	t.measured = true
 	if err != nil {
-		delete(c.due, h)
-		t.never = true
-		c.log.Warn("cannot read a shape's generations; it is not compacted until its partition is taken again", "shape", h, "err", err)
+		// Looked at again after a backoff (the policy's, as for a failure).
+		t.size.failures++
+		t.size.last = time.Now()
+		c.log.Warn("cannot read a shape's generations to decide on its compaction; trying again later", "shape", h, "err", err)
 		return
 	}
-	t.measured = true
 	t.size.logBytes, t.size.baseBytes = sz.LogBytes, sz.BaseBytes
 	if sz.Superseded && t.expireAt.IsZero() {
 		t.expireAt = time.Now() // see whether a replaced generation is due
@@ -344,10 +344,10 @@ func (c *compactor) compact(ctx context.Context, h string, w shapelog.Writer) {
 		t.expireAt = now.Add(2*c.cfg.Retain + time.Second)
 		c.status.Done++
 		c.status.SavedBytes += max(res.SourceBytes-res.BaseBytes, 0)
-	case errors.Is(err, shapelog.ErrNotCompactable):
-		t.never = true
-	case errors.Is(err, shapelog.ErrNothingToCompact):
-		t.size.last, t.measured = now, false
+	case errors.Is(err, shapelog.ErrNotCompactable), errors.Is(err, shapelog.ErrNothingToCompact):
+		// Its snapshot is not complete yet, or its log holds no whole
+		// transaction: looked at again once the log grew some more.
+		t.size.last, t.logAt = now, t.size.logBytes+c.cfg.MinLogBytes
 	case ctx.Err() != nil || detached:
 		// Stopped, or the partition moved: the log is as it was.
 	default:

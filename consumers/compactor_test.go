@@ -105,3 +105,37 @@ func TestCompactorCompactsGrowingLogsInTheBackground(t *testing.T) {
 	delete(want, 1)
 	e.awaitRows("sa", expected(want)...)
 }
+
+// A shape whose log grows before its snapshot is complete is skipped, not
+// forgotten: it is compacted once the snapshot is there and the log grew.
+func TestCompactorWaitsForTheSnapshot(t *testing.T) {
+	e := newEnv(t)
+	e.addShape("sa")
+	cfg := e.config("c1")
+	cfg.Storage.Compaction.MinLogBytes = 4096
+	cfg.Storage.Compaction.MinInterval = 0
+	r := e.startWith("c1", cfg)
+	e.bindAll("c1", 1)
+	want := map[int]string{}
+	lsn := uint64(100)
+	publish := func(n int) {
+		for i := 0; i < n; i++ {
+			id := i%10 + 1
+			v := fmt.Sprintf("v%d", lsn)
+			e.publish(frag("sa", lsn, 0, true, ins(fmt.Sprint(id), v)), "")
+			want[id] = v
+			lsn += 10
+		}
+	}
+	publish(200)
+	e.awaitRows("sa", expected(want)...)
+	testenv.Eventually(t, 20*time.Second, "a compaction skipped for want of a snapshot", func() bool {
+		return metricValue(t, r.svc, "fanout_consumer_compactions_total", "skipped") > 0
+	})
+	e.writeSnapshot("sa") // an empty snapshot that saw none of the log
+	publish(200)
+	testenv.Eventually(t, 20*time.Second, "a compaction once the snapshot is there", func() bool {
+		return metricValue(t, r.svc, "fanout_consumer_compactions_total", "done") > 0
+	})
+	e.awaitRows("sa", expected(want)...)
+}

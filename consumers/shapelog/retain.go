@@ -128,16 +128,16 @@ func fileSize(path string) int64 {
 
 // Sizes is what a shape holds on disk, for status and compaction triggers.
 type Sizes struct {
-	Generation uint64 // the current generation
-	BaseRows   int64  // rows of its base (at its start, not counting its log)
-	BaseBytes  int64  // bytes of its base
-	LogBytes   int64  // bytes of the log the writer appends to
+	Generation uint64 `json:"generation"` // the current generation
+	BaseRows   int64  `json:"base_rows"`  // rows of its base (at its start, not counting its log)
+	BaseBytes  int64  `json:"base_bytes"` // bytes of its base
+	LogBytes   int64  `json:"log_bytes"`  // bytes of the log the writer appends to
 	// DiskBytes is every file of the shape: bases and logs of all the
 	// generations still on disk.
-	DiskBytes int64
+	DiskBytes int64 `json:"disk_bytes"`
 	// Superseded says a replaced generation is still on disk (it expires
 	// 2 x retain after it was replaced).
-	Superseded bool
+	Superseded bool `json:"superseded"`
 }
 
 // ShapeSizes measures handle under dir. DiskBytes walks the shape's

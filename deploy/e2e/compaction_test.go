@@ -243,6 +243,20 @@ func TestCompactedLogsFollowHistory(t *testing.T) {
 	for i, d := range defs {
 		s.checkReader(early[i], d, "a reader resuming from an offset of round 1, within retain")
 	}
+	// fanoutctl shows it: each shape's generation, rows and log size, and
+	// what the consumer's compaction did.
+	ls := s.ctl("shape", "ls")
+	for _, d := range defs {
+		for _, line := range strings.Split(ls, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == d.handle && !strings.Contains(line, "KiB") && !strings.Contains(line, " B ") {
+				t.Errorf("shape ls shows no log and disk sizes of shape %s: %q", d.handle, line)
+			}
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "fanoutctl status to show the compactions", func() bool {
+		st := s.ctl("status")
+		return strings.Contains(st, "compaction c1") && !strings.Contains(st, "compaction c1\t0 done")
+	})
 	if n := s.checkLogsFollowHistory(defs); n > 0 {
 		t.Fatalf("%d compacted logs differ from the committed history", n)
 	}
