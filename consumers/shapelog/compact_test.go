@@ -579,3 +579,33 @@ func TestPowerLossAroundACompactionLosesNoAckedBatch(t *testing.T) {
 		})
 	}
 }
+
+// Generation 0 stays in the chain for its snapshot's manifest; once the
+// generations after it expired it is neither served nor read.
+func TestGenerationZeroWithoutItsSuccessorsIsExpired(t *testing.T) {
+	tw := newTwin(t, "sa")
+	tw.append(frag("sa", 100, 0, true, insT("3", "a")))
+	tw.compact("sa", CompactOptions{Retain: time.Millisecond})
+	tw.append(frag("sa", 200, 0, true, insT("4", "b")))
+	tw.compact("sa", CompactOptions{Retain: time.Millisecond})
+	tw.append(frag("sa", 300, 0, true, insT("5", "c")))
+	tw.compact("sa", CompactOptions{Retain: time.Millisecond})
+	time.Sleep(5 * time.Millisecond)
+	if ex, err := ExpireGenerations(tw.st.Dir(), "sa", time.Now()); err != nil || !reflect.DeepEqual(ex.Removed, []uint64{0, 1, 2}) {
+		t.Fatalf("expiry: %+v %v", ex, err)
+	}
+	chain, err := LoadChain(tw.st.Dir(), "sa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := chain.Generation(0); g == nil || chain.Served(g, time.Now().Add(-time.Hour)) {
+		t.Fatalf("generation 0 without its successors is served: %+v", g)
+	}
+	if _, err := chain.Read(Cursor{}, func(LogEntry, Cursor) error { return nil }); !errors.Is(err, ErrExpired) {
+		t.Fatalf("reading generation 0 without its successors: %v, want ErrExpired", err)
+	}
+	if _, err := chain.LocateLog(OpOffset{LSN: 50}, time.Now()); !errors.Is(err, ErrExpired) {
+		t.Fatalf("an offset before generation 1: %v, want ErrExpired", err)
+	}
+	tw.check("sa", "after the expiry")
+}

@@ -287,6 +287,7 @@ type Generation struct {
 	LastXid uint32
 
 	servable bool // built on the current snapshot (generation 0 always is)
+	gone     bool // its continuation expired: never served or read again
 	// replacedRetain is the Retain of the generation this one replaced.
 	replacedRetain time.Duration
 	start          acceptor // the acceptor at the start of its log
@@ -376,6 +377,11 @@ func LoadChain(dir, handle string) (*Chain, error) {
 		prev := c.gens[len(c.gens)-1]
 		if prev.Number+1 == k {
 			prev.bound = m.XOffset
+		} else {
+			// The generations between expired (they go oldest first):
+			// generation 0, kept in the chain for its snapshot, has no
+			// continuation left, so it is no longer served.
+			prev.gone = true
 		}
 		c.gens = append(c.gens, g)
 	}
@@ -475,7 +481,7 @@ func (c *Chain) Generation(k uint64) *Generation {
 // Served reports whether g is served at now: it is current, or was
 // superseded less than its Retain ago.
 func (c *Chain) Served(g *Generation, now time.Time) bool {
-	if !g.servable {
+	if !g.servable || g.gone {
 		return false
 	}
 	if g == c.Current() {
@@ -517,6 +523,9 @@ func (c *Chain) LocateLog(o OpOffset, now time.Time) (*Generation, error) {
 }
 
 func (c *Chain) expiredWhy(g *Generation) string {
+	if g.gone {
+		return "the generations after it expired"
+	}
 	if !g.servable {
 		return "it was built on an older initial snapshot"
 	}
@@ -551,6 +560,9 @@ func (c *Chain) Read(from Cursor, fn func(e LogEntry, next Cursor) error) (Curso
 			// generation's bound, and maybe more (it read that log before
 			// the switch): the later of the two acceptor states skips them.
 			cur = Cursor{gen: g.Number, acc: laterAcceptor(g.start, cur.acc)}
+		}
+		if g.gone {
+			return cur, &ExpiredError{Handle: c.handle, Generation: g.Number, Why: "the generations after it expired"}
 		}
 		if i+1 < len(c.gens) && g.bound < 0 {
 			return cur, fmt.Errorf("shape %s: generation %d is followed by generation %d, not %d: the generations between were removed (storage damaged?)",
