@@ -206,3 +206,24 @@ func indexOf(xs []string, x string) int {
 	}
 	return -1
 }
+
+// A base without rows is one response (its snapshot-end) from -1, and its
+// offset leads to the log, never to the base again.
+func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
+	chain, err := shapelog.LoadChain(t.TempDir(), "sx") // generation 0, no snapshot
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel, chain: chain}
+	start, err := v.locate(&Request{Offset: StartOffset, Def: Definition{Log: "full"}})
+	if err != nil || !start.inBase || start.row != 0 {
+		t.Fatalf("-1: %+v %v", start, err)
+	}
+	next, err := v.locate(&Request{Offset: BaseOffset(0, 0), Def: Definition{Log: "full"}})
+	if err != nil || next.inBase {
+		t.Fatalf("after the empty base's response: %+v %v, want the log", next, err)
+	}
+	if _, err := v.locate(&Request{Offset: BaseOffset(0, 1), Def: Definition{Log: "full"}}); err == nil {
+		t.Fatal("a row offset past the base was accepted")
+	}
+}

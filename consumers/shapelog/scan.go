@@ -18,6 +18,9 @@ type LogRecord struct {
 	// Accepted says whether readers apply the record (the rules of
 	// accept.go); a duplicate or a zombie's write is on disk but not applied.
 	Accepted bool
+	// Last says the record ends its shape's part of its transaction (until
+	// it is in the log, readers see none of the transaction).
+	Last bool
 }
 
 // ScanLog calls fn for every intact record of the logs of handle under
@@ -54,11 +57,11 @@ func scanGeneration(dir, handle string, g *Generation, fn func(LogRecord) error)
 	}
 	acc := g.start
 	_, _, err = scanFrames(r, func(off int64, payload []byte) error {
-		epoch, pos, _, err := recordPosition(payload)
+		h, _, err := readRecord(payload)
 		if err != nil {
 			return fmt.Errorf("log of shape %s generation %d: record at byte %d: %w", handle, g.Number, off, err)
 		}
-		return fn(LogRecord{Generation: g.Number, Offset: off, Epoch: epoch, Position: pos, Accepted: acc.accept(epoch, pos)})
+		return fn(LogRecord{Generation: g.Number, Offset: off, Epoch: h.epoch, Position: h.pos, Accepted: acc.accept(h.epoch, h.pos), Last: h.last})
 	})
 	return err
 }
