@@ -165,6 +165,16 @@ func (s *stack) checkReader(r *shapeReader, d shapeDef, who string) {
 	}
 }
 
+// generationOf is a shape's current generation on disk.
+func (s *stack) generationOf(handle string) uint64 {
+	s.t.Helper()
+	chain, err := shapelog.LoadChain(s.storageDir(), handle)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return chain.Current().Number
+}
+
 // compactedTo waits until every shape's current generation is above gen.
 func (s *stack) compactedTo(defs []shapeDef, gen uint64) {
 	s.t.Helper()
