@@ -13,7 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,25 +210,33 @@ func readGenManifest(dir, handle string, k uint64) (m *genManifest, ok bool, err
 // listGenerations lists the numbers of the c<K> folders of handle,
 // complete or not, ascending.
 func listGenerations(dir, handle string) ([]uint64, error) {
-	ents, err := os.ReadDir(compactRoot(dir, handle))
+	ks, err := numberedEntries(compactRoot(dir, handle), "c")
+	if err != nil {
+		return nil, fmt.Errorf("shape %s: list compacted generations: %w", handle, err)
+	}
+	return slices.DeleteFunc(ks, func(k uint64) bool { return k == 0 }), nil
+}
+
+// numberedEntries lists, ascending, the numbers N of the entries of folder
+// root named prefix<N> (none when root does not exist).
+func numberedEntries(root, prefix string) ([]uint64, error) {
+	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("shape %s: list compacted generations: %w", handle, err)
+		return nil, err
 	}
-	var ks []uint64
+	var ns []uint64
 	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), "c")
-		if !ok || !e.IsDir() {
-			continue
-		}
-		if k, err := strconv.ParseUint(rest, 10, 64); err == nil && k > 0 {
-			ks = append(ks, k)
+		if rest, ok := strings.CutPrefix(e.Name(), prefix); ok {
+			if n, err := strconv.ParseUint(rest, 10, 64); err == nil {
+				ns = append(ns, n)
+			}
 		}
 	}
-	sort.Slice(ks, func(i, j int) bool { return ks[i] < ks[j] })
-	return ks, nil
+	slices.Sort(ns)
+	return ns, nil
 }
 
 // currentLog is the log the writer appends to: the log of the highest

@@ -195,6 +195,22 @@ func compactedItemShapes(s *stack) []shapeDef {
 	}
 }
 
+// startCompactingStack is a stack whose consumer compacts small logs
+// (compactionEnv), with the items table's history recorded and the
+// shapes of compactedItemShapes, running.
+func startCompactingStack(t *testing.T, retain time.Duration) (*stack, []shapeDef) {
+	s := newStack(t)
+	s.env = append(s.env, compactionEnv(retain)...)
+	s.exec(itemsTable)
+	s.recordHistory("public.items")
+	defs := compactedItemShapes(s)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startIngest()
+	s.waitSlot()
+	return s, defs
+}
+
 // updateRound changes many rows of items: updates that move rows between
 // the shapes, a primary-key change, deletes and inserts.
 func (s *stack) updateRound(round int) {
@@ -214,16 +230,8 @@ func (s *stack) updateRound(round int) {
 // Every base still on disk is the committed history's state at its point
 // and the logs after it follow the history.
 func TestCompactedLogsFollowHistory(t *testing.T) {
-	s := newStack(t)
 	const retain = 15 * time.Second
-	s.env = append(s.env, compactionEnv(retain)...)
-	s.exec(itemsTable)
-	s.recordHistory("public.items")
-	defs := compactedItemShapes(s)
-	s.startFlushd()
-	s.startConsumer("c1")
-	s.startIngest()
-	s.waitSlot()
+	s, defs := startCompactingStack(t, retain)
 	s.exec(`INSERT INTO items SELECT g, g % 4, 't' || g, CASE WHEN g % 50 = 0 THEN repeat('x', 5000) END FROM generate_series(1, 400) g`)
 	s.drain()
 
@@ -293,15 +301,7 @@ func TestCompactedLogsFollowHistory(t *testing.T) {
 // readers stay exact, the logs follow the history, no transaction
 // is broken, and the generations on disk are all complete.
 func TestCompactionKilledAtRandomSteps(t *testing.T) {
-	s := newStack(t)
-	s.env = append(s.env, compactionEnv(time.Minute)...)
-	s.exec(itemsTable)
-	s.recordHistory("public.items")
-	defs := compactedItemShapes(s)
-	s.startFlushd()
-	s.startConsumer("c1")
-	s.startIngest()
-	s.waitSlot()
+	s, defs := startCompactingStack(t, time.Minute)
 	s.exec(`INSERT INTO items SELECT g, g % 4, 't' || g, NULL FROM generate_series(1, 400) g`)
 	s.drain()
 	pk := s.primaryKey("public.items")
