@@ -208,7 +208,7 @@ func (c *compaction) run(ctx context.Context) error {
 		return fmt.Errorf("create the log of generation %d: %w", k, err)
 	}
 	defer out.Close()
-	copied, acc, tail, err := copyRecords(ctx, src, x.Offset, x.acc, out, c.io)
+	copied, acc, tail, err := copyRecords(ctx, src, x.Offset, x.acc, out, c.io, nil)
 	if err != nil {
 		return err
 	}
@@ -314,9 +314,10 @@ func (c *compaction) writeBase(ctx context.Context, gdir string, snap *Snapshot,
 
 // copyRecords appends to out the records of the log at src from byte from
 // on that a reader starting with acceptor acc applies, up to the last
-// intact frame. It returns where it stopped in src, the acceptor there and
-// the bytes written.
-func copyRecords(ctx context.Context, src string, from int64, acc acceptor, out *os.File, account func(context.Context, int64) error) (end int64, _ acceptor, written int64, err error) {
+// intact frame, and passes each to collect (if not nil). It returns where
+// it stopped in src, the acceptor there and the bytes written.
+func copyRecords(ctx context.Context, src string, from int64, acc acceptor, out *os.File,
+	account func(context.Context, int64) error, collect func(record []byte) error) (end int64, _ acceptor, written int64, err error) {
 	f, err := os.Open(src)
 	if err != nil {
 		return from, acc, 0, fmt.Errorf("open %s to copy its records: %w", src, err)
@@ -355,6 +356,11 @@ func copyRecords(ctx context.Context, src string, from int64, acc acceptor, out 
 		}
 		if buf, err = appendFrame(buf, payload); err != nil {
 			return err
+		}
+		if collect != nil {
+			if err := collect(payload); err != nil {
+				return err
+			}
 		}
 		if len(buf) >= 1<<20 {
 			return flush()

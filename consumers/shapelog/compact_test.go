@@ -609,3 +609,114 @@ func TestGenerationZeroWithoutItsSuccessorsIsExpired(t *testing.T) {
 	}
 	tw.check("sa", "after the expiry")
 }
+
+// The same crash at every step, with appends going on: the switch rides
+// on a batch, and a crash inside it fails that batch. The batch was not
+// acked, so it is delivered again to the next owner, which ends exact.
+func TestCompactionCrashAtEveryStepWhileAppending(t *testing.T) {
+	for _, step := range CompactSteps {
+		t.Run(string(step), func(t *testing.T) {
+			tw := newTwin(t, "sa")
+			for i := 1; i <= 20; i++ {
+				tw.append(frag("sa", uint64(100*i), 0, true, insT(fmt.Sprint(i%7+3), fmt.Sprint("v", i))))
+			}
+			crash := errors.New("simulated crash")
+			done := make(chan error, 1)
+			go func() {
+				_, err := tw.st.Compact(ctx, tw.w, "sa", CompactOptions{ChunkRows: 2, Retain: time.Hour, Fault: func(s CompactStep) error {
+					if s == step {
+						return crash
+					}
+					return nil
+				}})
+				done <- err
+			}()
+			var failed *fanout.Fragment // the batch the crash failed: delivered again
+			lsn := uint64(3000)
+			for running := true; running; lsn += 100 {
+				select {
+				case err := <-done:
+					if !errors.Is(err, crash) {
+						t.Fatalf("compaction with a crash at %s: %v", step, err)
+					}
+					running = false
+					continue
+				default:
+				}
+				f := frag("sa", lsn, 0, true, title(fmt.Sprint(lsn%5+3), fmt.Sprint("a", lsn)))
+				if failed != nil {
+					continue // the writer is dead: wait for the compaction to return
+				}
+				if _, err := tw.w.Append(ctx, []*fanout.Fragment{f}); err != nil {
+					if !errors.Is(err, crash) {
+						t.Fatalf("append beside a compaction crashing at %s: %v", step, err)
+					}
+					failed = f
+					continue
+				}
+				if _, err := tw.refW.Append(ctx, []*fanout.Fragment{f}); err != nil {
+					t.Fatal(err)
+				}
+				tw.appended = append(tw.appended, f.Position())
+				time.Sleep(time.Millisecond) // a batch every millisecond or so
+			}
+			tw.restart()
+			if failed != nil {
+				tw.append(failed) // redelivered: the journal may hold it already
+			}
+			tw.append(frag("sa", lsn+100, 0, true, del("id", "5")))
+			tw.check("sa", "after the crash and the next owner's appends")
+			if got := readAllEntries(t, tw.st.Dir(), "sa"); !reflect.DeepEqual(got, tw.appended) {
+				t.Fatalf("the chain holds %v, want %v", got, tw.appended)
+			}
+			tw.compact("sa", CompactOptions{})
+			tw.check("sa", "after the next compaction")
+		})
+	}
+}
+
+// A power loss after a switch that rode on a batch, with a checkpoint
+// between the compaction's copy and the switch: the records appended in
+// between are durable only in the old log (the journal was emptied), so
+// the switch must put them into the journal with its batch; the new log
+// is fsynced only at the next checkpoint. The next owner replays them
+// into the new log.
+func TestPowerLossAfterASwitchOnABatchLosesNothing(t *testing.T) {
+	d := watchDisk(t)
+	tw := newTwin(t, "sa")
+	for i := 1; i <= 10; i++ {
+		tw.append(frag("sa", uint64(100*i), 0, true, insT(fmt.Sprint(i%4+3), fmt.Sprint("v", i))))
+	}
+	mustAppend(t, tw.w, frag("sz", 1000, 0, true, insT("1", "other"))) // another shape, to remove
+	copied := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := tw.st.Compact(ctx, tw.w, "sa", CompactOptions{Retain: time.Hour, Fault: func(s CompactStep) error {
+			if s == StepManifestReady {
+				// Appended after the copy, then a checkpoint (Remove
+				// makes one) empties the journal.
+				tw.append(frag("sa", 2000, 0, true, title("3", "between")), frag("sa", 2100, 0, true, title("4", "between")))
+				if err := tw.w.Remove(ctx, "sz"); err != nil {
+					return err
+				}
+				close(copied)
+			}
+			return nil
+		}})
+		done <- err
+	}()
+	<-copied
+	tw.append(frag("sa", 2200, 0, true, title("5", "the batch the switch rides on")))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if chain, _ := LoadChain(tw.st.Dir(), "sa"); chain.Current().Number != 1 {
+		t.Fatal("the switch did not happen")
+	}
+	d.powerLoss(t, tw.st.Dir())
+	tw.restart()
+	tw.check("sa", "after the power loss")
+	if got := readAllEntries(t, tw.st.Dir(), "sa"); !reflect.DeepEqual(got, tw.appended) {
+		t.Fatalf("the chain holds %v, want %v", got, tw.appended)
+	}
+}

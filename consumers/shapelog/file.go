@@ -189,6 +189,9 @@ type fileWriter struct {
 	// fs is storage.dir opened for syncfs at checkpoints, or nil where every
 	// log is fsynced instead (syncfs_linux.go).
 	fs *os.File
+	// switches are compactions waiting for the next batch to switch a
+	// shape to its new log (compact_switch.go).
+	switches []*switchPlan
 }
 
 // Append implements Writer. The batch is durable once it is in the
@@ -212,6 +215,13 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		return st, err
 	}
 	defer unlock()
+	// Compactions waiting to switch a shape to its new log do it with this
+	// batch: the records they copy go into its journal, ahead of its own.
+	switches, journalBuf, err := w.takeSwitches(ctx)
+	if err != nil {
+		return Stats{}, err // a fault of the test seam: the writer is done
+	}
+	defer finishSwitches(switches) // those still open if the batch fails
 	type pending struct {
 		handle  string
 		buf     []byte
@@ -221,7 +231,6 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	}
 	var order []*pending
 	byHandle := map[string]*pending{}
-	var journalBuf []byte
 	for _, f := range frags {
 		p := byHandle[f.Shape]
 		if p == nil {
@@ -260,12 +269,17 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		p.n++
 		p.changes += f.NumChanges()
 	}
-	if len(journalBuf) == 0 {
+	if len(journalBuf) > 0 {
+		if err := w.appendJournal(journalBuf); err != nil {
+			return Stats{}, err
+		}
+	}
+	if err := w.commitSwitches(ctx, switches); err != nil {
+		return Stats{}, err // a fault of the test seam: the writer is done
+	}
+	if len(order) == 0 || st.Skipped == len(frags) {
 		st.Reopened = w.reopens - reopensBefore
 		return st, nil // every fragment was a duplicate
-	}
-	if err := w.appendJournal(journalBuf); err != nil {
-		return Stats{}, err
 	}
 	// The logs are written in the reverse order of their opening above:
 	// when the batch names more shapes than the writer keeps open, the ones
@@ -742,6 +756,10 @@ func (w *fileWriter) Remove(ctx context.Context, handle string) error {
 func (w *fileWriter) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for _, p := range w.switches {
+		p.finish(fmt.Errorf("partition %d: the writer closed (the partition was released) before the switch", w.partition))
+	}
+	w.switches = nil
 	var first error
 	if w.broken == nil && w.journal != nil {
 		first = w.checkpoint()
