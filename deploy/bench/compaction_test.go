@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -173,69 +174,88 @@ func (p *pipe) switchMax(name string) string {
 }
 
 // benchCompactionThroughput runs the same update workload through the
-// pipeline three times: compaction off, on with the default settings, and
-// on with min_interval 0 (every shape compacted each time its log reaches
-// the ratio: the most compaction work the policy allows). As in
+// pipeline with compaction off, on with the default settings, and on with
+// min_interval 0 (every shape compacted each time its log reaches the
+// ratio: the most compaction work the policy allows), twice each,
+// interleaved, and compares the best run of each (this machine is shared:
+// a run is slowed by what else runs, never sped up). As in
 // BenchmarkThroughput, the workload is committed while ingest is stopped
 // and the pipeline's time is from SIGCONT to confirmed_flush_lsn at its end.
 func benchCompactionThroughput(b *testing.B) {
 	const shapes = 100
 	rows := 20_000 / scale()
-	rounds := 10
-	var rates []float64
-	for _, run := range []struct {
+	rounds := 20
+	configs := []struct {
 		name string
 		env  []string
 	}{
 		{"compaction off", []string{"FANOUT_STORAGE_COMPACTION_ENABLED=false"}},
 		{"compaction on (defaults)", nil},
 		{"compaction on, min_interval 0", []string{"FANOUT_STORAGE_COMPACTION_MIN_INTERVAL=0s"}},
-	} {
-		p := newPipe(b, shapes, append([]string{"FANOUT_FLUSHD_POLL_INTERVAL=50ms"}, run.env...)...)
-		p.start("flushd", "flushd")
-		p.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1")
-		p.start("c2", "consumer", "FANOUT_CONSUMER_ID=c2")
-		p.start("ingest", "ingest")
-		for _, name := range []string{"flushd", "c1", "c2", "ingest"} {
-			testenv.Eventually(b, 2*time.Minute, name+" /readyz", func() bool { return p.ready(name) })
-		}
-		dir := filepath.Join(p.dir, "shapes")
-		testenv.Eventually(b, 5*time.Minute, "every shape's snapshot", func() bool {
-			for i := range shapes {
-				if s, err := shapelog.CurrentSnapshot(dir, fmt.Sprintf("bench%06d", i)); err != nil || s == nil {
-					return false
-				}
-			}
-			return true
-		})
-		p.insert(0, rows, 1000)
-		p.waitConfirmed(p.currentWAL(), 10*time.Minute)
-
-		ingest := p.procs["ingest"]
-		ingest.Signal(syscall.SIGSTOP)
-		for k := range rounds {
-			for id := 0; id < rows; id += 1000 {
-				p.pg.Exec(b, p.conn, fmt.Sprintf(`UPDATE items SET title = 'round %d of ' || id WHERE id >= %d AND id < %d`, k, id, id+1000))
+	}
+	best := make([]float64, len(configs))
+	runs := make([][]string, len(configs))
+	notes := make([]string, len(configs))
+	for range 2 {
+		for i, cfg := range configs {
+			r, note := runCompactionWorkload(b, shapes, rows, rounds, cfg.env, i > 0)
+			runs[i] = append(runs[i], fmt.Sprintf("%.0f", r))
+			if r > best[i] {
+				best[i], notes[i] = r, note
 			}
 		}
-		end := p.currentWAL()
-		ingest.Signal(syscall.SIGCONT)
-		start := time.Now()
-		p.waitConfirmed(end, 30*time.Minute)
-		elapsed := time.Since(start)
-		changes := rows * rounds
-		r := rate(changes, elapsed)
-		rates = append(rates, r)
-		p.checkRowCounts()
-		note := fmt.Sprintf("%d updates over %d shapes in 1,000-row transactions, in %.1fs", changes, shapes, elapsed.Seconds())
-		if len(rates) > 1 {
-			note += "; " + p.compactionSummary("c1") + "; " + p.compactionSummary("c2")
-		}
+	}
+	for i, cfg := range configs {
 		ratio := ""
-		if len(rates) > 1 {
-			ratio = fmt.Sprintf("%.2f", r/rates[0])
+		note := fmt.Sprintf("best of 2 runs (%s changes/s): %d updates over %d shapes in 1,000-row transactions%s",
+			strings.Join(runs[i], ", "), rows*rounds, shapes, notes[i])
+		if i > 0 {
+			ratio = fmt.Sprintf("%.2f", best[i]/best[0])
 			note += "; ratio to compaction off, target at least 0.9"
 		}
-		addRow("compaction: pipeline throughput, "+run.name, fmt.Sprintf("%.0f changes/s", r), ratio, note)
+		addRow("compaction: pipeline throughput, "+cfg.name, fmt.Sprintf("%.0f changes/s", best[i]), ratio, note)
 	}
+}
+
+// runCompactionWorkload runs the update workload once on a new pipeline
+// with env, and returns its rate and what compaction did.
+func runCompactionWorkload(b *testing.B, shapes, rows, rounds int, env []string, compacting bool) (float64, string) {
+	p := newPipe(b, shapes, append([]string{"FANOUT_FLUSHD_POLL_INTERVAL=50ms"}, env...)...)
+	p.start("flushd", "flushd")
+	p.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1")
+	p.start("c2", "consumer", "FANOUT_CONSUMER_ID=c2")
+	p.start("ingest", "ingest")
+	for _, name := range []string{"flushd", "c1", "c2", "ingest"} {
+		testenv.Eventually(b, 2*time.Minute, name+" /readyz", func() bool { return p.ready(name) })
+	}
+	dir := filepath.Join(p.dir, "shapes")
+	testenv.Eventually(b, 5*time.Minute, "every shape's snapshot", func() bool {
+		for i := range shapes {
+			if s, err := shapelog.CurrentSnapshot(dir, fmt.Sprintf("bench%06d", i)); err != nil || s == nil {
+				return false
+			}
+		}
+		return true
+	})
+	p.insert(0, rows, 1000)
+	p.waitConfirmed(p.currentWAL(), 10*time.Minute)
+
+	ingest := p.procs["ingest"]
+	ingest.Signal(syscall.SIGSTOP)
+	for k := range rounds {
+		for id := 0; id < rows; id += 1000 {
+			p.pg.Exec(b, p.conn, fmt.Sprintf(`UPDATE items SET title = 'round %d of ' || id WHERE id >= %d AND id < %d`, k, id, id+1000))
+		}
+	}
+	end := p.currentWAL()
+	ingest.Signal(syscall.SIGCONT)
+	start := time.Now()
+	p.waitConfirmed(end, 30*time.Minute)
+	elapsed := time.Since(start)
+	p.checkRowCounts()
+	note := fmt.Sprintf(", %.1fs", elapsed.Seconds())
+	if compacting {
+		note += "; " + p.compactionSummary("c1") + "; " + p.compactionSummary("c2")
+	}
+	return rate(rows*rounds, elapsed), note
 }
