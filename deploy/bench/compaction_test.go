@@ -198,32 +198,39 @@ func benchCompactionThroughput(b *testing.B) {
 		{"compaction on, min_interval 0", []string{"FANOUT_STORAGE_COMPACTION_MIN_INTERVAL=0s"}},
 	}
 	best := make([]float64, len(configs))
+	cpu := make([]float64, len(configs)) // the consumers' CPU per change, least of the runs
 	runs := make([][]string, len(configs))
 	notes := make([]string, len(configs))
 	for range 2 {
 		for i, cfg := range configs {
-			r, note := runCompactionWorkload(b, shapes, rows, rounds, cfg.env, i > 0)
+			r, consumerCPU, note := runCompactionWorkload(b, shapes, rows, rounds, cfg.env, i > 0)
 			runs[i] = append(runs[i], fmt.Sprintf("%.0f", r))
 			if r > best[i] {
 				best[i], notes[i] = r, note
 			}
+			if cpu[i] == 0 || consumerCPU < cpu[i] {
+				cpu[i] = consumerCPU
+			}
 		}
 	}
 	for i, cfg := range configs {
-		ratio := ""
+		ratio, cpuRatio := "", ""
 		note := fmt.Sprintf("best of 2 runs (%s changes/s): %d updates over %d shapes in 1,000-row transactions%s",
 			strings.Join(runs[i], ", "), rows*rounds, shapes, notes[i])
 		if i > 0 {
-			ratio = fmt.Sprintf("%.2f", best[i]/best[0])
+			ratio, cpuRatio = fmt.Sprintf("%.2f", best[i]/best[0]), fmt.Sprintf("%.2f", cpu[i]/cpu[0])
 			note += "; ratio to compaction off, target at least 0.9"
 		}
 		addRow("compaction: pipeline throughput, "+cfg.name, fmt.Sprintf("%.0f changes/s", best[i]), ratio, note)
+		addRow("compaction: consumers' CPU per change, "+cfg.name, fmt.Sprintf("%.1f µs", cpu[i]*1e6), cpuRatio,
+			"the least of the 2 runs, compactions included; ratio to compaction off")
 	}
 }
 
 // runCompactionWorkload runs the update workload once on a new pipeline
-// with env, and returns its rate and what compaction did.
-func runCompactionWorkload(b *testing.B, shapes, rows, rounds int, env []string, compacting bool) (float64, string) {
+// with env, and returns its rate, the consumers' CPU seconds per change
+// while catching up, and what compaction did.
+func runCompactionWorkload(b *testing.B, shapes, rows, rounds int, env []string, compacting bool) (float64, float64, string) {
 	p := newPipe(b, shapes, append([]string{"FANOUT_FLUSHD_POLL_INTERVAL=50ms"}, env...)...)
 	p.start("flushd", "flushd")
 	p.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1")
@@ -252,14 +259,16 @@ func runCompactionWorkload(b *testing.B, shapes, rows, rounds int, env []string,
 		}
 	}
 	end := p.currentWAL()
+	before := p.cpuNow()
 	ingest.Signal(syscall.SIGCONT)
 	start := time.Now()
 	p.waitConfirmed(end, 30*time.Minute)
 	elapsed := time.Since(start)
+	after := p.cpuNow()
 	p.checkRowCounts()
 	note := fmt.Sprintf(", %.1fs", elapsed.Seconds())
 	if compacting {
 		note += "; " + p.compactionSummary("c1") + "; " + p.compactionSummary("c2")
 	}
-	return rate(rows*rounds, elapsed), note
+	return rate(rows*rounds, elapsed), (after["consumers"] - before["consumers"]) / float64(rows*rounds), note
 }
