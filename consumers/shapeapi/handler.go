@@ -53,7 +53,7 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 			writeJSON(w, http.StatusUnauthorized, errorBody("Unauthorized: the secret parameter is missing or wrong"))
 			return
 		}
-		if status, ok := s.health(); !ok {
+		if status, ok := s.serving(); !ok {
 			s.unavailable(w, fmt.Errorf("the shape API is %s", status))
 			return
 		}
@@ -82,8 +82,21 @@ func serverHeader(h http.Handler) http.Handler {
 
 // health is the service's state as /v1/health says it: "active" (ok)
 // once it serves, "starting" until it knows the shapes, "waiting" while it
-// cannot reach NATS.
+// cannot reach NATS or cannot serve current data (replication continuity
+// broken, shapes resyncing: continuity.go).
 func (s *Server) health() (status string, ok bool) {
+	if status, ok := s.serving(); !ok {
+		return status, false
+	}
+	if current, _ := s.currentData(); !current {
+		return "waiting", false
+	}
+	return "active", true
+}
+
+// serving is whether shape requests can be answered at all: a break of
+// continuity only stops the shapes of the tables it affects (stale).
+func (s *Server) serving() (status string, ok bool) {
 	switch {
 	case !s.ready.Load():
 		return "starting", false
@@ -162,6 +175,9 @@ func (s *Server) view(ctx context.Context, handle string, def Definition) (*shap
 	sh := s.shapes.get(ctx, handle)
 	if sh == nil {
 		return nil, fmt.Errorf("%w: shape %s was removed", errNotReady, handle)
+	}
+	if err := s.stale(sh); err != nil { // continuity.go
+		return nil, err
 	}
 	snap, err := s.awaitReady(ctx, handle)
 	if err != nil {
@@ -385,7 +401,8 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	}
 	h.Set("content-type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	bw.WriteByte('[')
 	n := 0
 	emit := func(msg []byte) error {
@@ -503,7 +520,8 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	defer ka.Stop()
 	closeAt := time.NewTimer(sseMaxDuration)
 	defer closeAt.Stop()
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load())
 		p, err := s.planLog(handle, v, at)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/jackc/pglogrepl"
 
@@ -171,7 +172,8 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	h.Set("content-type", "application/json")
 	h.Set("content-length", strconv.Itoa(size))
 	w.WriteHeader(http.StatusOK)
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	bw.WriteByte('[')
 	written := int64(0)
 	if n > 0 {
@@ -205,8 +207,27 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	bw.Flush()
 }
 
-// bodyWriter buffers a streamed body on its way to the client.
-func (s *Server) bodyWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 32<<10) }
+// bodyBuffer is how much of a streamed body is held before any of it (and
+// so the headers) reaches the client: a response up to this size goes out
+// in one piece, as it would if built whole. Electric's 1.0 client (the one
+// pglite-sync uses) aborts requests to refresh and cannot survive an abort
+// between the headers and the end of the body (its long poll reads the
+// body outside its retry wrapper: the stream dies), so that gap is kept
+// as short as the network makes it for all but the largest responses.
+const bodyBuffer = 256 << 10
+
+var bodyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bodyBuffer) }}
+
+// bodyWriter buffers a streamed body on its way to the client; release
+// returns it (after the last Flush).
+func (s *Server) bodyWriter(w io.Writer) (bw *bufio.Writer, release func()) {
+	bw = bodyWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw, func() {
+		bw.Reset(nil)
+		bodyWriters.Put(bw)
+	}
+}
 
 // logPlan is how far one response of a log read goes.
 type logPlan struct {
@@ -255,6 +276,9 @@ const messageOverhead = 200
 // planLog plans a read of handle's log from at (not in a base), through
 // the newer generations' logs.
 func (s *Server) planLog(handle string, v *shapeView, at place) (*logPlan, error) {
+	if err := s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
+		return nil, err
+	}
 	p, err := s.planLogOnce(handle, v, at)
 	if err == nil && p.atEnd && v.chain.Stale() {
 		// A newer generation completed after the chain was loaded: the

@@ -71,6 +71,17 @@ func newWatermarks(bus *fanout.Bus, partitions int) *watermarks {
 	return &watermarks{stream: bus.Stream, state: bus.State, partitions: partitions, marks: map[int]*partitionMark{}}
 }
 
+// reset forgets every LSN seen: after a new replication slot the stream's
+// positions may be lower (a failover to a standby), and a watermark of the
+// old stream would hold non-live reads for ever.
+func (m *watermarks) reset() {
+	m.safe.Store(0)
+	m.served.Store(0)
+	m.mu.Lock()
+	m.marks = map[int]*partitionMark{}
+	m.mu.Unlock()
+}
+
 // saw records that a log holding a complete transaction at lsn was read.
 func (m *watermarks) saw(lsn pglogrepl.LSN) {
 	for {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
@@ -179,8 +180,19 @@ func (j *job) take(ctx context.Context, log interface {
 	}
 	deadline := time.Now().Add(j.r.cfg.VisibilityTimeout)
 	backoff := 50 * time.Millisecond
+	var lost reconnects
 	for {
 		snap, blocked, err := j.attempt(ctx, pred, routing)
+		retry, wait, err := lost.retry(ctx, err, j.r.cfg.ReconnectTimeout)
+		if retry {
+			j.r.m.reconnects.Inc()
+			log.Warn("the snapshot's Postgres connection failed (a restart?); taking it again on a new connection, not counted against snapshot.max_attempts",
+				"err", err, "retry_in", wait, "reconnect_timeout", j.r.cfg.ReconnectTimeout)
+			if !sleep(ctx, wait) {
+				return nil, ctx.Err()
+			}
+			continue
+		}
 		if err != nil || blocked == nil {
 			return snap, err
 		}
@@ -230,15 +242,11 @@ func (j *job) awaitRouting(ctx context.Context) (shapestate.Routing, error) {
 // progress, e.g. waiting for a synchronous standby): its rows would miss it,
 // and so would the shape's log.
 func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapestate.Routing) (*shapelog.Snapshot, []uint64, error) {
-	conn, err := j.r.pool.Acquire(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer j.r.pool.Release(conn)
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	conn, tx, err := j.r.pool.Begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, nil, fmt.Errorf("begin snapshot transaction: %w", err)
 	}
+	defer j.r.pool.Release(conn)
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	simple := pgx.QueryExecModeSimpleProtocol
 	if d := j.r.cfg.StatementTimeout; d > 0 {
@@ -407,6 +415,32 @@ func (j *job) checkSchema(ctx context.Context, tx pgx.Tx, schema, name string) e
 		return errPermanent{fmt.Errorf("table %s changed since the shape was added: %s; add the shape again", j.shape.Table, strings.Join(changed, ", "))}
 	}
 	return nil
+}
+
+// reconnects decides whether an attempt that failed on its connection is
+// taken again: for up to snapshot.reconnect_timeout since the first such
+// failure in a row, with a backoff growing to 5s. Such failures say
+// nothing about the snapshot, so they do not count against max_attempts
+// until then.
+type reconnects struct {
+	since   time.Time
+	backoff time.Duration
+}
+
+func (r *reconnects) retry(ctx context.Context, err error, bound time.Duration) (bool, time.Duration, error) {
+	if !pgpool.IsConnectionError(err) || ctx.Err() != nil {
+		*r = reconnects{}
+		return false, 0, err
+	}
+	if r.since.IsZero() {
+		r.since, r.backoff = time.Now(), 100*time.Millisecond
+	}
+	if time.Since(r.since) > bound {
+		return false, 0, fmt.Errorf("%w (the connection kept failing for longer than snapshot.reconnect_timeout, %s)", err, bound)
+	}
+	wait := r.backoff
+	r.backoff = min(2*r.backoff, 5*time.Second)
+	return true, wait, err
 }
 
 func describe(err error) error {
