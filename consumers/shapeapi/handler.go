@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapes"
 )
@@ -131,24 +132,28 @@ func (s *Server) badRequest(w http.ResponseWriter, bad *BadRequest) {
 	writeJSON(w, http.StatusBadRequest, bad.Body())
 }
 
+// unavailable is a 503 whose cause goes to the log, not to the client.
 func (s *Server) unavailable(w http.ResponseWriter, err error) {
 	s.log.Warn("shape request not served yet", "err", err)
 	w.Header().Set("cache-control", "no-store")
 	w.Header().Set("retry-after", "1")
-	writeJSON(w, http.StatusServiceUnavailable, errorBody(err.Error()))
+	writeJSON(w, http.StatusServiceUnavailable, notReadyBody)
 }
 
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var bad *BadRequest
+	var over *overloaded
 	switch {
 	case errors.As(err, &bad):
 		s.badRequest(w, bad)
+	case errors.As(err, &over):
+		s.refuse(w, over)
 	case errors.Is(err, errNotReady):
 		s.unavailable(w, err)
 	default:
 		s.log.Error("shape request failed", "err", err)
 		w.Header().Set("cache-control", "no-store")
-		writeJSON(w, http.StatusInternalServerError, errorBody(err.Error()))
+		writeJSON(w, http.StatusInternalServerError, internalErrorBody)
 	}
 }
 
@@ -164,6 +169,9 @@ type shapeView struct {
 	rel    Relation
 	snap   *snapshotView
 	schema string
+	// chain is the shape's generations (generations.go): its current
+	// base, and where each offset is read.
+	chain *shapelog.Chain
 }
 
 // view is what a response for handle, which serves def, needs.
@@ -185,7 +193,25 @@ func (s *Server) view(ctx context.Context, handle string, def Definition) (*shap
 	}
 	rel := NewRelation(sh)
 	rel.Full = def.Replica == "full"
-	return &shapeView{shape: sh, rel: rel, snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey)}, nil
+	chain, err := s.chainOf(handle, false)
+	if err == nil && !sameSnapshot(chain, snap) {
+		chain, err = s.chainOf(handle, true) // the cached one predates the snapshot
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !sameSnapshot(chain, snap) {
+		return nil, fmt.Errorf("%w: shape %s: its snapshot changed while it was read", errNotReady, handle)
+	}
+	return &shapeView{shape: sh, rel: rel, snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey), chain: chain}, nil
+}
+
+// sameSnapshot says whether chain is built on the snapshot snap serves.
+func sameSnapshot(chain *shapelog.Chain, snap *snapshotView) bool {
+	if snap == nil || snap.snap == nil {
+		return chain.Snapshot == nil
+	}
+	return chain.Snapshot != nil && chain.Snapshot.Generation == snap.snap.Generation
 }
 
 func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.Request) {
@@ -198,6 +224,11 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.badRequest(w, Invalid("subset", "POST /v1/shape is a subset snapshot request: its body holds the subset"))
 		return
 	}
+	release, ok := s.admitRequest(w, req) // admission.go: live and subset requests
+	if !ok {
+		return
+	}
+	defer release()
 	rctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel) // shutdown ends held requests
@@ -207,6 +238,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.fail(w, err)
 		return
 	}
+	defer s.life.reading(handle)() // lifecycle.go: a shape being read is not idle
 	if !req.Offset.Start && (req.Handle != handle && (!req.Now || req.Handle != "")) {
 		s.refetch(w, handle)
 		return
@@ -230,6 +262,10 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	at, err := v.locate(req)
+	if isExpired(err) {
+		s.expired(w, handle, err)
+		return
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -239,17 +275,17 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	if req.SSE {
-		s.serveSSE(rctx, w, req, v, at.after)
+		s.serveSSE(rctx, w, req, v, at)
 		return
 	}
-	s.serveLog(ctx, rctx, w, r, req, v, at.after)
+	s.serveLog(ctx, rctx, w, r, req, v, at)
 }
 
 // serveNow answers offset=now: no messages but an up-to-date, at the
 // current end of the log ("0_inf" while the log has no entry).
 func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
 	safe := pglogrepl.LSN(s.marks.safe.Load())
-	p, err := s.planLog(v.shape.Handle, v, Offset{Op: InfOp})
+	p, err := s.planLog(v.shape.Handle, v, v.logStartOf(v.chain.Current().Number))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -268,9 +304,14 @@ func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Re
 
 // serveChangesOnlyStart answers offset=-1 of a log=changes_only shape: the
 // snapshot-end of the snapshot the change log starts after, and no rows;
-// never up-to-date. The client goes on from "0_inf", the log's start.
+// never up-to-date. The client goes on from "0_inf", the log's start, or
+// once the shape is compacted, the start of its current generation's log.
 func (s *Server) serveChangesOnlyStart(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
-	c := NewChunk(s.cfg.API.ChunkBytes, Offset{Op: InfOp})
+	start := Offset{Op: InfOp}
+	if cur := v.chain.Current(); cur.Number > 0 {
+		start = BaseOffset(cur.Number, cur.BaseRows()) // the log after the current generation's base
+	}
+	c := NewChunk(s.cfg.API.ChunkBytes, start)
 	var xmin, xmax uint64
 	var xip []uint64
 	if v.snap != nil && v.snap.snap != nil {
@@ -285,7 +326,8 @@ func (s *Server) serveChangesOnlyStart(w http.ResponseWriter, r *http.Request, r
 // data (or the request is not live), else when data arrives or the long
 // poll times out. An offset past anything this shape handed out is held
 // like a live request for half the long-poll timeout, then refused.
-func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, from Offset) {
+func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, at place) {
+	from := at.after
 	handle := v.shape.Handle
 	var wake <-chan struct{}
 	ch, unregister := s.hub.register(handle)
@@ -299,7 +341,11 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 	defer deadline.Stop()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load()) // before the read: a true watermark
-		p, err := s.planLog(handle, v, from)
+		p, err := s.planLog(handle, v, at)
+		if isExpired(err) {
+			s.expired(w, handle, err)
+			return
+		}
 		if err != nil {
 			s.fail(w, err)
 			return
@@ -352,7 +398,13 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	h := w.Header()
 	var upToDate []byte
 	if p.atEnd {
-		upToDate = UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, !req.Live))
+		// Only a non-live read with nothing new waits for its watermark
+		// (watermark.go): that is the refresh pglite-sync makes of its
+		// other shapes. A read with data answers at once: a client's
+		// prefetch (Electric's 1.0 client aborts those, and cannot survive
+		// an abort that comes while they are held).
+		wait := !req.Live && p.empty()
+		upToDate = UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, wait))
 		h.Set("electric-up-to-date", "")
 	}
 	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))
@@ -443,7 +495,11 @@ func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, 
 	} else {
 		h.Set("electric-schema", v.schema)
 	}
-	h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
+	if kind == KindInitial {
+		h.Set("cache-control", InitialCacheControl(s.cfg.Storage.Compaction.Retain))
+	} else {
+		h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
+	}
 	etag := ETag(h.Get("electric-handle"), req.Offset, last)
 	h.Set("etag", etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
@@ -458,7 +514,7 @@ func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, 
 // (never one without changes before it: a stream opened at the end sends
 // keep-alives until data arrives), keep-alive comments, closed after about
 // a minute (the client reconnects).
-func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView, from Offset) {
+func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView, at place) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		s.fail(w, errors.New("this connection cannot stream server-sent events"))
@@ -484,7 +540,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	defer release()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load())
-		p, err := s.planLog(handle, v, from)
+		p, err := s.planLog(handle, v, at)
 		if err != nil || p.truncated {
 			// The client reconnects and gets the 409 or the error then.
 			if err != nil {
@@ -511,7 +567,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 				return
 			}
 			flusher.Flush()
-			from = p.lastOffset()
+			at = place{after: p.lastOffset()} // a change's offset: read in the generation holding it
 			if !p.atEnd {
 				continue
 			}

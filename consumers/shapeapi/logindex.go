@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"container/list"
+	"errors"
 	"sort"
 	"sync"
 
@@ -23,12 +24,15 @@ const recentBytes = 64 << 10
 // a read from an offset does not rescan the log from its start, and keeps
 // the newest fragments encoded. It holds a mark every markEvery bytes (a
 // few words each) and learns the log as it grows. Every API replica keeps
-// its own; it is a cache.
+// its own; it is a cache. It starts at the log of the generation current
+// when it is made (generations.go) and follows the logs of the newer ones;
+// a read in an older generation starts at that generation's log start.
 type logIndex struct {
-	mu    sync.Mutex
-	marks []mark
-	tail  shapelog.Cursor // how far the index has read
-	last  shapelog.Cursor // where the last mark was taken
+	mu      sync.Mutex
+	started bool // tail is set: the index reads on from there
+	marks   []mark
+	tail    shapelog.Cursor // how far the index has read
+	last    shapelog.Cursor // where the last mark was taken
 
 	// recent holds every entry after recentFrom, oldest first (valid once
 	// the log was read to its end once). A truncate is an entry without JSON.
@@ -53,19 +57,32 @@ type mark struct {
 // extend reads the log from the index's tail to its current end, adding
 // marks and, after the first read, encoding the new fragments (skipping
 // those seen says the snapshot holds).
-func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
-	end, _, err := ix.extendHeld(dir, handle, rel, seen)
+func (ix *logIndex) extend(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
+	end, _, err := ix.extendHeld(chain, rel, seen)
 	return end, err
 }
 
 // extendHeld is extend that also returns the first record held back after
 // the readable end (shapelog.ReadLogHeld).
-func (ix *logIndex) extendHeld(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {
+func (ix *logIndex) extendHeld(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	end, held, err := ix.extendLocked(chain, rel, seen)
+	if errors.Is(err, shapelog.ErrExpired) {
+		// The generation the index read last was removed: start again
+		// at the current one.
+		end, held, err = ix.extendLocked(chain, rel, seen)
+	}
+	return end, held, err
+}
+
+func (ix *logIndex) extendLocked(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {
+	if !ix.started {
+		ix.tail, ix.last, ix.unseen, ix.started = chain.Current().LogStart(), chain.Current().LogStart(), chain.Current().LogStart(), true
+	}
 	prev := ix.tail
-	end, held, err := shapelog.ReadLogHeld(dir, handle, ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
-		if len(ix.marks) == 0 || prev.Offset-ix.last.Offset >= markEvery {
+	end, held, err := chain.ReadHeld(ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
+		if len(ix.marks) == 0 || prev.Generation() != ix.last.Generation() || prev.Offset-ix.last.Offset >= markEvery {
 			ix.marks = append(ix.marks, mark{cur: prev, first: FirstOp(e.Position)})
 			ix.last = prev
 		}
@@ -104,9 +121,9 @@ func (ix *logIndex) extendHeld(dir, handle string, rel Relation, seen func(*fano
 		return nil
 	})
 	if err != nil {
-		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
+		ix.started = false
 		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
-		ix.unseen, ix.unseenFound = shapelog.Cursor{}, false
+		ix.unseenFound = false
 		return end, held, err
 	}
 	ix.tail = end
@@ -145,16 +162,17 @@ func (ix *logIndex) fromRecent(from Offset, c *Chunk) (ok, atEnd, truncated bool
 	return true, true, false
 }
 
-// seek is a cursor at or before every entry after o that the snapshot did
-// not see (those before it are all skipped anyway).
-func (ix *logIndex) seek(o Offset) shapelog.Cursor {
+// seekIn is a cursor in generation g's log at or before every entry
+// after o that the snapshot did not see (those before it are all skipped
+// anyway): the index's last mark in that log before o, else its start.
+func (ix *logIndex) seekIn(g *shapelog.Generation, o Offset) shapelog.Cursor {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	cur := shapelog.Cursor{}
-	if i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) }); i > 0 {
+	cur := g.LogStart()
+	if i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) }); i > 0 && ix.marks[i-1].cur.Generation() == g.Number {
 		cur = ix.marks[i-1].cur
 	}
-	if ix.unseen.Offset > cur.Offset {
+	if ix.unseen.Generation() == g.Number && ix.unseen.Offset > cur.Offset {
 		cur = ix.unseen
 	}
 	return cur

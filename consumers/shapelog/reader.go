@@ -9,18 +9,23 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// Cursor is a reader's place in a shape log: the byte offset of the next
-// frame and the acceptor's state there, so that a read resumed from a cursor
-// skips exactly the records a read from the start would skip. The zero
-// Cursor is the start of the log. A cursor is only meaningful for the log it
-// came from.
+// Cursor is a reader's place in a shape log: the generation whose log it
+// is in (generation.go), the byte offset of the next frame and the
+// acceptor's state there, so that a read resumed from a cursor skips
+// exactly the records a read from the start would skip. The zero Cursor is
+// the start of generation 0's log; Generation.LogStart is the start of
+// another's.
 type Cursor struct {
 	Offset int64
 	acc    acceptor
+	gen    uint64
 	// windows is how many move-in windows are open here (subquery
-	// shapes: see readWindows); 0 at every readable end.
+	// shapes: see ReadLog); 0 at every readable end.
 	windows int
 }
+
+// Generation is the generation whose log the cursor is in.
+func (c Cursor) Generation() uint64 { return c.gen }
 
 // Last is the position of the last accepted fragment before c, if any.
 func (c Cursor) Last() (fanout.Position, bool) { return c.acc.last, c.acc.has }
@@ -43,7 +48,11 @@ type LogEntry struct {
 	payload     []byte
 	handle      string
 	offset      int64
+	gen         uint64
 }
+
+// Generation is the generation whose log holds the entry.
+func (e LogEntry) Generation() uint64 { return e.gen }
 
 // Fragment decodes the entry's fragment.
 func (e LogEntry) Fragment() (*fanout.Fragment, error) {
@@ -68,8 +77,10 @@ var ErrStopRead = errors.New("stop reading the shape log")
 // ReadLog calls fn, in log order, for every record after from that a
 // replay applies (duplicates and zombie epochs are skipped by the rules of
 // accept.go), with the cursor just after it, up to the log's readable end.
-// It returns the cursor after the last record passed to fn (fn returned
-// nil) or, when fn never stopped it, the readable end.
+// It reads the log of from's generation only; Chain.Read goes on through
+// the newer generations. It returns the cursor after the last record
+// passed to fn (fn returned nil) or, when fn never stopped it, the
+// readable end.
 //
 // The readable end is the one rule of what a reader may see: whole
 // transactions only. A transaction reaches a shape's log in one or more
@@ -81,7 +92,7 @@ var ErrStopRead = errors.New("stop reading the shape log")
 // dead-lettered). So the records after the end of the last complete
 // transaction are held back, and a read resumed from the returned cursor
 // gets them whole once their transaction is. Every reader (the HTTP API,
-// Materialize, fanoutctl shape rows) reads through here.
+// Materialize, fanoutctl shape rows, compaction) reads through here.
 //
 // Shapes with subqueries add one rule: a move-in window (a record that
 // opens one, fanout/moves.go) holds back everything from that record on,
@@ -90,8 +101,10 @@ var ErrStopRead = errors.New("stop reading the shape log")
 // point of the log where rows that moved in are missing.
 //
 // A torn tail ends the read and is left in place: a writer may be
-// appending. A log that does not exist (yet) has nothing after from. It only
-// reads, so it never slows a writer beyond the page cache.
+// appending. A log that does not exist (yet) has nothing after from; one
+// that a newer generation replaced and that was removed is an
+// *ExpiredError. It only reads, so it never slows a writer beyond the page
+// cache.
 func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, error) {
 	end, _, err := ReadLogHeld(dir, handle, from, fn)
 	return end, err
@@ -104,50 +117,64 @@ func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) e
 // LSN: while a window is open, records of complete transactions are held
 // back after the safe LSN passed them.
 func ReadLogHeld(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, fanout.Position, error) {
-	r, err := readLog(dir, handle, from, fn)
-	if r == nil {
+	if err := fanout.ValidateHandle(handle); err != nil {
 		return from, fanout.Position{}, err
 	}
-	var held fanout.Position
-	if r.open && err == nil {
-		held = r.firstHeld
-	}
-	return r.readable, held, err
+	end, _, held, err := readLog(dir, handle, from, -1, fn)
+	return end, held, err
 }
 
-func readLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (*logReader, error) {
-	if err := fanout.ValidateHandle(handle); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(logPath(dir, handle))
+// readLog is ReadLog of from's generation's log up to byte limit (-1: the
+// readable end). A limit is where the next generation's base ends, the end
+// of a complete transaction: everything before it is readable. stopped
+// says fn ended the read (ErrStopRead); held is ReadLogHeld's.
+func readLog(dir, handle string, from Cursor, limit int64, fn func(e LogEntry, next Cursor) error) (end Cursor, stopped bool, held fanout.Position, err error) {
+	f, err := os.Open(genLogPath(dir, handle, from.gen))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		gone, gerr := logExpired(dir, handle, from.gen)
+		if gerr != nil {
+			return from, false, fanout.Position{}, gerr
+		}
+		if gone {
+			return from, false, fanout.Position{}, &ExpiredError{Handle: handle, Generation: from.gen, Why: "its log was removed"}
+		}
+		return from, false, fanout.Position{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
+		return from, false, fanout.Position{}, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	defer f.Close()
-	if from.Offset > 0 {
-		fi, err := f.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("stat log of shape %s: %w", handle, err)
+	fi, err := f.Stat()
+	if err != nil {
+		return from, false, fanout.Position{}, fmt.Errorf("stat log of shape %s: %w", handle, err)
+	}
+	size := fi.Size()
+	if size < from.Offset {
+		return from, false, fanout.Position{}, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, size, from.Offset)
+	}
+	if limit >= 0 {
+		if limit > size {
+			return from, false, fanout.Position{}, fmt.Errorf("log of generation %d of shape %s is %d bytes, shorter than where the next generation's base ends (%d): storage damaged", from.gen, handle, size, limit)
 		}
-		if fi.Size() < from.Offset {
-			return nil, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, fi.Size(), from.Offset)
+		if limit <= from.Offset {
+			return from, false, fanout.Position{}, nil // the reader is past the bound already
 		}
-		if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
-			return nil, fmt.Errorf("read log of shape %s: %w", handle, err)
-		}
+		size = limit
 	}
 	r := &logReader{f: f, handle: handle, fn: fn, readable: from, scanned: from}
-	_, _, err = scanFrames(f, func(rel int64, payload []byte) error {
+	_, _, err = scanFrames(io.NewSectionReader(f, from.Offset, size-from.Offset), func(rel int64, payload []byte) error {
 		return r.frame(from.Offset+rel, payload)
 	})
-	if errors.Is(err, ErrStopRead) {
-		r.open = false // stopped by the reader: nothing was held back
-		err = nil
+	if err == nil && limit >= 0 && r.open {
+		err = r.passOn(r.scanned.Offset) // complete: the next generation's base holds it
 	}
-	return r, err
+	if errors.Is(err, ErrStopRead) {
+		return r.readable, true, fanout.Position{}, nil
+	}
+	if err == nil && r.open {
+		held = r.firstHeld
+	}
+	return r.readable, false, held, err
 }
 
 // logReader applies the readable-end rule to one forward scan of a log.
@@ -166,10 +193,10 @@ type logReader struct {
 	// scanned is the cursor after the last record scanned.
 	scanned Cursor
 	// open is set while the scan is inside a transaction whose end it has
-	// not met: its records from readable on are held back.
-	open   bool
-	openTx fanout.Position
-	// firstHeld is the first record held back since open was last set.
+	// not met (or a move-in window): its records from readable on are
+	// held back; firstHeld is the first of them.
+	open      bool
+	openTx    fanout.Position
 	firstHeld fanout.Position
 }
 
@@ -275,7 +302,7 @@ func (r *logReader) passOn(end int64) error {
 
 func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
 	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, MayTruncate: h.truncate || h.changes < 0,
-		xid: h.xid, payload: payload, handle: r.handle, offset: off}
+		xid: h.xid, payload: payload, handle: r.handle, offset: off, gen: r.scanned.gen}
 }
 
 // windowsAfter is how many move-in windows are open after an accepted

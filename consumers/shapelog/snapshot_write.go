@@ -38,9 +38,7 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return nil, err
 	}
-	schema, name := fanout.SplitTable(table)
-	enc := shapemsg.NewSnapshotEncoder(schema, name, columns, pk)
-	if !enc.KeyColumns(pk) {
+	if !shapemsg.NewSnapshotEncoder("", "", columns, pk).KeyColumns(pk) {
 		return nil, fmt.Errorf("snapshot of shape %s: primary key %v is not among the columns %v", handle, pk, columns)
 	}
 	gens, err := snapshotGenerations(dir, handle)
@@ -62,6 +60,18 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 	gdir := generationDir(dir, handle, gen)
 	if err := os.MkdirAll(gdir, 0o755); err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: create %s: %w (check storage.dir)", handle, gdir, err)
+	}
+	return newChunkWriter(gdir, handle, gen, table, columns, pk, chunkRows, chunkBytes)
+}
+
+// newChunkWriter writes rows as chunk files into the folder gdir, which
+// exists: a snapshot generation's, or a compacted generation's base
+// (compact.go), which writes its own manifest.
+func newChunkWriter(gdir, handle string, gen uint64, table string, columns, pk []string, chunkRows, chunkBytes int) (*SnapshotWriter, error) {
+	schema, name := fanout.SplitTable(table)
+	enc := shapemsg.NewSnapshotEncoder(schema, name, columns, pk)
+	if !enc.KeyColumns(pk) {
+		return nil, fmt.Errorf("rows of shape %s: primary key %v is not among the columns %v", handle, pk, columns)
 	}
 	w := &SnapshotWriter{
 		s: Snapshot{Version: SnapshotVersion, Handle: handle, Generation: gen, Table: table, Columns: columns, PrimaryKey: pk,

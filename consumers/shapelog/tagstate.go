@@ -3,6 +3,7 @@ package shapelog
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -201,6 +202,19 @@ func (s *TagState) visible(r *tagRow) bool {
 	return false
 }
 
+// Meta is the tags and active conditions held for row's key (nil when
+// the row is not held).
+func (s *TagState) Meta(row fanout.Row) (tags []string, active []bool) {
+	k, ok := s.key(row)
+	if !ok {
+		return nil, nil
+	}
+	if r := s.rows[k]; r != nil {
+		return r.tags, r.active
+	}
+	return nil, nil
+}
+
 // Has reports whether the row of key values k is held.
 func (s *TagState) Has(row fanout.Row) bool {
 	k, ok := s.key(row)
@@ -226,9 +240,10 @@ func indexOf(list []string, s string) int {
 	return -1
 }
 
-// BuildTagState replays what is persisted of shape handle (its complete
-// snapshot, if any, then every accepted record of its log, readable or not:
-// a writer continues from the log's end) into a TagState. It returns the
+// BuildTagState replays what is persisted of shape handle (its current
+// generation's base: the complete initial snapshot or a compacted base, if
+// any, then every accepted record of its logs after it, readable or not: a
+// writer continues from the log's end) into a TagState. It returns the
 // position of the last record applied, and whether the state holds the
 // snapshot's rows (false while the shape has no complete snapshot: only
 // its log's rows are known).
@@ -241,7 +256,8 @@ func indexOf(list []string, s string) int {
 func BuildTagState(dir, handle string, pk []string) (st *TagState, last fanout.Position, withSnapshot bool, plainExtra []fanout.Row, err error) {
 	st = NewTagState(pk)
 	plain := map[string]fanout.Row{}
-	applyPlain := func(c fanout.Change) {
+	apply := func(c fanout.Change) {
+		st.Apply(c)
 		switch c.Op {
 		case fanout.OpInsert, fanout.OpUpdate:
 			if c.Old != nil {
@@ -260,23 +276,22 @@ func BuildTagState(dir, handle string, pk []string) (st *TagState, last fanout.P
 			clear(plain)
 		}
 	}
-	snap, err := CurrentSnapshot(dir, handle)
+	chain, err := LoadChain(dir, handle)
 	if err != nil {
 		return nil, last, false, nil, err
 	}
-	if snap != nil {
-		if err := snap.EachRowMeta(func(row fanout.Row, tags []string, active []bool) error {
-			c := fanout.Change{Op: fanout.OpInsert, Row: row, Tags: tags, Active: active}
-			st.Apply(c)
-			applyPlain(c)
+	g := chain.Current()
+	if g.Base != nil {
+		if err := g.Base.EachRowMeta(func(row fanout.Row, tags []string, active []bool) error {
+			apply(fanout.Change{Op: fanout.OpInsert, Row: row, Tags: tags, Active: active})
 			return nil
 		}); err != nil {
 			return nil, last, false, nil, err
 		}
 	}
-	err = scanAccepted(dir, handle, func(e LogEntry) error {
+	entry := func(e LogEntry) error {
 		last = e.Position
-		if snap != nil && snap.Snapshot.Visible(e.xid) {
+		if chain.Snapshot != nil && chain.Snapshot.Snapshot.Visible(e.xid) {
 			return nil // in the snapshot's rows
 		}
 		f, err := e.Fragment()
@@ -284,11 +299,16 @@ func BuildTagState(dir, handle string, pk []string) (st *TagState, last fanout.P
 			return err
 		}
 		for _, c := range f.Changes {
-			st.Apply(c)
-			applyPlain(c)
+			apply(c)
 		}
 		return nil
-	})
+	}
+	// The readable records through the generations, then what the newest
+	// log holds after its readable end.
+	end, err := chain.Read(g.LogStart(), func(e LogEntry, _ Cursor) error { return entry(e) })
+	if err == nil {
+		err = scanAccepted(genLogPath(dir, handle, end.gen), end, entry)
+	}
 	if err != nil {
 		return nil, last, false, nil, err
 	}
@@ -302,30 +322,33 @@ func BuildTagState(dir, handle string, pk []string) (st *TagState, last fanout.P
 	for _, k := range keys {
 		plainExtra = append(plainExtra, plain[k])
 	}
-	return st, last, snap != nil, plainExtra, nil
+	return st, last, chain.Snapshot != nil, plainExtra, nil
 }
 
-// scanAccepted calls fn for every record of the log a replay applies
-// (accept.go), readable or not, up to a torn tail.
-func scanAccepted(dir, handle string, fn func(e LogEntry) error) error {
-	f, err := os.Open(logPath(dir, handle))
+// scanAccepted calls fn for every record of the log at path after from
+// that a replay applies (accept.go), readable or not, up to a torn tail.
+func scanAccepted(path string, from Cursor, fn func(e LogEntry) error) error {
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("open log of shape %s: %w", handle, err)
+		return fmt.Errorf("open shape log %s: %w", path, err)
 	}
 	defer f.Close()
-	var acc acceptor
+	if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
+		return fmt.Errorf("read shape log %s: %w", path, err)
+	}
+	acc := from.acc
 	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
 		h, _, err := readRecord(payload)
 		if err != nil {
-			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
+			return fmt.Errorf("shape log %s: record at byte %d: %w", path, from.Offset+off, err)
 		}
 		if !acc.accept(h.epoch, h.pos) {
 			return nil
 		}
-		return fn(LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, xid: h.xid, payload: payload, handle: handle, offset: off})
+		return fn(LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, xid: h.xid, payload: payload, offset: from.Offset + off, gen: from.gen})
 	})
 	return err
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/shapestate"
@@ -35,6 +36,8 @@ type job struct {
 
 // errPermanent marks failures a retry cannot fix.
 type errPermanent struct{ error }
+
+func (e errPermanent) Unwrap() error { return e.error }
 
 // run takes the snapshot, then records ready, failed or (on shutdown)
 // creating, for another runner. runner is the runner's own context.
@@ -87,6 +90,9 @@ func (j *job) run(ctx, runner context.Context) {
 	j.st.Attempts++
 	j.st.Error = err.Error()
 	var perm errPermanent
+	if ref := (refused{}); errors.As(err, &ref) {
+		j.st.Refused = ref.code
+	}
 	if errors.As(err, &perm) || j.st.Attempts >= j.r.cfg.MaxAttempts {
 		j.st.Phase, j.st.LeaseUntil = shapestate.Failed, time.Time{}
 		log.Error("snapshot failed; the shape is marked failed (fix the cause, then remove and add the shape again)", "attempts", j.st.Attempts, "err", err)
@@ -287,7 +293,11 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 		return nil, nil, err
 	}
 
-	q, cols, err := selectSQL(j.shape)
+	types, err := wheresql.EnumTypes(ctx, conn, j.shape.Schema)
+	if err != nil {
+		return nil, nil, err
+	}
+	q, cols, err := wheresql.Select(j.shape, types)
 	if err != nil {
 		return nil, nil, errPermanent{err}
 	}
@@ -413,24 +423,32 @@ func (j *job) invisibleCommits(ctx context.Context, tx pgx.Tx, snap visibility.S
 // checkSchema fails the shape when a column it was defined with is gone or
 // changed type: its where clause and rows would no longer mean the same.
 func (j *job) checkSchema(ctx context.Context, tx pgx.Tx, schema, name string) error {
-	rows, err := tx.Query(ctx, `SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a
+	rows, err := tx.Query(ctx, `SELECT a.attname, a.atttypid, format_type(a.atttypid, NULL) FROM pg_attribute a
 		JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
 		return fmt.Errorf("read the columns of %s: %w", j.shape.Table, err)
 	}
-	live := map[string]string{}
+	type liveType struct {
+		oid  uint32
+		name string
+	}
+	live := map[string]liveType{}
 	var col, typ string
-	_, err = pgx.ForEachRow(rows, []any{&col, &typ}, func() error { live[col] = typ; return nil })
+	var oid uint32
+	_, err = pgx.ForEachRow(rows, []any{&col, &oid, &typ}, func() error { live[col] = liveType{oid, typ}; return nil })
 	if err != nil {
 		return fmt.Errorf("read the columns of %s: %w", j.shape.Table, err)
 	}
 	var changed []string
 	for _, c := range j.shape.Schema {
+		// By OID: this session's search_path is pg_catalog only, so
+		// format_type qualifies the names of other schemas' types, which
+		// the shape recorded unqualified.
 		if t, ok := live[c.Name]; !ok {
 			changed = append(changed, c.Name+" (dropped)")
-		} else if t != c.Type {
-			changed = append(changed, fmt.Sprintf("%s (%s, was %s)", c.Name, t, c.Type))
+		} else if c.OID != 0 && t.oid != c.OID || c.OID == 0 && t.name != c.Type {
+			changed = append(changed, fmt.Sprintf("%s (%s, was %s)", c.Name, t.name, c.Type))
 		}
 	}
 	if len(changed) > 0 {
@@ -467,11 +485,24 @@ func (r *reconnects) retry(ctx context.Context, err error, bound time.Duration) 
 
 func describe(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42P01" {
+	switch {
+	case errors.As(err, &pe) && pe.Code == "42P01":
 		return errPermanent{fmt.Errorf("%w (the table was dropped?)", err)}
+	case errors.As(err, &pe) && pe.Code == "42501":
+		return errPermanent{fmt.Errorf("%w (GRANT SELECT on the table to the role of the consumers' postgres.url, then add the shape again)", err)}
+	case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "22"):
+		return errPermanent{refused{code: pe.Code, error: fmt.Errorf("%w: Postgres cannot evaluate the where clause on a row of the table; no retry helps until the rows or the clause change", err)}}
 	}
 	return err
 }
+
+// refused is a data error of the snapshot query (SQLSTATE class 22).
+type refused struct {
+	code string
+	error
+}
+
+func (r refused) Unwrap() error { return r.error }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

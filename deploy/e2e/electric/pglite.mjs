@@ -40,6 +40,24 @@ process.on(`unhandledRejection`, (e) => {
   setTimeout(() => process.exit(1), 500)
 })
 
+// args.traceFetch: every request, response and abort on stderr (debugging).
+if (args.traceFetch) {
+  const realFetch = globalThis.fetch
+  globalThis.fetch = async (url, opts) => {
+    const t0 = Date.now()
+    const u = String(url).replace(/^.*\?/, ``)
+    opts?.signal?.addEventListener(`abort`, () => process.stderr.write(`${Date.now()} ABORT ${u} reason=${String(opts.signal.reason)}\n`))
+    try {
+      const r = await realFetch(url, opts)
+      process.stderr.write(`${Date.now()} RESP ${r.status} +${Date.now() - t0}ms ${u} off=${r.headers.get(`electric-offset`)} utd=${r.headers.has(`electric-up-to-date`)}\n`)
+      return r
+    } catch (e) {
+      process.stderr.write(`${Date.now()} FAIL +${Date.now() - t0}ms ${u} ${e}\n`)
+      throw e
+    }
+  }
+}
+
 const pg = await PGlite.create({ dataDir: args.dataDir, extensions: { electric: electricSync() } })
 await pg.exec(args.ddl)
 
