@@ -83,10 +83,26 @@ func paramBytes(params []string) int {
 // (search_path pg_catalog, enum casts qualified), so a clause the matcher
 // accepts but Postgres does not (an operator it resolves otherwise, a type
 // it cannot cast) is a 400 now rather than a snapshot that fails.
+//
+// The tables a shape's subqueries read follow its table's rules: served
+// (in the publication and api.tables) and readable by the API's role.
 func (s *Server) validateInPostgres(ctx context.Context, conn *pgx.Conn, sh *fanout.Shape) error {
 	schema, table := fanout.SplitTable(sh.Table)
 	if err := shapes.CheckServed(ctx, conn, s.cfg.Postgres.Publication, schema, table, s.cfg.API.Tables); err != nil {
 		return err
+	}
+	for _, t := range sh.Tables {
+		ts, tn := fanout.SplitTable(t.Table)
+		if err := shapes.CheckServed(ctx, conn, s.cfg.Postgres.Publication, ts, tn, s.cfg.API.Tables); err != nil {
+			return Invalid("where", fmt.Sprintf("subquery on table %s: %v", t.Table, err))
+		}
+		var readable bool
+		if err := conn.QueryRow(ctx, "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', $1::text, $2::text), 'SELECT')", ts, tn).Scan(&readable); err != nil {
+			return fmt.Errorf("%w: validate the snapshot query: %v", errNotReady, err)
+		}
+		if !readable {
+			return Invalid("where", fmt.Sprintf("subquery on table %s: the shape API's Postgres role may not read it (GRANT SELECT on it to the role of postgres.url)", t.Table))
+		}
 	}
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {

@@ -246,7 +246,7 @@ func TestWatermarksStayBelowHeldRecords(t *testing.T) {
 	}
 	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
 	for _, after := range []Offset{{Op: InfOp}, {Tx: 100, Op: InfOp}} {
-		p, err := s.planLog("sx", v, after)
+		p, err := s.planLog("sx", v, place{after: after})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func TestWatermarksStayBelowHeldRecords(t *testing.T) {
 	if fmt.Sprint(ids) != "[2 3 4]" {
 		t.Fatalf("after the window closed: ids %v", ids)
 	}
-	p, err := s.planLog("sx", v, Offset{Tx: 400, Op: InfOp})
+	p, err := s.planLog("sx", v, place{after: Offset{Tx: 400, Op: InfOp}})
 	if err != nil {
 		t.Fatal(err)
 	}

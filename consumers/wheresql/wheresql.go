@@ -3,8 +3,9 @@
 // as written (a comment, a second statement or a dangling quote cannot),
 // and builds the queries that read a shape's rows (select.go). Those reads
 // run with search_path pg_catalog, pg_temp (consumers/pgpool): the only
-// names a clause may resolve outside pg_catalog, its enum types, are
-// printed qualified (types.go).
+// names a clause may resolve outside pg_catalog, its enum types and the
+// tables its subqueries read, are printed qualified (types.go,
+// qualifyTables).
 package wheresql
 
 import (
@@ -14,6 +15,8 @@ import (
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
+
+	"github.com/fanout/pipeline/fanout/pgtree"
 )
 
 // Prefix is the statement a clause is parsed in, as the matcher and
@@ -50,9 +53,11 @@ func Deparse(where string, types ...TypeNames) (string, error) {
 	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
 		return "", errors.New("where clause is not one boolean expression")
 	}
+	clause := tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause()
 	for _, t := range types {
-		t.qualify(tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause())
+		t.qualify(clause)
 	}
+	qualifyTables(clause)
 	out, err := pg.Deparse(tree)
 	if err != nil {
 		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
@@ -62,4 +67,16 @@ func Deparse(where string, types ...TypeNames) (string, error) {
 		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
 	}
 	return rest, nil
+}
+
+// qualifyTables names the schema of every table a subquery of where reads
+// without one: public, as the matcher resolves it (match.SubqueryTables),
+// since the reads' search_path holds pg_catalog only.
+func qualifyTables(where *pg.Node) {
+	pgtree.Walk(where, func(n *pg.Node, _ int) error {
+		if rv := n.GetRangeVar(); rv != nil && rv.Schemaname == "" {
+			rv.Schemaname = "public"
+		}
+		return nil
+	})
 }

@@ -40,3 +40,16 @@ func TestParseErrorIsLocatedInTheStatement(t *testing.T) {
 		t.Fatalf("unclosed parenthesis: %v", err)
 	}
 }
+
+// The tables subqueries read are printed with their schema: public when
+// the clause names none, as the matcher resolves them.
+func TestDeparseQualifiesSubqueryTables(t *testing.T) {
+	got, err := Deparse("project_id IN (SELECT project_id FROM members WHERE user_id IN (SELECT id FROM app.users WHERE x = $1))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "project_id IN (SELECT project_id FROM public.members WHERE user_id IN (SELECT id FROM app.users WHERE x = $1))"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}

@@ -139,6 +139,9 @@ func TestShapeAPIServesOnlyPublishedTables(t *testing.T) {
 	}
 	r := shapeGet(t, base, shapeQuery("table", "private.secrets", "offset", "-1"))
 	invalid(t, "a table outside the publication", r, "table", "not in publication fanout")
+	// The tables subqueries read follow the same rule.
+	r = shapeGet(t, base, shapeQuery("table", "items", "offset", "-1", "where", "id IN (SELECT id FROM private.secrets WHERE secret = 'hunter2')"))
+	invalid(t, "a subquery on a table outside the publication", r, "where", "not in publication fanout")
 	// No shape was made for it, so ingest never altered it.
 	var ident string
 	if err := s.conn.QueryRow(context.Background(), "SELECT relreplident::text FROM pg_class WHERE oid = 'private.secrets'::regclass").Scan(&ident); err != nil {
@@ -157,6 +160,7 @@ func TestShapeAPIServesOnlyPublishedTables(t *testing.T) {
 	// api.tables narrows the publication.
 	narrow := s.startShapeAPI("FANOUT_API_TABLES=public.other")
 	invalid(t, "a published table not in api.tables", shapeGet(t, narrow, shapeQuery("table", "items", "offset", "-1")), "table", "api.tables")
+	invalid(t, "a subquery on a published table not in api.tables", shapeGet(t, narrow, shapeQuery("table", "other", "offset", "-1", "where", "id IN (SELECT id FROM items)")), "where", "api.tables")
 	if r := apiFirst(t, narrow, shapeQuery("table", "other", "offset", "-1"), time.Minute); r.code != http.StatusOK {
 		t.Fatalf("a table in api.tables: %s", r)
 	}

@@ -72,7 +72,7 @@ func TestSubqueryShapesInTheNPMClients(t *testing.T) {
 	s.startConsumer("c1")
 	s.start("ingest", "ingest", smallFragments...)
 	s.waitSlot()
-	api := s.startShapeAPI()
+	api := s.startShapeAPI(pgliteChunkBytes) // pglite-sync's client: see pgliteChunkBytes
 	params := map[string]any{"table": "issues", "where": subqueryWhere, "params": map[string]any{"1": "1"}}
 
 	eager := s.startJS("tanstack-subquery-eager", "tanstack.mjs", map[string]any{"url": api, "params": params, "mode": "eager", "key": "id"})

@@ -237,7 +237,8 @@ func contains(list []string, s string) bool {
 // SubqueryTables reads the schemas of the tables where's subqueries read
 // (col IN (SELECT ... FROM table)), as LoadSchema reads a shape's own: each
 // must exist, be a table and have a primary key (the results are kept by
-// row key). CheckSubqueryTable, when set, is asked about each too.
+// row key). The HTTP API applies its table rules to them too (WithCheck:
+// shapeapi's validateInPostgres).
 func SubqueryTables(ctx context.Context, conn *pgx.Conn, where string) ([]fanout.TableSchema, error) {
 	names, err := match.SubqueryTables(where)
 	if err != nil {
@@ -245,11 +246,6 @@ func SubqueryTables(ctx context.Context, conn *pgx.Conn, where string) ([]fanout
 	}
 	var out []fanout.TableSchema
 	for _, name := range names {
-		if CheckSubqueryTable != nil {
-			if err := CheckSubqueryTable(ctx, conn, name); err != nil {
-				return nil, fmt.Errorf("where clause: subquery on table %s: %w", name, err)
-			}
-		}
 		schema, pk, err := LoadSchema(ctx, conn, name)
 		if err != nil {
 			return nil, fmt.Errorf("where clause: subquery: %w", err)
@@ -258,9 +254,3 @@ func SubqueryTables(ctx context.Context, conn *pgx.Conn, where string) ([]fanout
 	}
 	return out, nil
 }
-
-// CheckSubqueryTable is the hook for the rules a shape's own table follows
-// in the HTTP API (in the publication, allowed by configuration: issue 27),
-// applied to the tables its subqueries read. nil: no rule beyond being a
-// table with a primary key. The HTTP API sets it to its own table check.
-var CheckSubqueryTable func(ctx context.Context, conn *pgx.Conn, table string) error
