@@ -375,7 +375,7 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 func (j *job) invisibleCommits(ctx context.Context, tx pgx.Tx, snap visibility.Snapshot, routing shapestate.Routing) ([]uint64, error) {
 	var blocked []uint64
 	for _, x := range routing.Decoded {
-		if _, in := slices.BinarySearch(snap.Xip, x); in {
+		if !snap.Visible64(x) { // in xip, or at or past xmax
 			blocked = append(blocked, x)
 		}
 	}
