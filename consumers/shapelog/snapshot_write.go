@@ -1,12 +1,12 @@
 package shapelog
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
+	"unsafe"
 
 	"github.com/fanout/pipeline/consumers/shapemsg"
 	"github.com/fanout/pipeline/fanout"
@@ -14,19 +14,28 @@ import (
 )
 
 // SnapshotWriter writes one generation of a shape's snapshot as chunk files,
-// streaming: it holds one chunk's buffer, never the shape. Nothing it writes
-// is visible to CurrentSnapshot until Complete.
+// streaming: it holds a write buffer, never the shape. Nothing it writes
+// is visible to CurrentSnapshot until Complete. Finished chunks are fsynced
+// in the background while the next ones are written; Complete and Abort
+// wait for them.
 type SnapshotWriter struct {
 	s          Snapshot
 	chunkRows  int64
 	chunkBytes int64
 	f          *os.File
-	bw         *bufio.Writer
+	buf        []byte // encoded rows not yet written to f
 	cur        SnapshotChunk
-	line       []byte
 	enc        *shapemsg.SnapshotEncoder
-	vals       []*string
+	vals       [][]byte
+	syncing    []chan error // fsyncs of finished chunks still running, oldest first
 }
+
+// chunkSyncs is how many finished chunks a writer fsyncs at once: the disk
+// takes several at a time, and the writer goes on meanwhile.
+const chunkSyncs = 4
+
+// snapshotWriteBuffer is how much a writer encodes before each write(2).
+const snapshotWriteBuffer = 256 << 10
 
 // NewSnapshotWriter starts generation gen of handle's snapshot of table
 // (schema.table) with columns in that order, keyed by pk (each among
@@ -67,37 +76,68 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 		s: Snapshot{Version: SnapshotVersion, Handle: handle, Generation: gen, Table: table, Columns: columns, PrimaryKey: pk,
 			Chunks: []SnapshotChunk{}, dir: gdir},
 		chunkRows: int64(max(chunkRows, 1)), chunkBytes: int64(max(chunkBytes, 1)),
-		enc: enc, vals: make([]*string, len(columns)),
+		enc: enc, vals: make([][]byte, len(columns)),
 	}
 	return w, nil
 }
 
 // Add appends a row (values of the writer's columns; a missing column is NULL).
 func (w *SnapshotWriter) Add(row fanout.Row) error {
+	for i, c := range w.s.Columns {
+		w.vals[i] = nil
+		if v := row[c]; v != nil {
+			// Read only, by AddValues, before Add returns.
+			w.vals[i] = unsafe.Slice(unsafe.StringData(*v), len(*v))
+			if w.vals[i] == nil {
+				w.vals[i] = []byte{} // "" is not NULL
+			}
+		}
+	}
+	return w.AddValues(w.vals)
+}
+
+// AddValues appends a row given as the values of the writer's columns, in
+// order, in Postgres text format (nil: NULL). It keeps nothing of vals.
+func (w *SnapshotWriter) AddValues(vals [][]byte) error {
+	if len(vals) != len(w.s.Columns) {
+		return fmt.Errorf("snapshot of shape %s: a row of %d values for %d columns", w.s.Handle, len(vals), len(w.s.Columns))
+	}
 	if w.f == nil {
 		f, err := os.Create(filepath.Join(w.s.dir, chunkName(len(w.s.Chunks))))
 		if err != nil {
 			return fmt.Errorf("snapshot of shape %s: create chunk: %w", w.s.Handle, err)
 		}
-		w.f, w.bw, w.cur = f, bufio.NewWriterSize(f, 256<<10), SnapshotChunk{}
+		w.f, w.cur = f, SnapshotChunk{}
 	}
-	w.line = w.line[:0]
+	start := len(w.buf)
 	if w.cur.Rows > 0 {
-		w.line = append(w.line, ',')
+		w.buf = append(w.buf, ',')
 	}
-	for i, c := range w.s.Columns {
-		w.vals[i] = row[c]
-	}
-	w.line = append(w.enc.Append(w.line, w.vals), '\n')
-	if _, err := w.bw.Write(w.line); err != nil {
-		return fmt.Errorf("snapshot of shape %s: write chunk: %w", w.s.Handle, err)
-	}
+	w.buf = append(w.enc.Append(w.buf, vals), '\n')
+	n := int64(len(w.buf) - start)
 	w.cur.Rows++
-	w.cur.Bytes += int64(len(w.line))
+	w.cur.Bytes += n
 	w.s.Rows++
-	w.s.Bytes += int64(len(w.line))
+	w.s.Bytes += n
+	if len(w.buf) >= snapshotWriteBuffer {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
 	if w.cur.Rows >= w.chunkRows || w.cur.Bytes >= w.chunkBytes {
 		return w.closeChunk()
+	}
+	return nil
+}
+
+func (w *SnapshotWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.f.Write(w.buf)
+	w.buf = w.buf[:0]
+	if err != nil {
+		return fmt.Errorf("snapshot of shape %s: write chunk %d: %w", w.s.Handle, len(w.s.Chunks), err)
 	}
 	return nil
 }
@@ -111,29 +151,68 @@ func (w *SnapshotWriter) Progress() (rows, bytes int64, chunks int) {
 	return w.s.Rows, w.s.Bytes, n
 }
 
+// closeChunk writes out the current chunk and starts its fsync, once fewer
+// than chunkSyncs are running.
 func (w *SnapshotWriter) closeChunk() error {
 	if w.f == nil {
 		return nil
 	}
-	err := w.bw.Flush()
-	if err == nil {
-		err = w.f.Sync()
+	err := w.flush()
+	for len(w.syncing) >= chunkSyncs {
+		if serr := w.awaitSync(); err == nil {
+			err = serr
+		}
 	}
-	if cerr := w.f.Close(); err == nil {
-		err = cerr
-	}
+	f, i := w.f, len(w.s.Chunks)
 	w.f = nil
 	if err != nil {
-		return fmt.Errorf("snapshot of shape %s: finish chunk %d: %w", w.s.Handle, len(w.s.Chunks), err)
+		f.Close()
+		return err
 	}
+	done := make(chan error, 1)
+	go func() {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			err = fmt.Errorf("snapshot of shape %s: finish chunk %d: %w", w.s.Handle, i, err)
+		}
+		done <- err
+	}()
+	w.syncing = append(w.syncing, done)
 	w.s.Chunks = append(w.s.Chunks, w.cur)
 	return nil
+}
+
+// awaitSync waits for the oldest running fsync of a finished chunk.
+func (w *SnapshotWriter) awaitSync() error {
+	if len(w.syncing) == 0 {
+		return nil
+	}
+	err := <-w.syncing[0]
+	w.syncing = w.syncing[1:]
+	return err
+}
+
+// awaitSyncs waits for every running fsync and returns the first error.
+func (w *SnapshotWriter) awaitSyncs() error {
+	var first error
+	for len(w.syncing) > 0 {
+		if err := w.awaitSync(); first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // Complete makes the generation durable and current: chunks synced, then the
 // manifest written and renamed into place, then older generations removed.
 func (w *SnapshotWriter) Complete(snap visibility.Snapshot) (*Snapshot, error) {
 	if err := w.closeChunk(); err != nil {
+		return nil, err
+	}
+	if err := w.awaitSyncs(); err != nil {
 		return nil, err
 	}
 	w.s.Snapshot = snap
@@ -177,6 +256,7 @@ func (w *SnapshotWriter) Abort() {
 		w.f.Close()
 		w.f = nil
 	}
+	w.awaitSyncs()
 	os.RemoveAll(w.s.dir)
 }
 

@@ -300,22 +300,14 @@ func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapes
 		params[i] = []byte(p)
 	}
 	rr := conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
-	row := make(fanout.Row, len(cols))
+	filter := newRowFilter(pred, cols, out)
 	var lastRows, lastBytes int64
 	for rr.NextRow() {
-		vals := rr.Values()
-		for i, c := range cols {
-			if vals[i] == nil {
-				row[c] = nil
-			} else {
-				s := string(vals[i])
-				row[c] = &s
-			}
+		vals, ok := filter.accept(rr.Values())
+		if !ok {
+			continue
 		}
-		if !pred.Eval(row) {
-			continue // one membership rule: the matcher's
-		}
-		if err := w.Add(row); err != nil {
+		if err := w.AddValues(vals); err != nil {
 			rr.Close()
 			return nil, nil, err
 		}
