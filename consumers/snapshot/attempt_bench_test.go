@@ -54,7 +54,7 @@ func BenchmarkAttempt(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer pool.Close()
-			r := &Runner{cfg: configs.Snapshot{ChunkRows: 10000, ChunkBytes: 4 << 20}, d: Deps{Dir: b.TempDir()}, pool: pool,
+			r := &Runner{cfg: configs.Snapshot{ChunkRows: 10000, ChunkBytes: 4 << 20, StatementTimeout: time.Minute}, d: Deps{Dir: b.TempDir()}, pool: pool,
 				m: newMetrics(nil), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			s := &fanout.Shape{Handle: "bench", Table: "public." + c.table, Where: c.where, PrimaryKey: []string{"id"}, Schema: schema}
 			pred, err := match.Compile(s.Where, s.Schema)
@@ -64,12 +64,13 @@ func BenchmarkAttempt(b *testing.B) {
 			var took time.Duration
 			b.ResetTimer()
 			for i := range b.N {
-				j := &job{r: r, handle: s.Handle, shape: s, st: shapestate.State{Generation: uint64(i + 1)}}
+				j := &job{r: r, handle: s.Handle, ctx: ctx, shape: s, pred: pred, st: shapestate.State{Generation: uint64(i + 1)}, log: r.log}
 				start := time.Now()
-				snap, blocked, err := j.attempt(ctx, pred, shapestate.Routing{})
+				g := &group{r: r, jobs: []*job{j}}
+				blocked, err := g.attempt(ctx, g.jobs, shapestate.Routing{})
 				took += time.Since(start)
-				if err != nil || blocked != nil || snap.Rows != want {
-					b.Fatalf("attempt: %v, blocked %v, %v rows, want %d", err, blocked, snap, want)
+				if err != nil || blocked != nil || j.err != nil || j.snap.Rows != want {
+					b.Fatalf("attempt: %v, blocked %v, job %v, %v rows, want %d", err, blocked, j.err, j.snap, want)
 				}
 			}
 			per := took / time.Duration(b.N)

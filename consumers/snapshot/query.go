@@ -13,26 +13,54 @@ import (
 // replication connection uses the same).
 var sessionSettings = fanout.TextSettings
 
-// selectSQL is the snapshot query of s: every column of the table's schema
-// (the matcher needs them to post-filter; the projection is applied in Go),
-// with the where clause rendered again from its Postgres parse tree, so the
-// user's text never reaches the SQL as written. The SQL filter only narrows
-// what is read; membership is decided by the compiled matcher.
-func selectSQL(s *fanout.Shape) (string, []string, error) {
-	cols := make([]string, len(s.Schema))
+// selectSQL is the snapshot query of shapes of one table and one schema:
+// every column of the table's schema (the matchers need them to
+// post-filter; each shape's projection is applied in Go), filtered by the
+// union of their where clauses (wheresql.Union), rendered again from their
+// Postgres parse trees, so the users' text never reaches the SQL as written.
+// params are every shape's parameters in order, as the union numbers them.
+// The SQL filter only narrows what is read; membership is decided by each
+// shape's compiled matcher.
+func selectSQL(shapes []*fanout.Shape) (q string, params [][]byte, cols []string, err error) {
+	s := shapes[0]
+	cols = make([]string, len(s.Schema))
 	quoted := make([]string, len(s.Schema))
 	for i, c := range s.Schema {
 		cols[i] = c.Name
 		quoted[i] = pgx.Identifier{c.Name}.Sanitize()
 	}
 	schema, name := fanout.SplitTable(s.Table)
-	q := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{schema, name}.Sanitize()
-	if strings.TrimSpace(s.Where) != "" {
-		where, err := wheresql.Deparse(s.Where)
-		if err != nil {
-			return "", nil, err
+	q = "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{schema, name}.Sanitize()
+	clauses := make([]wheresql.Clause, len(shapes))
+	for i, s := range shapes {
+		clauses[i] = wheresql.Clause{Where: s.Where, Params: len(s.Params)}
+		for _, p := range s.Params {
+			params = append(params, []byte(p))
 		}
+	}
+	where, err := wheresql.Union(clauses)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if where != "" {
 		q += " WHERE (" + where + ")"
 	}
-	return q, cols, nil
+	return q, params, cols, nil
+}
+
+// schemaKey tells apart shapes whose rows one query can read: one table,
+// with the columns and types the shapes were defined with.
+func schemaKey(s *fanout.Shape) string {
+	var b strings.Builder
+	b.WriteString(s.Table)
+	for _, c := range s.Schema {
+		b.WriteString("\x00" + c.Name + "\x00" + c.Type)
+	}
+	return b.String()
+}
+
+// quoteLiteral quotes s as an SQL string literal whatever
+// standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }

@@ -9,7 +9,7 @@ import (
 
 func TestSelectSQLQuotesAndRendersTheParsedClause(t *testing.T) {
 	s := &fanout.Shape{Table: "public.Items", Where: "owner = 5 AND \"Title\" LIKE 'a%' -- x", Schema: []fanout.Column{{Name: "id"}, {Name: "owner"}, {Name: "Title"}}}
-	q, cols, err := selectSQL(s)
+	q, _, cols, err := selectSQL([]*fanout.Shape{s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +19,7 @@ func TestSelectSQLQuotesAndRendersTheParsedClause(t *testing.T) {
 	}
 	for _, bad := range []string{"1=1; DROP TABLE x", "owner = (SELECT"} {
 		s.Where = bad
-		if q, _, err := selectSQL(s); err == nil {
+		if q, _, _, err := selectSQL([]*fanout.Shape{s}); err == nil {
 			t.Errorf("clause %q gave SQL %s", bad, q)
 		}
 	}

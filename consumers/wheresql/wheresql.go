@@ -34,16 +34,9 @@ func (e *ParseError) Unwrap() error { return e.err }
 // again, without the prefix. A clause that does not parse is a
 // *ParseError when the parser located it.
 func Deparse(where string) (string, error) {
-	tree, err := pg.Parse(Prefix + where)
+	tree, err := parseClause(where)
 	if err != nil {
-		var pe *parser.Error
-		if errors.As(err, &pe) {
-			return "", &ParseError{Location: max(pe.Cursorpos-1, 0), Message: pe.Message, err: pe}
-		}
-		return "", fmt.Errorf("where clause does not parse: %w", err)
-	}
-	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
-		return "", errors.New("where clause is not one boolean expression")
+		return "", err
 	}
 	out, err := pg.Deparse(tree)
 	if err != nil {
@@ -54,4 +47,21 @@ func Deparse(where string) (string, error) {
 		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
 	}
 	return rest, nil
+}
+
+// parseClause parses where as `SELECT 1 WHERE <where>`: one statement
+// with a where clause.
+func parseClause(where string) (*pg.ParseResult, error) {
+	tree, err := pg.Parse(Prefix + where)
+	if err != nil {
+		var pe *parser.Error
+		if errors.As(err, &pe) {
+			return nil, &ParseError{Location: max(pe.Cursorpos-1, 0), Message: pe.Message, err: pe}
+		}
+		return nil, fmt.Errorf("where clause does not parse: %w", err)
+	}
+	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
+		return nil, errors.New("where clause is not one boolean expression")
+	}
+	return tree, nil
 }
