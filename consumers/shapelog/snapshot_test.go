@@ -213,3 +213,33 @@ func TestSnapshotVersions(t *testing.T) {
 		t.Fatalf("unknown version: %v", err)
 	}
 }
+
+// A snapshot's new directories are durable in their parents: a new shape's
+// folder in shapes/ too (before, only snapshot/ and the shape's folder were
+// synced, whichever were new). A later generation syncs only snapshot/.
+func TestSnapshotDirectoriesAreDurable(t *testing.T) {
+	d := watchDisk(t)
+	dir := t.TempDir()
+	for gen := uint64(1); gen <= 2; gen++ {
+		d.mu.Lock()
+		d.log = nil
+		d.mu.Unlock()
+		w, err := NewSnapshotWriter(dir, "sd", gen, "public.items", []string{"id"}, []string{"id"}, 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Add(fanout.Row{"id": sv("1")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1}); err != nil {
+			t.Fatal(err)
+		}
+		root := snapshotRoot(dir, "sd")
+		shape := filepath.Dir(root)
+		for p, want := range map[string]bool{filepath.Dir(shape): gen == 1, shape: gen == 1, root: true, generationDir(dir, "sd", gen): true} {
+			if got := d.fsynced(p); got != want {
+				t.Errorf("generation %d: %s fsynced %v, want %v", gen, p, got, want)
+			}
+		}
+	}
+}

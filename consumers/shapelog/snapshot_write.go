@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -28,6 +29,7 @@ type SnapshotWriter struct {
 	enc        *shapemsg.SnapshotEncoder
 	vals       [][]byte
 	syncing    []chan error // fsyncs of finished chunks still running, oldest first
+	newDirs    []string     // the directories NewSnapshotWriter created, the generation's last
 }
 
 // chunkSyncs is how many finished chunks a writer fsyncs at once: the disk
@@ -69,10 +71,12 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 		}
 	}
 	gdir := generationDir(dir, handle, gen)
-	if err := os.MkdirAll(gdir, 0o755); err != nil {
+	created, err := mkdirs(gdir)
+	if err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: create %s: %w (check storage.dir)", handle, gdir, err)
 	}
 	w := &SnapshotWriter{
+		newDirs: created,
 		s: Snapshot{Version: SnapshotVersion, Handle: handle, Generation: gen, Table: table, Columns: columns, PrimaryKey: pk,
 			Chunks: []SnapshotChunk{}, dir: gdir},
 		chunkRows: int64(max(chunkRows, 1)), chunkBytes: int64(max(chunkBytes, 1)),
@@ -234,9 +238,10 @@ func (w *SnapshotWriter) Complete(snap visibility.Snapshot) (*Snapshot, error) {
 	if err := syncDir(w.s.dir); err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, w.s.dir, err)
 	}
-	for _, d := range []string{filepath.Dir(w.s.dir), filepath.Dir(filepath.Dir(w.s.dir))} {
-		if err := syncDir(d); err != nil {
-			return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, d, err)
+	// The new directories' names, down to the generation's.
+	for _, d := range w.newDirs {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, filepath.Dir(d), err)
 		}
 	}
 	dir := filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(w.s.dir)))) // <dir>/shapes/<h>/snapshot/g<N>
@@ -258,6 +263,25 @@ func (w *SnapshotWriter) Abort() {
 	}
 	w.awaitSyncs()
 	os.RemoveAll(w.s.dir)
+}
+
+// mkdirs creates dir and its missing parents, and returns those it
+// created, outermost first: their names must be synced in their parents.
+func mkdirs(dir string) ([]string, error) {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	slices.Reverse(missing)
+	for _, d := range missing {
+		if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
+			return nil, err
+		}
+	}
+	return missing, nil
 }
 
 func writeSynced(path string, data []byte) error {

@@ -224,8 +224,9 @@ func (g *group) complete(jobs []*job, snap visibility.Snapshot) {
 	wg.Wait()
 }
 
-// completeParallel is how many snapshots of a group are completed at once.
-const completeParallel = 8
+// completeParallel is how many snapshots of a group are completed at once:
+// the file system commits concurrent fsyncs together.
+const completeParallel = 64
 
 // withoutFailed returns the jobs without an error, in order.
 func withoutFailed(jobs []*job) []*job {
