@@ -173,23 +173,29 @@ func (w *SnapshotWriter) closeChunk() error {
 		f.Close()
 		return err
 	}
-	done := make(chan error, 1)
-	go func() {
-		err := f.Sync()
+	w.inBackground(func() error {
+		err := syncFile(f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			err = fmt.Errorf("snapshot of shape %s: finish chunk %d: %w", w.s.Handle, i, err)
 		}
-		done <- err
-	}()
-	w.syncing = append(w.syncing, done)
+		return err
+	})
 	w.s.Chunks = append(w.s.Chunks, w.cur)
 	return nil
 }
 
-// awaitSync waits for the oldest running fsync of a finished chunk.
+// inBackground runs an fsync on a goroutine of its own; awaitSync and
+// awaitSyncs wait for it.
+func (w *SnapshotWriter) inBackground(sync func() error) {
+	done := make(chan error, 1)
+	go func() { done <- sync() }()
+	w.syncing = append(w.syncing, done)
+}
+
+// awaitSync waits for the oldest running fsync.
 func (w *SnapshotWriter) awaitSync() error {
 	if len(w.syncing) == 0 {
 		return nil
@@ -210,26 +216,41 @@ func (w *SnapshotWriter) awaitSyncs() error {
 	return first
 }
 
-// Complete makes the generation durable and current: chunks synced, then the
-// manifest written and renamed into place, then older generations removed.
+// Complete makes the generation durable and current: the chunks, the
+// manifest (written as manifest.json.tmp) and the names of the new
+// directories synced, all at once; then the generation's folder (the
+// chunks' and the manifest's names); then the manifest renamed into place
+// and the folder synced again; then older generations removed.
 func (w *SnapshotWriter) Complete(snap visibility.Snapshot) (*Snapshot, error) {
 	if err := w.closeChunk(); err != nil {
-		return nil, err
-	}
-	if err := w.awaitSyncs(); err != nil {
 		return nil, err
 	}
 	w.s.Snapshot = snap
 	w.s.Completed = time.Now().UTC()
 	data, err := json.Marshal(&w.s)
 	if err != nil {
+		w.awaitSyncs()
 		return nil, err
 	}
 	tmp := filepath.Join(w.s.dir, manifestName+".tmp")
-	if err := writeSynced(tmp, data); err != nil {
-		return nil, fmt.Errorf("snapshot of shape %s: write manifest: %w", w.s.Handle, err)
+	w.inBackground(func() error {
+		if err := writeSynced(tmp, data); err != nil {
+			return fmt.Errorf("snapshot of shape %s: write manifest: %w", w.s.Handle, err)
+		}
+		return nil
+	})
+	for _, d := range w.newDirs {
+		w.inBackground(func() error {
+			if err := syncDir(filepath.Dir(d)); err != nil {
+				return fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, filepath.Dir(d), err)
+			}
+			return nil
+		})
 	}
-	if err := syncDir(w.s.dir); err != nil { // the chunks' names
+	if err := w.awaitSyncs(); err != nil {
+		return nil, err
+	}
+	if err := syncDir(w.s.dir); err != nil { // the chunks' and the manifest's names
 		return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, w.s.dir, err)
 	}
 	if err := os.Rename(tmp, filepath.Join(w.s.dir, manifestName)); err != nil {
@@ -237,12 +258,6 @@ func (w *SnapshotWriter) Complete(snap visibility.Snapshot) (*Snapshot, error) {
 	}
 	if err := syncDir(w.s.dir); err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, w.s.dir, err)
-	}
-	// The new directories' names, down to the generation's.
-	for _, d := range w.newDirs {
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			return nil, fmt.Errorf("snapshot of shape %s: sync %s: %w", w.s.Handle, filepath.Dir(d), err)
-		}
 	}
 	dir := filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(w.s.dir)))) // <dir>/shapes/<h>/snapshot/g<N>
 	gens, _ := snapshotGenerations(dir, w.s.Handle)
@@ -291,7 +306,7 @@ func writeSynced(path string, data []byte) error {
 	}
 	_, err = f.Write(data)
 	if err == nil {
-		err = f.Sync()
+		err = syncFile(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
