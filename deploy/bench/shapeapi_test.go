@@ -55,6 +55,7 @@ func (p *pipe) startShapeAPI() (api, metrics string) {
 	go func() { cmd.Wait(); close(done) }()
 	p.b.Cleanup(func() { cmd.Process.Kill(); <-done })
 	p.http["shapeapi"] = metrics
+	p.pids["shapeapi"] = cmd.Process.Pid
 	testenv.Eventually(p.b, time.Minute, "shapeapi to be ready", func() bool { return p.ready("shapeapi") })
 	return "http://" + apiAddr + "/v1/shape", metrics
 }
