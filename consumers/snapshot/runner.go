@@ -133,6 +133,7 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 // another runner) and closes the pool.
 func (r *Runner) Run(ctx context.Context) {
 	defer r.pool.Close()
+	r.sizeConcurrency(ctx)
 	defer func() {
 		for _, cancel := range r.jobs {
 			cancel()

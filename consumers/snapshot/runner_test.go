@@ -35,10 +35,10 @@ type burstEnv struct {
 	r    *Runner
 }
 
-func startRunner(t *testing.T, cfg func(*configs.Snapshot)) *burstEnv {
+func startRunner(t *testing.T, cfg func(*configs.Snapshot), pgOpts ...testenv.PostgresOption) *burstEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &burstEnv{t: t, ctx: ctx, pg: testenv.StartPostgres(t), dir: t.TempDir(), reg: prometheus.NewRegistry()}
+	e := &burstEnv{t: t, ctx: ctx, pg: testenv.StartPostgres(t, pgOpts...), dir: t.TempDir(), reg: prometheus.NewRegistry()}
 	e.conn = e.pg.Connect(t)
 	ns := testenv.StartNATS(t)
 	e.bus = ns.Bus(t)
@@ -231,7 +231,8 @@ func (e *burstEnv) metric(name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			m := mf.GetMetric()[0]
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return 0
