@@ -13,6 +13,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -139,7 +140,11 @@ func LoadCommand(service string, args []string, out any, extra *pflag.FlagSet) (
 	}
 	settings := map[string]any{}
 	for _, k := range keys {
-		setNested(settings, k, v.Get(k))
+		val := v.Get(k)
+		if secondsKeys[k] {
+			val = plainSeconds(val)
+		}
+		setNested(settings, k, val)
 	}
 	if err := dec.Decode(settings); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -174,13 +179,38 @@ func checkType(v *viper.Viper, k string) error {
 			return bad("true or false")
 		}
 	case string:
-		if looksLikeDuration(k) {
+		if secondsKeys[k] {
+			if _, err := time.ParseDuration(fmt.Sprint(plainSeconds(s))); err != nil {
+				return bad("a duration such as 500ms, 5s or 2m, or whole seconds")
+			}
+		} else if looksLikeDuration(k) {
 			if _, err := time.ParseDuration(s); err != nil {
 				return bad("a duration such as 500ms, 5s or 2m")
 			}
 		}
 	}
 	return nil
+}
+
+// secondsKeys are the duration keys that also take plain whole seconds, as
+// the Electric settings they stand for do (ELECTRIC_CACHE_MAX_AGE=60).
+var secondsKeys = map[string]bool{"api.max_age": true, "api.stale_age": true}
+
+// plainSeconds turns a whole number (from YAML, or text from the
+// environment or a flag) into a duration in seconds; anything else is
+// returned as it is.
+func plainSeconds(val any) any {
+	switch n := val.(type) {
+	case int:
+		return time.Duration(n) * time.Second
+	case int64:
+		return time.Duration(n) * time.Second
+	case string:
+		if secs, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64); err == nil {
+			return (time.Duration(secs) * time.Second).String()
+		}
+	}
+	return val
 }
 
 // durationKeys are filled in by the embedded defaults so checkType knows

@@ -113,3 +113,34 @@ func TestEveryServiceDefaultLoads(t *testing.T) {
 		}
 	}
 }
+
+// api.max_age and api.stale_age take Electric's plain seconds as well as
+// durations, from the environment and from a file; other duration keys
+// still refuse a bare number.
+func TestCacheAgesTakePlainSeconds(t *testing.T) {
+	type apiConfig struct {
+		API API `mapstructure:"api"`
+	}
+	t.Setenv("FANOUT_API_MAX_AGE", "60")
+	file := writeFile(t, "api:\n  stale_age: 300\n")
+	var c apiConfig
+	if err := Load("shapeapi", []string{"--config", file}, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.API.MaxAge != time.Minute || c.API.StaleAge != 5*time.Minute {
+		t.Fatalf("max_age %s, stale_age %s; want 1m0s and 5m0s", c.API.MaxAge, c.API.StaleAge)
+	}
+	t.Setenv("FANOUT_API_MAX_AGE", "2m")
+	if err := Load("shapeapi", nil, &c); err != nil || c.API.MaxAge != 2*time.Minute {
+		t.Fatalf("a duration: %s %v", c.API.MaxAge, err)
+	}
+	t.Setenv("FANOUT_API_MAX_AGE", "soon")
+	if err := Load("shapeapi", nil, &c); err == nil || !strings.Contains(err.Error(), "api.max_age") {
+		t.Fatalf("a bad value: %v", err)
+	}
+	t.Setenv("FANOUT_API_MAX_AGE", "")
+	t.Setenv("FANOUT_API_LONG_POLL_TIMEOUT", "20")
+	if err := Load("shapeapi", nil, &c); err == nil || !strings.Contains(err.Error(), "api.long_poll_timeout") {
+		t.Fatalf("a bare number for another duration key was accepted: %v", err)
+	}
+}

@@ -72,6 +72,9 @@ type Fragment struct {
 	// changeCount is len(Changes), or, for a fragment checked but not
 	// decoded (DecodeMessage), how many changes its wire bytes hold.
 	changeCount int
+	// truncates says, for a fragment checked but not decoded, whether its
+	// wire bytes hold a truncate.
+	truncates bool
 }
 
 // NumChanges is how many changes f holds.
@@ -80,6 +83,20 @@ func (f *Fragment) NumChanges() int {
 		return f.changeCount
 	}
 	return len(f.Changes)
+}
+
+// HasTruncate reports whether f holds a truncate (readers cannot express
+// one as a change: the shape is rotated).
+func (f *Fragment) HasTruncate() bool {
+	if f.Changes == nil {
+		return f.truncates
+	}
+	for i := range f.Changes {
+		if f.Changes[i].Op == OpTruncate {
+			return true
+		}
+	}
+	return false
 }
 
 // Position orders fragments within a shape log: by commit, then by Seq.

@@ -145,6 +145,6 @@ func checkFragment(raw []byte) (*Fragment, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.changeCount, f.Changes = len(f.Changes), nil
+	f.changeCount, f.truncates, f.Changes = len(f.Changes), f.HasTruncate(), nil
 	return f, nil
 }

@@ -111,7 +111,7 @@ func (s *wireScanner) fragment() (*Fragment, bool) {
 		return nil, false
 	}
 	if !s.literal("null") {
-		if f.changeCount, ok = s.changes(); !ok {
+		if f.changeCount, f.truncates, ok = s.changes(); !ok {
 			return nil, false
 		}
 	}
@@ -133,23 +133,25 @@ func (s *wireScanner) fragment() (*Fragment, bool) {
 }
 
 // changes reads a JSON array of changes as appendChange writes them and
-// returns how many it held.
-func (s *wireScanner) changes() (int, bool) {
+// returns how many it held and whether one was a truncate.
+func (s *wireScanner) changes() (n int, truncates, ok bool) {
 	if !s.literal("[") {
-		return 0, false
+		return 0, false, false
 	}
 	if s.literal("]") {
-		return 0, true
+		return 0, false, true
 	}
-	for n := 1; ; n++ {
-		if !s.change() {
-			return 0, false
+	for n = 1; ; n++ {
+		op, ok := s.change()
+		if !ok {
+			return 0, false, false
 		}
+		truncates = truncates || op == OpTruncate
 		if s.literal("]") {
-			return n, true
+			return n, truncates, true
 		}
 		if !s.literal(",") {
-			return 0, false
+			return 0, false, false
 		}
 	}
 }
@@ -162,9 +164,9 @@ var quotedOps = [...]struct {
 // change reads {"op":OP[,"row":{..}][,"old":{..}][,"before":{..}]} and
 // checks it as checkFragment does: inserts and updates carry a row,
 // deletes an old key, and only updates and deletes a before.
-func (s *wireScanner) change() bool {
+func (s *wireScanner) change() (Op, bool) {
 	if !s.literal(`{"op":`) {
-		return false
+		return "", false
 	}
 	var op Op
 	for _, known := range quotedOps {
@@ -174,23 +176,23 @@ func (s *wireScanner) change() bool {
 		}
 	}
 	if op == "" {
-		return false
+		return "", false
 	}
 	row, ok1 := s.optionalRow(`,"row":`)
 	old, ok2 := s.optionalRow(`,"old":`)
 	before, ok3 := s.optionalRow(`,"before":`)
 	if !ok1 || !ok2 || !ok3 || !s.literal("}") {
-		return false
+		return "", false
 	}
 	switch op {
 	case OpInsert:
-		return row && !before
+		return op, row && !before
 	case OpUpdate:
-		return row
+		return op, row
 	case OpDelete:
-		return old
+		return op, old
 	default: // truncate
-		return !before
+		return op, !before
 	}
 }
 

@@ -115,11 +115,14 @@ func sameChecked(t *testing.T, got, want *Fragment, body []byte) {
 	if g.NumChanges() != w.NumChanges() {
 		t.Fatalf("%d changes read in one pass, %d by encoding/json:\n%q", g.NumChanges(), w.NumChanges(), body)
 	}
+	if g.HasTruncate() != w.HasTruncate() {
+		t.Fatalf("truncate read in one pass %t, by encoding/json %t:\n%q", g.HasTruncate(), w.HasTruncate(), body)
+	}
 	if !bytes.Equal(g.wire, w.wire) {
 		t.Fatalf("wire bytes differ: %q / %q", g.wire, w.wire)
 	}
-	g.Changes, g.wire, g.changeCount = nil, nil, 0
-	w.Changes, w.wire, w.changeCount = nil, nil, 0
+	g.Changes, g.wire, g.changeCount, g.truncates = nil, nil, 0, false
+	w.Changes, w.wire, w.changeCount, w.truncates = nil, nil, 0, false
 	if !reflect.DeepEqual(g, w) {
 		t.Fatalf("read in one pass %+v, by encoding/json %+v:\n%q", g, w, body)
 	}

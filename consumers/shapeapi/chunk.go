@@ -6,6 +6,7 @@ type Chunk struct {
 	body  []byte
 	n     int
 	last  Offset
+	ends  []int // where each message ends in body
 }
 
 // NewChunk starts a response body that holds about limit bytes of JSON; it
@@ -33,7 +34,23 @@ func (c *Chunk) append(msg []byte) {
 		c.body = append(c.body, ',')
 	}
 	c.body = append(c.body, msg...)
+	c.ends = append(c.ends, len(c.body))
 	c.n++
+}
+
+// each calls fn with every message of the chunk, in order.
+func (c *Chunk) each(fn func(msg []byte) error) error {
+	start := 1
+	for _, end := range c.ends {
+		if c.body[start] == ',' {
+			start++
+		}
+		if err := fn(c.body[start:end]); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
 }
 
 // Len is the number of messages.

@@ -8,7 +8,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/jackc/pglogrepl"
+
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapes"
 )
@@ -23,11 +24,17 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/health", func(w http.ResponseWriter, r *http.Request) {
 		s.cors(w, r)
-		if !s.ready.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, []byte(`{"status":"starting"}`))
-			return
+		w.Header().Set("cache-control", "no-store")
+		status, ok := s.health()
+		code := http.StatusOK
+		if !ok {
+			code = http.StatusAccepted // Electric's "not yet": clients and test suites wait for active
 		}
-		writeJSON(w, http.StatusOK, []byte(`{"status":"active"}`))
+		writeJSON(w, code, []byte(`{"status":"`+status+`"}`))
+	})
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		s.cors(w, r)
+		w.WriteHeader(http.StatusOK)
 	})
 	mux.HandleFunc("/v1/shape", func(w http.ResponseWriter, r *http.Request) {
 		s.cors(w, r)
@@ -35,7 +42,7 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 		defer func() { s.requests.WithLabelValues(strconv.Itoa(rec.code)).Inc() }()
 		w = rec
 		if r.Method == http.MethodOptions {
-			w.Header().Set("access-control-allow-methods", "GET, POST, DELETE, OPTIONS")
+			w.Header().Set("access-control-allow-methods", "GET, HEAD, POST, DELETE, OPTIONS")
 			w.Header().Set("access-control-allow-headers", "*")
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -45,21 +52,44 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 			writeJSON(w, http.StatusUnauthorized, errorBody("Unauthorized: the secret parameter is missing or wrong"))
 			return
 		}
-		if !s.ready.Load() {
-			s.unavailable(w, errors.New("the shape API is starting"))
+		if status, ok := s.health(); !ok {
+			s.unavailable(w, fmt.Errorf("the shape API is %s", status))
 			return
 		}
 		switch r.Method {
-		case http.MethodGet, http.MethodPost: // POST: a subset snapshot, its fields in the body
+		case http.MethodGet, http.MethodHead, http.MethodPost: // HEAD: as GET, net/http drops the body; POST: a subset snapshot, its fields in the body
 			s.serveShape(ctx, w, r)
 		case http.MethodDelete:
 			s.deleteShape(w, r)
 		default:
 			w.Header().Set("cache-control", "no-store")
-			writeJSON(w, http.StatusMethodNotAllowed, errorBody("method not allowed: use GET, POST, DELETE or OPTIONS"))
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody("method not allowed: use GET, HEAD, POST, DELETE or OPTIONS"))
 		}
 	})
-	return mux
+	return serverHeader(mux)
+}
+
+// serverName is the electric-server header of every response.
+const serverName = "fanout-shapeapi/1"
+
+func serverHeader(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("electric-server", serverName)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// health is the service's state as /v1/health says it: "active" (ok)
+// once it serves, "starting" until it knows the shapes, "waiting" while it
+// cannot reach NATS.
+func (s *Server) health() (status string, ok bool) {
+	switch {
+	case !s.ready.Load():
+		return "starting", false
+	case !s.nc.IsConnected():
+		return "waiting", false
+	}
+	return "active", true
 }
 
 type statusRecorder struct {
@@ -170,103 +200,176 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.fail(w, err)
 		return
 	}
-	h := w.Header()
-	h.Set("electric-handle", handle)
+	w.Header().Set("electric-handle", handle)
 	if req.Subset != nil {
 		s.serveSubset(rctx, w, req, v)
 		return
 	}
-
-	// The initial snapshot: chunk i ends at 0_i.
-	if n := v.chunks(); !req.Now && req.Def.Log == "full" && (req.Offset.Start || (req.Offset.Tx == 0 && req.Offset.Op+1 < uint64(n))) {
-		next := 0
-		if !req.Offset.Start {
-			next = int(req.Offset.Op) + 1
-		}
-		s.streamSnapshotChunk(w, r, req, v, next)
+	if req.Now {
+		s.serveNow(rctx, w, r, req, v)
 		return
 	}
-	if req.Offset.Start || req.Now {
-		// changes_only, or now: start at the current end of the log.
-		end, err := s.index(handle).extend(s.cfg.Storage.Dir, handle, v.rel, v.seen())
-		if err != nil {
-			s.fail(w, err)
-			return
-		}
-		off := Offset{}
-		last, ok := end.Last()
-		if ok {
-			off = LastOp(last)
-		}
-		c := NewChunk(s.cfg.API.ChunkBytes, off)
-		if req.Now {
-			c.Control(UpToDate(watermark(last, ok, s.safe.Load())))
-			h.Set("electric-up-to-date", "")
-		}
-		s.finish(w, r, req, v, c.Last(), c.Bytes(), KindCatchUp)
+	if req.Offset.Start && req.Def.Log == "changes_only" {
+		s.serveChangesOnlyStart(w, r, req, v)
+		return
+	}
+	at, err := v.locate(req)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if at.inBase {
+		s.serveBase(w, r, req, v, at)
 		return
 	}
 	if req.SSE {
-		s.serveSSE(rctx, w, req, v)
+		s.serveSSE(rctx, w, req, v, at.after)
 		return
 	}
+	s.serveLog(ctx, rctx, w, r, req, v, at.after)
+}
+
+// serveNow answers offset=now: no messages but an up-to-date, at the
+// current end of the log ("0_inf" while the log has no entry).
+func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
+	safe := pglogrepl.LSN(s.marks.safe.Load())
+	p, err := s.planLog(v.shape.Handle, v, Offset{Op: InfOp})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	off := Offset{Op: InfOp}
+	if last, ok := p.end.Last(); ok {
+		off = LastOp(last)
+	}
+	c := NewChunk(s.cfg.API.ChunkBytes, off)
+	c.Control(UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, true)))
+	h := w.Header()
+	h.Set("electric-up-to-date", "")
+	h.Set("electric-has-data", "false")
+	s.finish(w, r, req, v, off, c.Bytes(), KindCatchUp)
+}
+
+// serveChangesOnlyStart answers offset=-1 of a log=changes_only shape: the
+// snapshot-end of the snapshot the change log starts after, and no rows;
+// never up-to-date. The client goes on from "0_inf", the log's start.
+func (s *Server) serveChangesOnlyStart(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
+	c := NewChunk(s.cfg.API.ChunkBytes, Offset{Op: InfOp})
+	var xmin, xmax uint64
+	var xip []uint64
+	if v.snap != nil && v.snap.snap != nil {
+		xmin, xmax, xip = v.snap.snap.Snapshot.Xmin, v.snap.snap.Snapshot.Xmax, v.snap.snap.Snapshot.Xip
+	}
+	c.Control(SnapshotEnd(xmin, xmax, xip))
+	w.Header().Set("electric-has-data", "false")
+	s.finish(w, r, req, v, c.Last(), c.Bytes(), KindInitial)
+}
+
+// serveLog answers a read of the log after from: at once when there is
+// data (or the request is not live), else when data arrives or the long
+// poll times out. An offset past anything this shape handed out is held
+// like a live request for half the long-poll timeout, then refused.
+func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, from Offset) {
+	handle := v.shape.Handle
 	var wake <-chan struct{}
+	ch, unregister := s.hub.register(handle)
+	defer unregister()
+	wake = ch
+	hold := time.Duration(0)
 	if req.Live {
-		ch, unregister := s.hub.register(handle)
-		defer unregister()
-		wake = ch
+		hold = s.cfg.API.LongPollTimeout
 	}
-	var deadline <-chan time.Time
-	if req.Live {
-		t := time.NewTimer(s.cfg.API.LongPollTimeout)
-		defer t.Stop()
-		deadline = t.C
-	}
+	deadline := time.NewTimer(max(hold, s.cfg.API.LongPollTimeout/2))
+	defer deadline.Stop()
 	for {
-		safe := s.safe.Load() // before the read: a true watermark
-		c, atEnd, truncated, end, err := s.readLog(handle, v, req.Offset)
+		safe := pglogrepl.LSN(s.marks.safe.Load()) // before the read: a true watermark
+		p, err := s.planLog(handle, v, from)
 		if err != nil {
 			s.fail(w, err)
 			return
 		}
-		if truncated {
-			s.rotate(rctx, w, req, handle)
+		if p.truncated {
+			s.rotate(ctx, w, req, handle)
 			return
 		}
-		if atEnd && (c.Len() > 0 || !req.Live) {
-			last, ok := end.Last()
-			c.Control(UpToDate(watermark(last, ok, safe)))
-			h.Set("electric-up-to-date", "")
-		}
-		if c.Len() > 0 {
-			kind := KindCatchUp
-			if req.Live {
-				kind = KindLive
-			}
-			s.finish(w, r, req, v, c.Last(), c.Bytes(), kind)
+		beyond := p.empty() && p.atEnd && s.pastEnd(ctx, handle, p, from, safe)
+		if !p.empty() || (!req.Live && !beyond) {
+			s.writeLogResponse(ctx, w, r, req, v, p, safe)
 			return
 		}
 		select {
 		case <-wake:
-			if !s.shapes.exists(rctx, handle) {
-				s.rotate(rctx, w, req, handle)
+			if !s.shapes.exists(ctx, handle) {
+				s.rotate(ctx, w, req, handle)
 				return
 			}
-		case <-deadline:
-			last, ok := end.Last()
-			c.Control(UpToDate(watermark(last, ok, s.safe.Load())))
-			h.Set("electric-up-to-date", "")
-			s.finish(w, r, req, v, c.Last(), c.Bytes(), KindLive)
+		case <-deadline.C:
+			if beyond {
+				s.badRequest(w, Invalid("offset", "out of bounds for this shape"))
+				return
+			}
+			s.writeLogResponse(ctx, w, r, req, v, p, safe)
 			return
-		case <-rctx.Done():
-			if ctx.Err() != nil { // shutdown: answer so the client comes back elsewhere
-				c.Control(UpToDate(watermark(fanout.Position{}, false, safe)))
-				h.Set("electric-up-to-date", "")
-				s.finish(w, r, req, v, c.Last(), c.Bytes(), KindLive)
+		case <-ctx.Done():
+			if shutdown.Err() != nil && req.Live { // shutdown: answer so the client comes back elsewhere
+				s.writeLogResponse(context.WithoutCancel(ctx), w, r, req, v, p, safe)
 			}
 			return
 		}
 	}
+}
+
+// pastEnd reports whether from lies after the end of handle's log and
+// after every watermark it could have been handed (the 1.5 client resumes
+// from "<global_last_seen_lsn>_0" after an SSE batch).
+func (s *Server) pastEnd(ctx context.Context, handle string, p *logPlan, from Offset, safe pglogrepl.LSN) bool {
+	last, ok := p.end.Last()
+	if ok && !from.After(LastOp(last)) || from.Tx == 0 {
+		return false
+	}
+	return from.Tx > uint64(s.marks.forLog(ctx, handle, p.lastCommit(), safe, false))
+}
+
+// writeLogResponse writes the 200 of plan p: its messages, then an
+// up-to-date when it reached the end of the log.
+func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, p *logPlan, safe pglogrepl.LSN) {
+	h := w.Header()
+	var upToDate []byte
+	if p.atEnd {
+		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, !req.Live))
+		h.Set("electric-up-to-date", "")
+	}
+	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))
+	kind := KindCatchUp
+	if req.Live {
+		kind = KindLive
+	}
+	if !s.preamble(w, r, req, v, p.lastOffset(), kind) {
+		return
+	}
+	h.Set("content-type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := s.bodyWriter(w)
+	bw.WriteByte('[')
+	n := 0
+	emit := func(msg []byte) error {
+		if n > 0 {
+			bw.WriteByte(',')
+		}
+		n++
+		_, err := bw.Write(msg)
+		return err
+	}
+	if err := s.eachLogMessage(v.shape.Handle, v, p, emit); err != nil {
+		// The status is sent: the client sees a cut body and retries.
+		s.log.Error("serving a shape's log failed", "shape", v.shape.Handle, "err", err)
+		return
+	}
+	if upToDate != nil {
+		emit(upToDate)
+	}
+	bw.WriteByte(']')
+	bw.Flush()
 }
 
 // rotate answers 409 with the definition's new handle: its shape was
@@ -296,112 +399,12 @@ func (v *shapeView) seen() func(*fanout.Fragment) bool {
 	return v.snap.snap.Seen
 }
 
-func (v *shapeView) chunks() int {
-	if v.snap == nil || v.snap.snap == nil {
-		return 0
-	}
-	return len(v.snap.snap.Chunks)
-}
-
-// snapshotKind is the cache kind of a snapshot chunk response.
+// snapshotKind is the cache kind of a base response.
 func snapshotKind(req *Request) Kind {
 	if req.Offset.Start {
 		return KindInitial
 	}
 	return KindCatchUp
-}
-
-// serveSnapshotChunk answers with snapshot chunk i (offset 0_i) of a
-// snapshot whose chunks hold rows (shapelog version 1), or with the end of
-// a snapshot without chunks; the last chunk ends with snapshot-end. Never
-// up-to-date: the log follows. streamSnapshotChunk serves the others.
-func (s *Server) serveSnapshotChunk(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, i int) {
-	kind := snapshotKind(req)
-	last := Offset{Tx: 0, Op: uint64(i)}
-	var key string
-	if v.snap != nil && v.snap.snap != nil {
-		key = fmt.Sprintf("%s/%d/%d", v.shape.Handle, v.snap.snap.Generation, i)
-		if body := s.chunkCache.get(key); body != nil {
-			s.finish(w, r, req, v, last, body, kind)
-			return
-		}
-	}
-	c := NewChunk(1<<62, last)
-	if i < v.chunks() {
-		headers := snapshotHeaders(v.rel)
-		var msg []byte
-		err := v.snap.snap.ReadChunk(i, func(row fanout.Row) error {
-			msg = appendMessage(msg[:0], v.rel, row, headers)
-			c.Control(msg)
-			return nil
-		})
-		if err != nil {
-			s.fail(w, err)
-			return
-		}
-	}
-	if i >= v.chunks()-1 {
-		var xmin, xmax uint64
-		var xip []uint64
-		if v.snap != nil && v.snap.snap != nil {
-			xmin, xmax, xip = v.snap.snap.Snapshot.Xmin, v.snap.snap.Snapshot.Xmax, v.snap.snap.Snapshot.Xip
-		}
-		c.Control(SnapshotEnd(xmin, xmax, xip))
-	}
-	body := c.Bytes()
-	if key != "" {
-		s.chunkCache.put(key, body)
-	}
-	s.finish(w, r, req, v, last, body, kind)
-}
-
-// readLog reads the log after from into one chunk, skipping transactions the
-// snapshot already holds. atEnd: the read reached the log's current end;
-// truncated: the log holds a truncate after from.
-func (s *Server) readLog(handle string, v *shapeView, from Offset) (c *Chunk, atEnd, truncated bool, end shapelog.Cursor, err error) {
-	ix := s.index(handle)
-	seen := v.seen()
-	if end, err = ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen); err != nil {
-		return nil, false, false, end, err
-	}
-	c = NewChunk(s.cfg.API.ChunkBytes, from)
-	if ok, atEnd, truncated := ix.fromRecent(from, c); ok {
-		return c, atEnd, truncated, end, nil
-	}
-	full := false
-	var decodeErr error
-	end, err = shapelog.ReadLog(s.cfg.Storage.Dir, handle, ix.seek(from), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
-		if !LastOp(e.Position).After(from) {
-			return nil
-		}
-		f, err := e.Fragment()
-		if err != nil {
-			decodeErr = err
-			return shapelog.ErrStopRead
-		}
-		if seen != nil && seen(f) {
-			return nil
-		}
-		entries, trunc := EncodeFragment(v.rel, f)
-		for _, en := range entries {
-			if !en.Offset.After(from) {
-				continue
-			}
-			if !c.Add(en) {
-				full = true
-				return shapelog.ErrStopRead
-			}
-		}
-		if trunc {
-			truncated = true
-			return shapelog.ErrStopRead
-		}
-		return nil
-	})
-	if decodeErr != nil {
-		err = decodeErr
-	}
-	return c, !full && !truncated, truncated, end, err
 }
 
 // finish writes a 200 (or 304) with the protocol's headers.
@@ -434,9 +437,11 @@ func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, 
 }
 
 // serveSSE streams the log as server-sent events: each message one data
-// event, an up-to-date after each batch that reaches the end, keep-alive
-// comments, closed after about a minute (the client reconnects).
-func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView) {
+// event, an up-to-date after each batch of changes that reaches the end
+// (never one without changes before it: a stream opened at the end sends
+// keep-alives until data arrives), keep-alive comments, closed after about
+// a minute (the client reconnects).
+func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView, from Offset) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		s.fail(w, errors.New("this connection cannot stream server-sent events"))
@@ -458,35 +463,40 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	defer ka.Stop()
 	closeAt := time.NewTimer(sseMaxDuration)
 	defer closeAt.Stop()
-	from := req.Offset
-	for first := true; ; first = false {
-		safe := s.safe.Load()
-		c, atEnd, truncated, end, err := s.readLog(handle, v, from)
-		if err != nil || truncated {
+	bw := s.bodyWriter(w)
+	for {
+		safe := pglogrepl.LSN(s.marks.safe.Load())
+		p, err := s.planLog(handle, v, from)
+		if err != nil || p.truncated {
 			// The client reconnects and gets the 409 or the error then.
 			if err != nil {
 				s.log.Error("SSE read failed", "shape", handle, "err", err)
 			}
 			return
 		}
-		body := c.Bytes()
-		if c.Len() > 0 {
-			// Split the chunk's array into events: the entries are the
-			// messages between the brackets.
-			if err := writeEvents(w, body); err != nil {
+		if !p.empty() {
+			event := func(msg []byte) error {
+				bw.WriteString("data: ")
+				bw.Write(msg)
+				_, err := bw.WriteString("\n\n")
+				return err
+			}
+			err := s.eachLogMessage(handle, v, p, event)
+			if err == nil && p.atEnd {
+				err = event(UpToDate(s.marks.forLog(ctx, handle, p.lastCommit(), safe, false)))
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
+				s.log.Info("SSE stream ended", "shape", handle, "err", err)
 				return
 			}
-			from = c.Last()
-		}
-		if atEnd && (c.Len() > 0 || first) {
-			last, ok := end.Last()
-			if _, err := fmt.Fprintf(w, "data: %s\n\n", UpToDate(watermark(last, ok, safe))); err != nil {
-				return
+			flusher.Flush()
+			from = p.lastOffset()
+			if !p.atEnd {
+				continue
 			}
-		}
-		flusher.Flush()
-		if !atEnd {
-			continue
 		}
 		for waiting := true; waiting; {
 			select {

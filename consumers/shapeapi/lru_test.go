@@ -43,7 +43,7 @@ func TestLRUForgetsTheLeastRecentlyUsed(t *testing.T) {
 // A removed shape's entries go at once (Server.forget), and the server's
 // caches are bounded by maxCachedShapes.
 func TestServerShapeCachesAreBounded(t *testing.T) {
-	s := &Server{indexes: newIndexCache(4), chunkCache: newChunkCache(1 << 10), hub: newHub(),
+	s := &Server{indexes: newIndexCache(4), hub: newHub(),
 		columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes)}
 	for i := range maxCachedShapes + 10 {
 		h := fmt.Sprint("s", i)

@@ -7,6 +7,7 @@ package shapeapi
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -16,12 +17,42 @@ import (
 )
 
 // Offset is a place in a shape's log as clients see it: "<tx>_<op>" compared
-// as integers, or -1 before everything. Snapshot chunk i ends at 0_i;
-// changes sit at <commit LSN>_<op>.
+// as integers, or -1 before everything. Changes sit at <commit LSN>_<op>;
+// places in a shape's base (its initial snapshot or a compacted base) have
+// tx 0 (BaseOffset; consumers/shapelog/LAYOUT.md lists every form), and
+// "<tx>_inf" is after every op of tx ("0_inf": after the base).
 type Offset struct {
 	Tx, Op uint64
 	// Start is the offset -1, before everything.
 	Start bool
+}
+
+// InfOp is the op of "<tx>_inf".
+const InfOp = math.MaxUint64
+
+// Offsets in a base (tx 0): op below legacyChunks names a stored snapshot
+// chunk ("0_i": after chunk i, what earlier versions handed out); an op
+// with baseRowFlag set names a row: generation g's base after its first r
+// rows.
+const (
+	legacyChunks = 1 << 32
+	baseRowFlag  = 1 << 63
+	baseRowBits  = 40
+	baseGenBits  = 23
+)
+
+// BaseOffset is the offset after the first rows rows of generation gen's base
+// (gen below 2^23 - 1, rows below 2^40: the all-ones op is "_inf").
+func BaseOffset(gen uint64, rows int64) Offset {
+	return Offset{Op: baseRowFlag | gen<<baseRowBits | uint64(rows)}
+}
+
+// baseRow reads a row offset of a base: ok is false for any other offset.
+func (o Offset) baseRow() (gen uint64, rows int64, ok bool) {
+	if o.Start || o.Tx != 0 || o.Op&baseRowFlag == 0 || o.Op == InfOp {
+		return 0, 0, false
+	}
+	return (o.Op >> baseRowBits) & (1<<baseGenBits - 1), int64(o.Op & (1<<baseRowBits - 1)), true
 }
 
 // StartOffset is "-1".
@@ -50,6 +81,9 @@ func LSNOffset(lsn pglogrepl.LSN) Offset { return Offset{Tx: uint64(lsn)} }
 func (o Offset) String() string {
 	if o.Start {
 		return "-1"
+	}
+	if o.Op == InfOp {
+		return strconv.FormatUint(o.Tx, 10) + "_inf"
 	}
 	return strconv.FormatUint(o.Tx, 10) + "_" + strconv.FormatUint(o.Op, 10)
 }
@@ -80,7 +114,8 @@ func (o Offset) Compare(p Offset) int {
 // After reports whether o comes strictly after p.
 func (o Offset) After(p Offset) bool { return o.Compare(p) > 0 }
 
-// ParseOffset reads the offset parameter: "-1", "now" (now is true) or "<tx>_<op>".
+// ParseOffset reads the offset parameter: "-1", "now" (now is true),
+// "<tx>_<op>" or "<tx>_inf".
 func ParseOffset(s string) (o Offset, now bool, err error) {
 	switch s {
 	case "-1":
@@ -92,6 +127,9 @@ func ParseOffset(s string) (o Offset, now bool, err error) {
 	if ok {
 		t, err1 := strconv.ParseUint(tx, 10, 64)
 		p, err2 := strconv.ParseUint(op, 10, 64)
+		if op == "inf" {
+			p, err2 = InfOp, nil
+		}
 		if err1 == nil && err2 == nil {
 			return Offset{Tx: t, Op: p}, false, nil
 		}

@@ -26,6 +26,10 @@ func TestParseOffset(t *testing.T) {
 		{in: "now", now: true},
 		{in: "0_0", want: Offset{}},
 		{in: "22419920_16777880", want: Offset{Tx: 22419920, Op: 16777880}},
+		{in: "0_inf", want: Offset{Op: InfOp}},
+		{in: "22419920_inf", want: Offset{Tx: 22419920, Op: InfOp}},
+		{in: "1_infinity", bad: true},
+		{in: "0_18446744073709551616", bad: true},
 		{in: "1_", bad: true},
 		{in: "_1", bad: true},
 		{in: "abc", bad: true},
@@ -372,19 +376,25 @@ func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
-func TestChunkCacheEvictsLeastRecentlyUsed(t *testing.T) {
-	c := newChunkCache(100)
-	c.put("a", make([]byte, 20))
-	c.put("b", make([]byte, 20))
-	c.get("a")
-	c.put("c", make([]byte, 25))
-	c.put("d", make([]byte, 25)) // over 100: b goes first
-	c.put("e", make([]byte, 25))
-	if c.get("b") != nil || c.get("a") == nil || c.get("e") == nil {
-		t.Fatalf("after eviction: a %v b %v e %v", c.get("a") != nil, c.get("b") != nil, c.get("e") != nil)
+// A base's row offsets carry the generation and the row count, and no
+// other offset reads as one.
+func TestBaseOffsets(t *testing.T) {
+	for _, c := range []struct {
+		gen  uint64
+		rows int64
+	}{{0, 0}, {0, 150}, {7, 1 << 39}, {1<<baseGenBits - 2, 1<<baseRowBits - 1}} {
+		o := BaseOffset(c.gen, c.rows)
+		back, _, err := ParseOffset(o.String())
+		if err != nil || back != o {
+			t.Fatalf("%v prints as %s, reads back as %v %v", c, o, back, err)
+		}
+		if g, r, ok := back.baseRow(); !ok || g != c.gen || r != c.rows {
+			t.Fatalf("%s: gen %d rows %d ok %v, want %v", o, g, r, ok, c)
+		}
 	}
-	c.put("huge", make([]byte, 60))
-	if c.get("huge") != nil {
-		t.Fatal("a body over a quarter of the cache was kept")
+	for _, o := range []Offset{{}, {Op: 3}, {Op: InfOp}, {Tx: 5, Op: 1 << 63}, StartOffset} {
+		if _, _, ok := o.baseRow(); ok {
+			t.Fatalf("%v reads as a base row offset", o)
+		}
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,7 +39,7 @@ type Server struct {
 	pg     *pgLink
 	shapes *shapeSet
 	hub    *hub
-	safe   atomic.Uint64 // flushd's safe LSN
+	marks  *watermarks // watermarks of up-to-date messages (watermark.go)
 	ready  atomic.Bool
 	reg    *prometheus.Registry
 	rdy    *observe.Readiness
@@ -50,8 +49,7 @@ type Server struct {
 	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
 
-	chunkCache *chunkCache
-	subsets    *subsetConns // subset snapshot reads (subset.go)
+	subsets *subsetConns // subset snapshot reads (subset.go)
 
 	requests *prometheus.CounterVec
 	heldG    prometheus.GaugeFunc
@@ -89,7 +87,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
-		chunkCache: newChunkCache(chunkCacheBytes)}
+		marks: newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})
@@ -103,7 +101,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 func (s *Server) forget(handle string) {
 	s.mu.Lock()
 	s.indexes.drop(handle)
-	s.chunkCache.dropShape(handle)
 	s.columns.remove(handle)
 	s.snaps.remove(handle)
 	s.mu.Unlock()
@@ -197,8 +194,8 @@ func (s *Server) watchSafeLSN(ctx context.Context) error {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			if v, err := fanout.DecodeSafeLSN(e.Value()); err == nil && uint64(v.LSN) > s.safe.Load() {
-				s.safe.Store(uint64(v.LSN))
+			if v, err := fanout.DecodeSafeLSN(e.Value()); err == nil && uint64(v.LSN) > s.marks.safe.Load() {
+				s.marks.safe.Store(uint64(v.LSN))
 			}
 		}
 		w.Stop()
@@ -322,14 +319,4 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 func errorBody(msg string) []byte {
 	b, _ := json.Marshal(map[string]string{"message": msg})
 	return b
-}
-
-// watermark is the global_last_seen_lsn for a log read to its end whose
-// last transaction committed at last; safe was read before the log.
-func watermark(last fanout.Position, hasLast bool, safe uint64) pglogrepl.LSN {
-	var l pglogrepl.LSN
-	if hasLast {
-		l = last.CommitLSN
-	}
-	return Watermark(l, pglogrepl.LSN(safe))
 }

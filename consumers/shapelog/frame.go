@@ -36,10 +36,12 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 //	version  1 byte   0x03
 //	kind     1 byte   what the body is (RecordKind)
 //	flags    1 byte   bit 0: last, the record ends its shape's part of its transaction
+//	                  bit 1: truncate, the record holds a truncate
 //	epoch    8 bytes  owner epoch the record was written at
 //	lsn      8 bytes  commit LSN of its transaction
 //	seq      4 bytes  its place in that transaction's part (fanout.Fragment.Seq)
 //	xid      4 bytes  the transaction's id
+//	changes  4 bytes  how many row changes the body holds
 //	body              for KindChanges: the fragment's wire bytes (fanout.Fragment.Wire)
 //
 // Older records are still read: version 2 (0x02: epoch, lsn, seq, then the
@@ -47,10 +49,11 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // (JSON {"epoch","fragment"}). LAYOUT.md describes the whole layout.
 const (
 	recordV3         = 0x03
-	recordV3Header   = 1 + 1 + 1 + 8 + 8 + 4 + 4
+	recordV3Header   = 1 + 1 + 1 + 8 + 8 + 4 + 4 + 4
 	recordV2         = 0x02
 	recordV2Header   = 1 + 8 + 8 + 4
 	flagLast         = 0x01
+	flagTruncate     = 0x02
 	recordHeaderSize = recordV3Header // what this build writes
 )
 
@@ -72,6 +75,11 @@ type recordHeader struct {
 	pos   fanout.Position
 	xid   uint32
 	last  bool
+	// truncate says the record holds a truncate; changes counts its
+	// changes. Records before version 3 do not say: changes is -1 there,
+	// and only decoding the body tells whether it holds a truncate.
+	truncate bool
+	changes  int
 }
 
 // jsonRecord is the payload of a first-version frame.
@@ -99,12 +107,16 @@ func encodeRecord(epoch uint64, f *fanout.Fragment) ([]byte, error) {
 	if f.Last {
 		flags |= flagLast
 	}
+	if f.HasTruncate() {
+		flags |= flagTruncate
+	}
 	record := make([]byte, 0, recordV3Header+len(body))
 	record = append(record, recordV3, byte(KindChanges), flags)
 	record = binary.LittleEndian.AppendUint64(record, epoch)
 	record = binary.LittleEndian.AppendUint64(record, uint64(f.CommitLSN))
 	record = binary.LittleEndian.AppendUint32(record, uint32(f.Seq))
 	record = binary.LittleEndian.AppendUint32(record, f.Xid)
+	record = binary.LittleEndian.AppendUint32(record, uint32(f.NumChanges()))
 	return append(record, body...), nil
 }
 
@@ -134,16 +146,18 @@ func readRecord(payload []byte) (recordHeader, []byte, error) {
 	case len(payload) >= recordV3Header && payload[0] == recordV3:
 		h.kind = RecordKind(payload[1])
 		h.last = payload[2]&flagLast != 0
+		h.truncate = payload[2]&flagTruncate != 0
 		h.epoch = binary.LittleEndian.Uint64(payload[3:11])
 		h.pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[11:19]))
 		h.pos.Seq = int(binary.LittleEndian.Uint32(payload[19:23]))
 		h.xid = binary.LittleEndian.Uint32(payload[23:27])
+		h.changes = int(binary.LittleEndian.Uint32(payload[27:31]))
 		if h.kind != KindChanges {
 			return h, nil, fmt.Errorf("record of kind %d, which this build does not know (a newer version wrote it: upgrade this service)", h.kind)
 		}
 		return h, payload[recordV3Header:], nil
 	case len(payload) >= recordV2Header && payload[0] == recordV2:
-		h.kind = KindChanges
+		h.kind, h.changes = KindChanges, -1
 		h.epoch = binary.LittleEndian.Uint64(payload[1:9])
 		h.pos.CommitLSN = pglogrepl.LSN(binary.LittleEndian.Uint64(payload[9:17]))
 		h.pos.Seq = int(binary.LittleEndian.Uint32(payload[17:21]))
@@ -167,6 +181,7 @@ func readRecord(payload []byte) (recordHeader, []byte, error) {
 			return h, nil, err
 		}
 		h.kind, h.epoch, h.pos, h.xid, h.last = KindChanges, r.Epoch, f.Position(), f.Xid, f.Last
+		h.truncate, h.changes = f.HasTruncate(), len(f.Changes)
 		return h, r.Fragment, nil
 	default:
 		return h, nil, fmt.Errorf("record of unknown format (first byte %#x)", firstByte(payload))

@@ -2,6 +2,7 @@ package shapelog
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"reflect"
 	"testing"
@@ -163,6 +164,9 @@ func TestVersion2RecordsFollowTheRule(t *testing.T) {
 	ReadLog(st.Dir(), "sa", Cursor{}, func(e LogEntry, _ Cursor) error {
 		x, _ := e.Xid()
 		xids = append(xids, x)
+		if e.Changes != -1 || !e.MayTruncate {
+			t.Fatalf("a version 2 record claims to know its changes (%d) or truncate (%t)", e.Changes, e.MayTruncate)
+		}
 		return nil
 	})
 	if !reflect.DeepEqual(got, []fanout.Position{pos(100, 0)}) || !reflect.DeepEqual(xids, []uint32{77}) {
@@ -182,5 +186,21 @@ func TestFragmentHead(t *testing.T) {
 		if _, _, ok := fragmentHead([]byte(b)); ok {
 			t.Fatalf("fragmentHead accepted %s", b)
 		}
+	}
+}
+
+// A version 3 header counts the changes and says whether one truncates.
+func TestRecordHeaderCountsChangesAndTruncates(t *testing.T) {
+	st, _ := newStore(t)
+	w := take(t, st, 0, 1)
+	mustAppend(t, w, frag("sa", 100, 0, true, ins("id", "1"), ins("id", "2")),
+		frag("sa", 200, 0, true, ins("id", "3"), fanout.Change{Op: fanout.OpTruncate}))
+	var got []string
+	ReadLog(st.Dir(), "sa", Cursor{}, func(e LogEntry, _ Cursor) error {
+		got = append(got, fmt.Sprint(e.Changes, e.MayTruncate))
+		return nil
+	})
+	if !reflect.DeepEqual(got, []string{"2 false", "2 true"}) {
+		t.Fatalf("headers say %v", got)
 	}
 }

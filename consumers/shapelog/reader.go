@@ -30,11 +30,16 @@ type LogEntry struct {
 	Position fanout.Position
 	Epoch    uint64
 	// Last says the record ends its shape's part of its transaction.
-	Last    bool
-	xid     uint32
-	payload []byte
-	handle  string
-	offset  int64
+	Last bool
+	// Changes is how many row changes the record holds, -1 when its
+	// header does not say (records written before format 3).
+	Changes int
+	// MayTruncate is false when the record surely holds no truncate.
+	MayTruncate bool
+	xid         uint32
+	payload     []byte
+	handle      string
+	offset      int64
 }
 
 // Fragment decodes the entry's fragment.
@@ -45,6 +50,9 @@ func (e LogEntry) Fragment() (*fanout.Fragment, error) {
 	}
 	return fr, nil
 }
+
+// Size is the record's size in bytes: about what its changes weigh.
+func (e LogEntry) Size() int { return len(e.payload) }
 
 // Xid is the entry's transaction id, from the record's header (a reader
 // skipping the transactions a snapshot saw decodes none of them). ok is
@@ -201,5 +209,6 @@ func (r *logReader) passOn(end int64) error {
 }
 
 func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
-	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, xid: h.xid, payload: payload, handle: r.handle, offset: off}
+	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, MayTruncate: h.truncate || h.changes < 0,
+		xid: h.xid, payload: payload, handle: r.handle, offset: off}
 }

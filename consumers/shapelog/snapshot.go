@@ -281,3 +281,78 @@ func snapshotGenerations(dir, handle string) ([]uint64, error) {
 	sort.Slice(gens, func(i, j int) bool { return gens[i] < gens[j] })
 	return gens, nil
 }
+
+// ReadMessages calls fn with the stored message of each row from row index
+// from on (rows count from 0 across chunks), in order, until the last row
+// or fn returns ErrStopRead. The message is only valid during the call; it
+// has no separator or line end. Version 2 snapshots only (Messages).
+func (s *Snapshot) ReadMessages(from int64, fn func(msg []byte) error) error {
+	if !s.Messages() {
+		return fmt.Errorf("snapshot of shape %s generation %d: chunk format version %d stores rows, not messages", s.Handle, s.Generation, s.Version)
+	}
+	first := int64(0) // index of the first row of chunk i
+	for i, c := range s.Chunks {
+		if from >= first+c.Rows {
+			first += c.Rows
+			continue
+		}
+		err := s.readChunkLines(i, func(n int64, line []byte) error {
+			if first+n < from {
+				return nil
+			}
+			if n > 0 {
+				line = line[1:] // the comma before every row but a chunk's first
+			}
+			return fn(line)
+		})
+		if errors.Is(err, ErrStopRead) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		first += c.Rows
+	}
+	return nil
+}
+
+// readChunkLines calls fn with each stored line of chunk i (without its
+// line end) and its index in the chunk, and checks the row count.
+func (s *Snapshot) readChunkLines(i int, fn func(n int64, line []byte) error) error {
+	f, err := s.openChunk(i)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxPayload)
+	var n int64
+	for sc.Scan() {
+		line := sc.Bytes()
+		if n > 0 && (len(line) == 0 || line[0] != ',') {
+			return fmt.Errorf("snapshot of shape %s generation %d: chunk %d row %d does not start with a comma", s.Handle, s.Generation, i, n)
+		}
+		if err := fn(n, line); err != nil {
+			return err
+		}
+		n++
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("snapshot of shape %s: read chunk %d: %w", s.Handle, i, err)
+	}
+	if n != s.Chunks[i].Rows {
+		return fmt.Errorf("snapshot of shape %s generation %d: chunk %d holds %d rows, its manifest says %d", s.Handle, s.Generation, i, n, s.Chunks[i].Rows)
+	}
+	return nil
+}
+
+// RowsBefore is how many rows the chunks before chunk i hold: offsets of
+// stored chunks (0_i, handed out before bases were cut by rows) name the
+// row that follows them.
+func (s *Snapshot) RowsBefore(i int) int64 {
+	var n int64
+	for _, c := range s.Chunks[:min(max(i, 0), len(s.Chunks))] {
+		n += c.Rows
+	}
+	return n
+}

@@ -1,0 +1,321 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/pipeline/fanout/testenv"
+)
+
+// apiResponse is one answer of GET /v1/shape as the test reads it.
+type apiResponse struct {
+	status   int
+	header   http.Header
+	messages []map[string]any
+	raw      string
+}
+
+func (r apiResponse) offset() string { return r.header.Get("electric-offset") }
+
+func (r apiResponse) upToDate() bool {
+	_, ok := r.header["Electric-Up-To-Date"]
+	return ok
+}
+
+// rowIDs are the ids of the row messages of r, in order.
+func (r apiResponse) rowIDs() []string {
+	var ids []string
+	for _, m := range r.messages {
+		if v, ok := m["value"].(map[string]any); ok {
+			ids = append(ids, fmt.Sprint(v["id"]))
+		}
+	}
+	return ids
+}
+
+func (r apiResponse) control(name string) map[string]any {
+	for _, m := range r.messages {
+		if h, ok := m["headers"].(map[string]any); ok && h["control"] == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// apiGet sends GET /v1/shape with params.
+func apiGet(t *testing.T, base string, params url.Values) apiResponse {
+	t.Helper()
+	return request(t, http.MethodGet, base, params)
+}
+
+func request(t *testing.T, method, base string, params url.Values) apiResponse {
+	t.Helper()
+	req, err := http.NewRequest(method, base+"?"+params.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %v: read body: %v", method, params, err)
+	}
+	r := apiResponse{status: resp.StatusCode, header: resp.Header, raw: string(body)}
+	if resp.StatusCode == 200 && method == http.MethodGet && len(body) > 0 {
+		if err := json.Unmarshal(body, &r.messages); err != nil {
+			t.Fatalf("GET %v: body is not a JSON array: %v\n%.500s", params, err, body)
+		}
+	}
+	return r
+}
+
+func shapeParams(table, where string, kv ...string) url.Values {
+	q := url.Values{"table": {table}}
+	if where != "" {
+		q.Set("where", where)
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	return q
+}
+
+// syncToEnd reads a shape from -1 response by response, as a client does,
+// until a response is up-to-date, and returns every response.
+func syncToEnd(t *testing.T, base string, q url.Values) []apiResponse {
+	t.Helper()
+	q = cloneValues(q)
+	q.Set("offset", "-1")
+	var out []apiResponse
+	for range 1000 {
+		r := apiGet(t, base, q)
+		if r.status != 200 {
+			t.Fatalf("GET %v: %d %s", q, r.status, r.raw)
+		}
+		out = append(out, r)
+		if r.upToDate() {
+			return out
+		}
+		q.Set("offset", r.offset())
+		q.Set("handle", r.header.Get("electric-handle"))
+	}
+	t.Fatalf("no up-to-date after 1000 responses of %v", q)
+	return nil
+}
+
+func cloneValues(q url.Values) url.Values {
+	c := url.Values{}
+	for k, v := range q {
+		c[k] = append([]string(nil), v...)
+	}
+	return c
+}
+
+// Electric's protocol details that its clients rely on (ELECTRIC_API.md,
+// "Details the clients rely on"), each checked on a running shapeapi.
+func TestShapeAPIProtocolDetails(t *testing.T) {
+	s := newStack(t)
+	s.exec(electricItems)
+	// About 35 KB of snapshot: Electric's test wants it in chunks of about
+	// 10 kB with chunk_bytes 10000.
+	s.exec(`INSERT INTO items SELECT g, 1, repeat('x', 150) || g, g, g % 2 = 0, '{}', g, '{}' FROM generate_series(1, 150) g`)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startIngest()
+	s.waitSlot()
+	base := s.startShapeAPI()
+	root := strings.TrimSuffix(base, "/v1/shape")
+
+	t.Run("snapshot chunks of api.chunk_bytes", func(t *testing.T) {
+		rs := syncToEnd(t, base, shapeParams("items", "owner = 1"))
+		var ids []string
+		for i, r := range rs {
+			ids = append(ids, r.rowIDs()...)
+			if r.control("snapshot-end") != nil && i != len(rs)-2 {
+				t.Errorf("snapshot-end in response %d of %d", i, len(rs))
+			}
+			if i < len(rs)-2 && (len(r.raw) < 8000 || len(r.raw) > 12000) {
+				t.Errorf("snapshot response %d is %d bytes, want about 10000", i, len(r.raw))
+			}
+			if r.header.Get("electric-server") == "" {
+				t.Errorf("response %d has no electric-server header", i)
+			}
+		}
+		if len(ids) != 150 || len(rs) < 4 {
+			t.Fatalf("%d rows in %d responses", len(ids), len(rs))
+		}
+		if rs[0].upToDate() {
+			t.Fatal("the -1 response is up-to-date")
+		}
+		if hd := rs[0].header.Get("electric-has-data"); hd != "true" {
+			t.Errorf("electric-has-data of a snapshot response is %q", hd)
+		}
+	})
+
+	t.Run("HEAD, GET / and health", func(t *testing.T) {
+		r := request(t, http.MethodHead, base, shapeParams("items", "owner = 1", "offset", "-1"))
+		if r.status != 200 || r.header.Get("electric-handle") == "" || r.raw != "" {
+			t.Fatalf("HEAD: %d, handle %q, body %q", r.status, r.header.Get("electric-handle"), r.raw)
+		}
+		resp, err := http.Get(root + "/")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET /: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		resp, err = http.Get(root + "/v1/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != `{"status":"active"}` {
+			t.Fatalf("health: %d %s", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("offset=now and 0_inf", func(t *testing.T) {
+		q := shapeParams("items", "owner = 999")
+		q.Set("offset", "now")
+		r := apiGet(t, base, q)
+		if r.status != 200 || r.offset() != "0_inf" || !r.upToDate() || r.header.Get("electric-has-data") != "false" {
+			t.Fatalf("offset=now on a shape without entries: %d offset %q up-to-date %v has-data %q %s", r.status, r.offset(), r.upToDate(), r.header.Get("electric-has-data"), r.raw)
+		}
+		q.Set("offset", "0_inf")
+		q.Set("handle", r.header.Get("electric-handle"))
+		if r := apiGet(t, base, q); r.status != 200 || !r.upToDate() {
+			t.Fatalf("offset=0_inf: %d %s", r.status, r.raw)
+		}
+	})
+
+	t.Run("log=changes_only from -1", func(t *testing.T) {
+		q := shapeParams("items", "owner = 1", "log", "changes_only", "offset", "-1")
+		r := apiGet(t, base, q)
+		if r.status != 200 || len(r.messages) != 1 || r.control("snapshot-end") == nil || r.upToDate() {
+			t.Fatalf("changes_only -1: %d up-to-date %v %s", r.status, r.upToDate(), r.raw)
+		}
+		q.Set("offset", r.offset())
+		q.Set("handle", r.header.Get("electric-handle"))
+		if r := apiGet(t, base, q); r.status != 200 || !r.upToDate() || len(r.rowIDs()) != 0 {
+			t.Fatalf("changes_only after -1: %d up-to-date %v rows %v", r.status, r.upToDate(), r.rowIDs())
+		}
+	})
+
+	t.Run("out-of-bounds offsets", func(t *testing.T) {
+		rs := syncToEnd(t, base, shapeParams("items", "owner = 1"))
+		handle := rs[0].header.Get("electric-handle")
+		for _, off := range []string{"0_18446744073709551615", "0_9999999999", "99999999999999_0"} {
+			q := shapeParams("items", "owner = 1", "offset", off, "handle", handle)
+			start := time.Now()
+			r := apiGet(t, base, q)
+			if off == "0_18446744073709551615" { // 0_inf: the log's start
+				if r.status != 200 {
+					t.Errorf("offset %s: %d %s", off, r.status, r.raw)
+				}
+				continue
+			}
+			if r.status != 400 || !strings.Contains(r.raw, "out of bounds") {
+				t.Errorf("offset %s: %d %s, want 400 out of bounds", off, r.status, r.raw)
+			}
+			if strings.HasPrefix(off, "9") && time.Since(start) < 2*time.Second {
+				t.Errorf("offset %s past the log's end was refused after %s, not held for half the long poll", off, time.Since(start))
+			}
+		}
+	})
+
+	t.Run("a large transaction is never served in part", func(t *testing.T) {
+		q := shapeParams("items", "owner = 1")
+		rs := syncToEnd(t, base, q)
+		handle := rs[0].header.Get("electric-handle")
+		s.exec(`INSERT INTO items SELECT g, 1, 'bulk' || g, g, true, '{}', g, '{}' FROM generate_series(1000, 3999) g`)
+		// Follow the log from the end as a client does, until the bulk is in.
+		off := rs[len(rs)-1].offset()
+		var ids []string
+		testenv.Eventually(t, 60*time.Second, "the bulk insert to be read", func() bool {
+			q := shapeParams("items", "owner = 1", "offset", off, "handle", handle)
+			r := apiGet(t, base, q)
+			if r.status != 200 {
+				t.Fatalf("GET %v: %d %s", q, r.status, r.raw)
+			}
+			got := r.rowIDs()
+			ids = append(ids, got...)
+			if r.upToDate() && len(ids) > 0 && len(ids) < 3000 {
+				t.Fatalf("up-to-date after %d of the transaction's 3000 rows (offset %s)", len(ids), r.offset())
+			}
+			off = r.offset()
+			return len(ids) >= 3000 && r.upToDate()
+		})
+		if len(ids) != 3000 {
+			t.Fatalf("read %d rows of the 3000-row transaction", len(ids))
+		}
+	})
+
+	t.Run("SSE sends up-to-date only after data", func(t *testing.T) {
+		rs := syncToEnd(t, base, shapeParams("items", "owner = 1"))
+		last := rs[len(rs)-1]
+		q := shapeParams("items", "owner = 1", "offset", last.offset(), "handle", last.header.Get("electric-handle"),
+			"live", "true", "live_sse", "true")
+		resp, err := http.Get(base + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		events := make(chan string, 100)
+		go func() {
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 1<<20), 1<<24)
+			for sc.Scan() {
+				if line, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+					events <- line
+				}
+			}
+			close(events)
+		}()
+		select {
+		case ev := <-events:
+			t.Fatalf("an SSE stream opened at the end sent %s before any change", ev)
+		case <-time.After(2 * time.Second):
+		}
+		s.exec(`INSERT INTO items VALUES (5000, 1, 'sse')`)
+		var got []string
+		deadline := time.After(30 * time.Second)
+		for len(got) == 0 || !strings.Contains(got[len(got)-1], "up-to-date") {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("SSE stream ended after %v", got)
+				}
+				got = append(got, ev)
+			case <-deadline:
+				t.Fatalf("SSE events after an insert: %v", got)
+			}
+		}
+		if len(got) != 2 || !strings.Contains(got[0], `"5000"`) {
+			t.Fatalf("SSE events after an insert: %v, want the insert then up-to-date", got)
+		}
+	})
+
+	t.Run("up-to-date watermarks are true", func(t *testing.T) {
+		rs := syncToEnd(t, base, shapeParams("items", "owner = 1"))
+		utd := rs[len(rs)-1].control("up-to-date")
+		w, err := strconv.ParseUint(fmt.Sprint(utd["global_last_seen_lsn"]), 10, 64)
+		if err != nil {
+			t.Fatalf("up-to-date %v", utd)
+		}
+		// Everything committed at or below the watermark is in the shape:
+		// Postgres's current WAL position at least covers it.
+		if cur := uint64(s.currentWAL()); w > cur {
+			t.Fatalf("watermark %d is past the WAL's end %d", w, cur)
+		}
+	})
+}
