@@ -349,7 +349,8 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	}
 	h.Set("content-type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	bw.WriteByte('[')
 	n := 0
 	emit := func(msg []byte) error {
@@ -463,7 +464,8 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	defer ka.Stop()
 	closeAt := time.NewTimer(sseMaxDuration)
 	defer closeAt.Stop()
-	bw := s.bodyWriter(w)
+	bw, release := s.bodyWriter(w)
+	defer release()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load())
 		p, err := s.planLog(handle, v, from)

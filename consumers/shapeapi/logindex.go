@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"container/list"
+	"os"
 	"sort"
 	"sync"
 
@@ -42,6 +43,12 @@ type logIndex struct {
 	// there); unseenFound once that fragment was met.
 	unseen      shapelog.Cursor
 	unseenFound bool
+
+	// file is the log as it was just before the last read: while it has not
+	// changed, there is nothing more to read (the many requests one notice
+	// wakes read the log once). reads counts the reads.
+	file  os.FileInfo
+	reads int
 }
 
 // mark is the cursor before a fragment whose first op is at first.
@@ -56,6 +63,12 @@ type mark struct {
 func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	fi, err := shapelog.StatLog(dir, handle)
+	if err == nil && fi != nil && ix.recentValid && unchanged(ix.file, fi) {
+		return ix.tail, nil
+	}
+	ix.file = fi
+	ix.reads++
 	prev := ix.tail
 	end, err := shapelog.ReadLog(dir, handle, ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
 		if len(ix.marks) == 0 || prev.Offset-ix.last.Offset >= markEvery {
@@ -100,6 +113,7 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
 		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
 		ix.unseen, ix.unseenFound = shapelog.Cursor{}, false
+		ix.file = nil
 		return end, err
 	}
 	ix.tail = end
@@ -115,6 +129,13 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		ix.recent = ix.recent[1:]
 	}
 	return end, nil
+}
+
+// unchanged reports whether a log file is the one seen before (same file,
+// size and modification time): logs only grow, and a log written anew is
+// another file or another size.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
 }
 
 // fromRecent adds the entries after from to c, if the index holds all of

@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -61,5 +62,46 @@ func TestLogIndexSkipsTheSnapshotsTransactions(t *testing.T) {
 	ok, atEnd, _ := ix.fromRecent(Offset{Tx: 200, Op: 1 << 30}, c)
 	if !ok || !atEnd || c.Len() != 2 {
 		t.Fatalf("recent after the first read: ok %v, at end %v, %d messages (want xids 20 and 9): %s", ok, atEnd, c.Len(), c.Bytes())
+	}
+}
+
+// The requests one notice wakes read the log once: an index reads the file
+// again only when it changed.
+func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
+	dir := t.TempDir()
+	st, err := shapelog.NewFileStore(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr, err := st.Take(context.Background(), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wr.Close()
+	appendTx := func(lsn uint64) {
+		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sy", Xid: uint32(lsn), CommitLSN: pglogrepl.LSN(lsn), Last: true,
+			Changes: []fanout.Change{{Op: fanout.OpInsert, Row: fanout.Row{"id": str(fmt.Sprint(lsn))}}}}
+		if _, err := wr.Append(context.Background(), []*fanout.Fragment{f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}, Columns: []string{"id"}}
+	ix := &logIndex{}
+	appendTx(100)
+	for range 20 { // one notice, twenty woken requests
+		if _, err := ix.extend(dir, "sy", rel, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ix.reads != 1 {
+		t.Fatalf("%d reads of a log that did not change, want 1", ix.reads)
+	}
+	appendTx(200)
+	end, err := ix.extend(dir, "sy", rel, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := end.Last(); ix.reads != 2 || last.CommitLSN != 200 {
+		t.Fatalf("after an append: %d reads, the index ends at %v; want 2 reads, ending at LSN 200", ix.reads, last)
 	}
 }

@@ -48,6 +48,7 @@ type Server struct {
 	indexes *indexCache
 	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
+	handles *lru[string]        // definition key -> the handle serving it (resolve), at most maxCachedShapes
 
 	subsets *subsetConns // subset snapshot reads (subset.go)
 
@@ -87,7 +88,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
 		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
-		marks: newWatermarks(bus, cfg.Bus.Partitions)}
+		handles: newLRU[string](maxCachedShapes),
+		marks:   newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})

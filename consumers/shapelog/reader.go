@@ -62,6 +62,18 @@ func (e LogEntry) Xid() (xid uint32, ok bool) { return e.xid, true }
 // ErrStopRead, returned by a ReadLog callback, ends the read early without error.
 var ErrStopRead = errors.New("stop reading the shape log")
 
+// StatLog returns the file information of handle's log, nil when it has
+// none: a reader that keeps what it read (the shape API's log index) skips
+// reading again a log whose file, size and modification time are those it
+// saw before its last read.
+func StatLog(dir, handle string) (os.FileInfo, error) {
+	fi, err := os.Stat(logPath(dir, handle))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return fi, err
+}
+
 // ReadLog calls fn, in log order, for every record after from that a
 // replay applies (duplicates and zombie epochs are skipped by the rules of
 // accept.go), with the cursor just after it, up to the log's readable end.

@@ -271,6 +271,8 @@ func BenchmarkShapeAPI(b *testing.B) {
 
 	// 500 changes/s for 10 s, each an insert into a random shape.
 	const perSec, secs = 500, 10
+	// FANOUT_BENCH_PROFILE=<dir>: a CPU profile of the API's wake-ups.
+	profiled := p.profile("shapeapi-live", secs-2, "shapeapi")
 	committed := map[int64]time.Time{}
 	tick := time.NewTicker(time.Second / perSec)
 	next := int64(rows + 1)
@@ -284,6 +286,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 		next++
 	}
 	tick.Stop()
+	profiled()
 	testenv.Eventually(b, time.Minute, "every committed change to reach a client", func() bool {
 		seenMu.Lock()
 		defer seenMu.Unlock()
