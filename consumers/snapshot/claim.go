@@ -3,6 +3,7 @@ package snapshot
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -24,7 +25,7 @@ func (r *Runner) schedule(ctx context.Context) time.Time {
 	var next time.Time
 	var due []string
 	for h, p := range r.todo {
-		if r.jobs[h] != nil {
+		if r.jobs[h] != nil || p.invalid {
 			continue
 		}
 		var st *shapestate.State
@@ -90,7 +91,11 @@ func (r *Runner) definition(ctx context.Context, h string) *fanout.Shape {
 		return nil
 	}
 	s, err := fanout.DecodeShape(e.Value())
-	if err != nil || s.Handle != h {
+	if err == nil && s.Handle != h {
+		err = fmt.Errorf("stored under key %s, its handle is %s", h, s.Handle)
+	}
+	if err != nil {
+		p.invalid = true
 		r.log.Error("shape definition in the shapes bucket is invalid; its snapshot is not taken (fix or remove it with fanoutctl)", "shape", h, "err", err)
 		return nil
 	}

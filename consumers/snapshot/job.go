@@ -29,16 +29,16 @@ type job struct {
 	pred     *match.Predicate
 	log      *slog.Logger
 
-	mu   sync.Mutex
-	st   shapestate.State // the claim as last written
-	rev  uint64
-	lost bool // another runner took the shape: write nothing more
+	mu       sync.Mutex
+	st       shapestate.State // the claim as last written
+	rev      uint64
+	lost     bool // another runner took the shape: write nothing more
+	finished bool // ready, failed or handed back: the lease is not renewed
 
 	// The current attempt (group.go's goroutine only).
 	w                   *shapelog.SnapshotWriter
 	filter              *rowFilter
 	lastRows, lastBytes int64
-	done                bool               // finished: ready, failed or handed back
 	snap                *shapelog.Snapshot // the completed snapshot
 	err                 error              // why the job's attempt failed
 }
@@ -73,7 +73,9 @@ func (j *job) prepare() error {
 // shutdown) creating again, for another runner. runner is the runner's own
 // context.
 func (j *job) finish(runner context.Context, snap *shapelog.Snapshot, err error) {
-	j.done = true
+	j.mu.Lock()
+	j.finished = true
+	j.mu.Unlock()
 	log := j.log
 	if j.isLost() {
 		log.Warn("another runner took this shape over; this generation is abandoned")
@@ -151,7 +153,7 @@ func (j *job) swapLocked(ctx context.Context) error {
 func (j *job) renew(ctx context.Context) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.lost {
+	if j.lost || j.finished {
 		return
 	}
 	j.st.LeaseUntil = time.Now().Add(j.r.cfg.Lease).UTC()

@@ -70,8 +70,9 @@ type Runner struct {
 
 // pending is a registered shape whose snapshot is not done.
 type pending struct {
-	seen time.Time     // when this runner first saw it
-	def  *fanout.Shape // its definition, once the runner knows the shape is not done (nil: read it from KV)
+	seen    time.Time     // when this runner first saw it
+	def     *fanout.Shape // its definition, once the runner knows the shape is not done (nil: read it from KV)
+	invalid bool          // its definition does not decode: not claimed (said once)
 }
 
 type stateEntry struct {
@@ -227,7 +228,7 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 	r.shapes[h] = e.Revision()
 	r.refresh(h)
 	if p := r.todo[h]; p != nil {
-		p.def = nil
+		p.def, p.invalid = nil, false
 		if r.statesPrimed {
 			// A new shape (the states are known): keep its definition for
 			// the claim. Before, most shapes are done: read when claimed.
