@@ -237,3 +237,94 @@ func (e *burstEnv) metric(name string) float64 {
 	}
 	return 0
 }
+
+// Clauses of every kind, added at once, are read by one unsplit group (the
+// union of their where clauses is valid SQL and Postgres runs it), and
+// each snapshot is exactly its query.
+func TestUnionOfRichClausesIsOneQuery(t *testing.T) {
+	e := startRunner(t, nil)
+	e.pg.Exec(t, e.conn, `CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')`)
+	e.pg.Exec(t, e.conn, `CREATE TABLE items (id int PRIMARY KEY, owner int, title text, price numeric, tags text[], m mood, due date, u uuid, code varchar(8))`)
+	e.pg.Exec(t, e.conn, `INSERT INTO items SELECT g, g % 5, CASE WHEN g % 3 = 0 THEN 'a' || g ELSE 'B' || g END, g / 7.0,
+		CASE WHEN g % 2 = 0 THEN ARRAY['red'] ELSE ARRAY['blue', 'x'] END, (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::mood,
+		date '2024-05-01' + g, CASE WHEN g = 7 THEN 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid END, 'c' || (g % 4)
+		FROM generate_series(1, 3000) g`)
+	type def struct {
+		where  string
+		params []string
+		query  string
+	}
+	defs := []def{
+		{"lower(title) LIKE 'a%'", nil, "lower(title) LIKE 'a%'"},
+		{"price * owner > 100", nil, "price * owner > 100"},
+		{"m = 'happy'", nil, "m = 'happy'"},
+		{"m = $1", []string{"ok"}, "m = 'ok'"},
+		{"tags @> ARRAY['red'] AND owner = $1", []string{"2"}, "tags @> ARRAY['red'] AND owner = 2"},
+		{"'blue' = ANY(tags)", nil, "'blue' = ANY(tags)"},
+		{"due + 7 > '2024-12-01'", nil, "due + 7 > '2024-12-01'"},
+		{"u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", nil, "u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"},
+		{"code = $1", []string{"c3"}, "code = 'c3'"},
+		{"code = 'c1'", nil, "code = 'c1'"},
+		{"owner = 1", nil, "owner = 1"},
+		{"3 = owner", nil, "owner = 3"},
+		{"price = 2.0", nil, "price = 2.0"},
+		{"id IN (1, 2, 3) OR title IS NULL", nil, "id IN (1, 2, 3) OR title IS NULL"},
+	}
+	var handles []string
+	for _, d := range defs {
+		s, err := shapes.Add(e.ctx, e.bus, e.conn, "public.items", d.where, d.params, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", d.where, err)
+		}
+		handles = append(handles, s.Handle)
+	}
+	e.route(handles[len(handles)-1])
+	states := e.waitEnded(handles)
+	cols := "id, owner, title, price, tags, m, due, u, code"
+	for i, d := range defs {
+		if st := states[handles[i]]; st.Phase != shapestate.Ready {
+			t.Fatalf("shape %q: %s (%s)", d.where, st.Phase, st.Error)
+		}
+		got, want := e.rowsOf(handles[i]), e.textQuery(cols, d.query)
+		if strings.Join(got, "\n") != strings.Join(want, "\n") || len(want) == 0 {
+			t.Errorf("shape %q: %d rows, its query %d", d.where, len(got), len(want))
+		}
+	}
+	if g, s := e.metric("fanout_snapshot_groups_total"), e.metric("fanout_snapshot_group_splits_total"); g != 1 || s != 0 {
+		t.Errorf("%v groups, %v split; want 1 group, not split", g, s)
+	}
+}
+
+// textQuery renders SELECT cols FROM items WHERE where as Postgres prints
+// the values (text), sorted.
+func (e *burstEnv) textQuery(cols, where string) []string {
+	e.t.Helper()
+	names := strings.Split(cols, ", ")
+	casts := make([]string, len(names))
+	for i, n := range names {
+		casts[i] = n + "::text"
+	}
+	rows, err := e.conn.Query(e.ctx, "SELECT "+strings.Join(casts, ", ")+" FROM items WHERE "+where)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		vals := make([]*string, len(names))
+		ptrs := make([]any, len(names))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			e.t.Fatal(err)
+		}
+		r := fanout.Row{}
+		for i, n := range names {
+			r[n] = vals[i]
+		}
+		out = append(out, render(r))
+	}
+	slices.Sort(out)
+	return out
+}
