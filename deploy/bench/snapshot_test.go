@@ -104,7 +104,7 @@ func BenchmarkSnapshot(b *testing.B) {
 			addRow("snapshot rows/s, "+c.name, fmt.Sprintf("%.0f rows/s", snapRate), fmt.Sprintf("%.2f", ratio),
 				fmt.Sprintf("against COPY (SELECT ...) TO STDOUT at %.0f rows/s; %s the target of 0.5; %d MB in %d chunks", copyRate, verdict, snap.Bytes>>20, len(snap.Chunks)))
 			addRow("shape add to ready, "+c.name, toReady.Round(time.Millisecond).String(), "",
-				"includes ingest routing the shape and the runner's claim (200 ms scheduling tick)")
+				"includes the shape's validation and storing, ingest routing it, and the runner's claim")
 		})
 	}
 }
