@@ -2,7 +2,6 @@ package shapeapi
 
 import (
 	"context"
-	"fmt"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -68,20 +67,9 @@ func TestLogIndexSkipsTheSnapshotsTransactions(t *testing.T) {
 // The requests one notice wakes read the log once: an index reads the file
 // again only when it changed.
 func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
-	dir := t.TempDir()
-	st, err := shapelog.NewFileStore(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wr, err := st.Take(context.Background(), 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wr.Close()
+	s, wr := readServer(t, 1<<20)
 	appendTx := func(lsn uint64) {
-		f := &fanout.Fragment{Version: fanout.WireVersion, Shape: "sy", Xid: uint32(lsn), CommitLSN: pglogrepl.LSN(lsn), Last: true,
-			Changes: []fanout.Change{{Op: fanout.OpInsert, Row: fanout.Row{"id": str(fmt.Sprint(lsn))}}}}
-		if _, err := wr.Append(context.Background(), []*fanout.Fragment{f}); err != nil {
+		if _, err := wr.Append(context.Background(), []*fanout.Fragment{inserts(lsn, 0, true, int(lsn), 1)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -89,7 +77,7 @@ func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
 	ix := &logIndex{}
 	appendTx(100)
 	for range 20 { // one notice, twenty woken requests
-		if _, err := ix.extend(dir, "sy", rel, nil); err != nil {
+		if _, err := ix.extend(s.cfg.Storage.Dir, "sx", rel, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -97,7 +85,7 @@ func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
 		t.Fatalf("%d reads of a log that did not change, want 1", ix.reads)
 	}
 	appendTx(200)
-	end, err := ix.extend(dir, "sy", rel, nil)
+	end, err := ix.extend(s.cfg.Storage.Dir, "sx", rel, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package wheresql
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -71,15 +70,7 @@ func Union(clauses []Clause) (string, error) {
 		return "", err
 	}
 	tree.Stmts[0].GetStmt().GetSelectStmt().WhereClause = root
-	out, err := pg.Deparse(tree)
-	if err != nil {
-		return "", fmt.Errorf("union of where clauses cannot be printed back as SQL: %w", err)
-	}
-	rest, ok := strings.CutPrefix(out, Prefix)
-	if !ok {
-		return "", fmt.Errorf("union of where clauses printed back as %q, not a SELECT 1 WHERE", out)
-	}
-	return rest, nil
+	return printClause(tree, "union of where clauses")
 }
 
 // inKey groups equalities that may share one IN list: one column, and

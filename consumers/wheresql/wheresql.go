@@ -38,13 +38,19 @@ func Deparse(where string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return printClause(tree, "where clause")
+}
+
+// printClause prints tree, a `SELECT 1 WHERE ...`, back as SQL without the
+// prefix; what names the clause in errors.
+func printClause(tree *pg.ParseResult, what string) (string, error) {
 	out, err := pg.Deparse(tree)
 	if err != nil {
-		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
+		return "", fmt.Errorf("%s cannot be printed back as SQL: %w", what, err)
 	}
 	rest, ok := strings.CutPrefix(out, Prefix)
 	if !ok {
-		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
+		return "", fmt.Errorf("%s printed back as %q, not a SELECT 1 WHERE", what, out)
 	}
 	return rest, nil
 }

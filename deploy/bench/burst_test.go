@@ -35,12 +35,7 @@ func BenchmarkBurst(b *testing.B) {
 	const clients, shapeCount, perShape = 16, 1000, 100
 	// Not scaled: the ratio to psql is only meaningful on this table size.
 	const rows, per = 2 * shapeCount * perShape, perShape // half the table is in no shape
-	p := newPipe(b, 0)
-	p.startAll()
-	// startAll's consumers take no snapshots: c3 takes the shapes'.
-	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
-	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
-	base, _ := p.startShapeAPI()
+	p, base := newAPIPipe(b)
 	ctx := context.Background()
 	// Rows of owners 0..999 (the shapes) and 1000..1999 (no shape).
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, 2*shapeCount, rows))

@@ -60,6 +60,17 @@ func (p *pipe) startShapeAPI() (api, metrics string) {
 	return "http://" + apiAddr + "/v1/shape", metrics
 }
 
+// newAPIPipe is a pipeline with a snapshotting consumer (c3: startAll's
+// take no snapshots) and bin/shapeapi; it returns the API's base URL.
+func newAPIPipe(b *testing.B) (*pipe, string) {
+	p := newPipe(b, 0)
+	p.startAll()
+	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
+	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
+	base, _ := p.startShapeAPI()
+	return p, base
+}
+
 // shapeResponse is one GET /v1/shape answer.
 type shapeResponse struct {
 	status   int
@@ -125,12 +136,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 	rows := 100_000 / scale()
 	shapes := max(1000/scale(), 10)
 	const polls = 2000
-	p := newPipe(b, 0)
-	p.startAll()
-	// startAll's consumers take no snapshots: c3 takes the shapes'.
-	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
-	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
-	base, _ := p.startShapeAPI()
+	p, base := newAPIPipe(b)
 	ctx := context.Background()
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, shapes, rows))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: polls + 100, IdleConnTimeout: time.Minute}}
