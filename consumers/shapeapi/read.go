@@ -60,6 +60,11 @@ func (v *shapeView) locate(req *Request) (place, error) {
 		if gen != 0 || rows > total {
 			return place{}, Invalid("offset", "out of bounds for this shape")
 		}
+		if rows == total {
+			// The whole base was read: an empty one too (its snapshot-end
+			// was served from -1, with this offset), else it is served again.
+			return logStart, nil
+		}
 		return v.basePlace(rows), nil
 	}
 	if o.Op < legacyChunks { // "0_i": after stored chunk i

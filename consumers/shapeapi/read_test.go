@@ -206,3 +206,20 @@ func indexOf(xs []string, x string) int {
 	}
 	return -1
 }
+
+// A shape whose snapshot is empty is served its snapshot-end once, from
+// -1: the offset that answer gives leads to the log. (It led to the base
+// again, so clients of an empty shape asked for it for ever.)
+func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
+	for _, snap := range []*snapshotView{nil, {}, {snap: &shapelog.Snapshot{Rows: 0}}} {
+		v := &shapeView{snap: snap}
+		at, err := v.locate(&Request{Offset: StartOffset})
+		if err != nil || !at.inBase || at.row != 0 {
+			t.Fatalf("snapshot %+v: -1 is at %+v, %v; want the base's start", snap, at, err)
+		}
+		next := BaseOffset(0, v.baseRows())
+		if at, err = v.locate(&Request{Offset: next}); err != nil || at.inBase || at != logStart {
+			t.Fatalf("snapshot %+v: %s (after the empty base) is at %+v, %v; want the log's start", snap, next, at, err)
+		}
+	}
+}
