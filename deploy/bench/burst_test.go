@@ -36,7 +36,9 @@ func BenchmarkBurst(b *testing.B) {
 	// Not scaled: the ratio to psql is only meaningful on this table size.
 	const rows, per = 2 * shapeCount * perShape, perShape // half the table is in no shape
 	p, base := newAPIPipe(b)
-	ctx := context.Background()
+	// Every request is bounded: a shape that never syncs fails the run.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	// Rows of owners 0..999 (the shapes) and 1000..1999 (no shape).
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, 2*shapeCount, rows))
 	p.pg.Exec(b, p.conn, `VACUUM ANALYZE items`)
