@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -42,7 +43,9 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
 	shape := jobs[0].shape
-	snap, committed, live, err := g.prelude(ctx, conn.PgConn(), shape)
+	t := time.Now()
+	snap, committed, live, err := g.begin(ctx, conn.PgConn(), shape)
+	g.prelude = time.Since(t)
 	if err != nil {
 		return nil, err
 	}
@@ -93,23 +96,27 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 	if len(active) == 0 {
 		return nil, nil
 	}
-	if err := g.read(ctx, conn.PgConn(), q, params, active); err != nil {
+	t = time.Now()
+	if err := g.readRows(ctx, conn.PgConn(), q, params, active); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("end snapshot transaction: %w", err)
 	}
-	g.complete(withoutFailed(active), snap)
+	g.read = time.Since(t)
+	t = time.Now()
+	g.completeAll(withoutFailed(active), snap)
+	g.complete = time.Since(t)
 	return nil, nil
 }
 
-// prelude takes, in one round trip, the transaction's bounds, the lock,
+// begin takes, in one round trip, the transaction's bounds, the lock,
 // then its snapshot, the snapshot's in-progress xids that pg_xact already
 // records as committed, and the table's columns now. The lock comes
 // before the snapshot (LOCK takes none): no TRUNCATE or schema change can
 // commit between the snapshot and the read, nor while it runs (they wait,
 // and are then streamed as changes the snapshot did not see).
-func (g *group) prelude(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Shape) (snap visibility.Snapshot, committed []uint64, live map[string]string, err error) {
+func (g *group) begin(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Shape) (snap visibility.Snapshot, committed []uint64, live map[string]string, err error) {
 	schema, name := fanout.SplitTable(shape.Table)
 	table := pgx.Identifier{schema, name}.Sanitize()
 	sql := ""
@@ -149,10 +156,10 @@ func (g *group) prelude(ctx context.Context, conn *pgconn.PgConn, shape *fanout.
 	return snap, committed, live, nil
 }
 
-// read runs the query and gives each row to every job whose matcher
+// readRows runs the query and gives each row to every job whose matcher
 // accepts it. A job that fails (its files) or is gone (removed, claim
 // lost) stops taking rows; the query stops when no job is left.
-func (g *group) read(ctx context.Context, conn *pgconn.PgConn, q string, params [][]byte, jobs []*job) error {
+func (g *group) readRows(ctx context.Context, conn *pgconn.PgConn, q string, params [][]byte, jobs []*job) error {
 	rr := conn.ExecParams(ctx, q, params, nil, nil, nil)
 	var n int
 	for rr.NextRow() {
@@ -202,9 +209,9 @@ func (g *group) progress(j *job) {
 	j.progress(rows, bytes, chunks)
 }
 
-// complete makes each job's snapshot durable and current, several at once:
+// completeAll makes each job's snapshot durable and current, several at once:
 // a burst's many small snapshots wait for their fsyncs together.
-func (g *group) complete(jobs []*job, snap visibility.Snapshot) {
+func (g *group) completeAll(jobs []*job, snap visibility.Snapshot) {
 	sem := make(chan struct{}, completeParallel)
 	var wg sync.WaitGroup
 	for _, j := range jobs {

@@ -22,6 +22,10 @@ import (
 type group struct {
 	r    *Runner
 	jobs []*job
+
+	// Where the time went (the debug log "snapshot group done"): the last
+	// attempt's transaction prelude, query, and files; the jobs' ends.
+	prelude, read, complete, finish time.Duration
 }
 
 // run takes the group's snapshots and records each job's end. runner is
@@ -40,6 +44,7 @@ func (g *group) run(runner context.Context) {
 		stopRenew()
 		<-renewed
 	}()
+	start := time.Now()
 	var live []*job
 	for _, j := range g.jobs {
 		if err := j.prepare(); err != nil {
@@ -49,6 +54,8 @@ func (g *group) run(runner context.Context) {
 		live = append(live, j)
 	}
 	g.take(runner, live)
+	g.r.log.Debug("snapshot group done", "shapes", len(g.jobs), "took", time.Since(start), "since_claim", time.Since(g.jobs[0].st.Started), "prelude", g.prelude, "read", g.read,
+		"complete", g.complete, "finish", g.finish)
 }
 
 // renew extends the leases of the unfinished jobs every third of the lease.
@@ -92,9 +99,11 @@ func (g *group) take(runner context.Context, jobs []*job) {
 			return
 		}
 		if err != nil || blocked == nil {
+			t := time.Now()
 			for _, j := range jobs {
 				j.finish(runner, j.snap, err)
 			}
+			g.finish = time.Since(t)
 			return
 		}
 		g.r.m.retakes.Inc()
