@@ -35,7 +35,7 @@ test-unit:
 test-e2e:
 	$(GO) test -timeout 15m ./deploy/...
 
-bench:
+bench: e2e-deps
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./deploy/bench/
 
 # The long chaos run: kills, zombies, Postgres restarts and restarts of the

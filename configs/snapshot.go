@@ -22,6 +22,7 @@ type Snapshot struct {
 	StatementTimeout  time.Duration `mapstructure:"statement_timeout"`
 	MaxAttempts       int           `mapstructure:"max_attempts"`
 	GroupShapes       int           `mapstructure:"group_shapes"`
+	ReconnectTimeout  time.Duration `mapstructure:"reconnect_timeout"`
 }
 
 // SnapshotConfig is what the snapshot runner reads of the consumer's
@@ -54,6 +55,8 @@ func (c *SnapshotConfig) Validate() error {
 		return fmt.Errorf("config key snapshot.max_attempts: %d is not between 1 and 100", s.MaxAttempts)
 	case s.GroupShapes < 1 || s.GroupShapes > 1000:
 		return fmt.Errorf("config key snapshot.group_shapes: %d is not between 1 and 1000", s.GroupShapes)
+	case s.ReconnectTimeout < 0:
+		return fmt.Errorf("config key snapshot.reconnect_timeout: %s is negative", s.ReconnectTimeout)
 	}
 	return nil
 }

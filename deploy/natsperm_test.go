@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -228,6 +229,35 @@ func TestNATSEachServiceDoesItsJobAndNoOtherJob(t *testing.T) {
 	ingest.allowed(t, "write its published LSN", func(ctx context.Context) error {
 		_, err := ingest.bus.State.Put(ctx, fanout.KeyIngestPublished, []byte(`{"lsn":"0/16B3748"}`))
 		return err
+	})
+	ingest.allowed(t, "write its continuity keys", func(ctx context.Context) error {
+		if _, err := ingest.bus.State.Put(ctx, fanout.KeyIngestSlot, []byte(`{}`)); err != nil {
+			return err
+		}
+		_, err := ingest.bus.State.Put(ctx, fanout.KeyContinuity, []byte(`{}`))
+		return err
+	})
+	ingest.allowed(t, "replace the shapes after a break of continuity", func(ctx context.Context) error {
+		// The API's bucket as shapeapi makes it, naming a shape.
+		_, err := admin.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: fanout.APIDefinitionsBucket, History: 1})
+		if err != nil {
+			return err
+		}
+		defs, _ := admin.js.KeyValue(ctx, fanout.APIDefinitionsBucket)
+		if _, err := admin.bus.Shapes.Put(ctx, "sh2", []byte(`{"handle":"sh2","table":"public.items","primary_key":["id"],"schema":[{"name":"id","type":"integer","oid":23}],"created_at":"2024-01-01T00:00:00Z"}`)); err != nil {
+			return err
+		}
+		if _, err := defs.Put(ctx, "d1", []byte(`{"handle":"sh2"}`)); err != nil {
+			return err
+		}
+		replaced, err := shapes.Replace(ctx, ingest.bus, []string{"public.items"}, slog.Default())
+		if err != nil {
+			return err
+		}
+		if len(replaced) != 1 || replaced[0].Old != "sh2" {
+			return fmt.Errorf("replaced %v, want sh2 only", replaced)
+		}
+		return nil
 	})
 	ingest.denied(t, "write the safe LSN", "$KV.fanout_state.safe_lsn", func(ctx context.Context) error {
 		_, err := ingest.bus.State.Put(ctx, fanout.KeySafeLSN, []byte(`{}`))

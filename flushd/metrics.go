@@ -1,6 +1,10 @@
 package flushd
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	safeLSN      prometheus.Gauge
@@ -14,6 +18,7 @@ type metrics struct {
 	// deleted from the stream (evictRemoved).
 	removedEvicted prometheus.Counter
 	slotLag        prometheus.Gauge
+	slotExists     prometheus.Gauge
 	partition      *prometheus.GaugeVec
 }
 
@@ -28,10 +33,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stalls:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_stalls_total", Help: "Partitions moved because their live owner made no progress within flushd.stall_grace."}),
 		removedEvicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_flushd_removed_shape_messages_deleted_total",
 			Help: "Messages holding fragments of removed shapes only, deleted from the stream because their partition's consumer did not drop them within a second."}),
-		slotLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_slot_lag_bytes", Help: "pg_current_wal_lsn() - confirmed_flush_lsn of the slot."}),
+		slotLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_slot_lag_bytes", Help: "pg_current_wal_lsn() - confirmed_flush_lsn of the slot (NaN: no slot, or unknown)."}),
+		slotExists: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fanout_flushd_slot_exists",
+			Help: "1 when pg_replication_slots has the slot, 0 when it does not (not made yet, or dropped: fanoutctl status says which)."}),
 		partition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fanout_flushd_partition_pending_fragments",
 			Help: "Messages of a partition not yet acked by its owner (pending + ack pending of its JetStream consumer)."}, []string{"partition"}),
 	}
-	reg.MustRegister(m.partition, m.safeLSN, m.publishedLSN, m.pending, m.blockedFor, m.live, m.rebinds, m.stalls, m.removedEvicted, m.slotLag)
+	m.slotLag.Set(math.NaN()) // unknown until read: never a lag of 0 that was not measured
+	reg.MustRegister(m.partition, m.safeLSN, m.publishedLSN, m.pending, m.blockedFor, m.live, m.rebinds, m.stalls, m.removedEvicted, m.slotLag, m.slotExists)
 	return m
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +52,8 @@ type Service struct {
 	// removedThisTick counts the messages of removed shapes deleted in
 	// this tick (evictRemoved), bounded so one tick stays short.
 	removedThisTick int
+	// slotMissing: the last read found no slot (logged on change).
+	slotMissing bool
 }
 
 // New prepares flushd on an existing bus.
@@ -523,8 +526,10 @@ func (s *Service) forgetDead(ctx context.Context, now time.Time) {
 	}
 }
 
-// readSlotLag feeds the slot lag metric; it is optional (postgres.url empty
-// disables it) and never stops flushd.
+// readSlotLag feeds the slot lag metrics; it is optional (postgres.url empty
+// disables it) and never stops flushd. A missing slot is reported as
+// missing (fanout_flushd_slot_exists 0, lag NaN), never as a lag of 0; an
+// unreadable one as unknown (NaN).
 func (s *Service) readSlotLag(ctx context.Context) {
 	if s.cfg.Postgres.URL == "" {
 		return
@@ -532,10 +537,24 @@ func (s *Service) readSlotLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	lag, err := SlotLag(ctx, s.cfg.Postgres.URL, s.cfg.Postgres.Slot)
+	missing := errors.Is(err, ErrSlotMissing)
+	if missing != s.slotMissing {
+		s.slotMissing = missing
+		if missing {
+			s.log.Warn("replication slot does not exist: ingest has not made it yet, or it was dropped (fanoutctl status says what ingest found)", "slot", s.cfg.Postgres.Slot)
+		} else {
+			s.log.Info("replication slot exists", "slot", s.cfg.Postgres.Slot)
+		}
+	}
 	if err != nil {
 		s.log.Debug("cannot read slot lag", "err", err)
+		s.m.slotLag.Set(math.NaN())
+		if missing {
+			s.m.slotExists.Set(0)
+		}
 		return
 	}
+	s.m.slotExists.Set(1)
 	s.m.slotLag.Set(float64(lag.LagBytes))
 }
 
@@ -556,6 +575,9 @@ func (s *Service) readPartitionLag(ctx context.Context) {
 		s.log.Debug("cannot list partition consumers", "err", err)
 	}
 }
+
+// ErrSlotMissing: pg_replication_slots has no such slot.
+var ErrSlotMissing = errors.New("the replication slot does not exist")
 
 // Slot is what pg_replication_slots says of the slot.
 type Slot struct {
@@ -581,7 +603,7 @@ func SlotLag(ctx context.Context, url, slot string) (*Slot, error) {
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).
 		Scan(&out.Name, &out.ConfirmedFlushLSN, &out.CurrentWALLSN, &out.LagBytes, &walStatus, &out.Active)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("replication slot %q does not exist (ingest creates it on start)", slot)
+		return nil, fmt.Errorf("replication slot %q: %w", slot, ErrSlotMissing)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read pg_replication_slots: %w", err)

@@ -40,7 +40,18 @@ type Limits struct {
 	MaxRetries         int           `mapstructure:"max_retries"`
 	MaxBackoff         time.Duration `mapstructure:"max_backoff"`
 	DrainTimeout       time.Duration `mapstructure:"drain_timeout"`
+
+	// Replication continuity (continuity.go, resync.go).
+	OnContinuityBreak       string        `mapstructure:"on_continuity_break"`
+	ContinuityCheckInterval time.Duration `mapstructure:"continuity_check_interval"`
+	SafeWALWarnBytes        int64         `mapstructure:"safe_wal_warn_bytes"`
 }
+
+// Values of ingest.on_continuity_break.
+const (
+	OnBreakResync = "resync"
+	OnBreakStop   = "stop"
+)
 
 // Validate checks values that have a type but not a meaning.
 func (c *Config) Validate() error {
@@ -60,6 +71,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config key postgres.idle_heartbeat: %s is under 100ms (0s disables it)", c.Postgres.IdleHeartbeat)
 	}
 	l := c.Ingest
+	if l.OnContinuityBreak != OnBreakResync && l.OnContinuityBreak != OnBreakStop {
+		return fmt.Errorf("config key ingest.on_continuity_break: %q is not %s or %s", l.OnContinuityBreak, OnBreakResync, OnBreakStop)
+	}
+	if l.ContinuityCheckInterval < 100*time.Millisecond || l.ContinuityCheckInterval > 10*time.Minute {
+		return fmt.Errorf("config key ingest.continuity_check_interval: %s is not between 100ms and 10m", l.ContinuityCheckInterval)
+	}
+	if l.SafeWALWarnBytes < 0 {
+		return fmt.Errorf("config key ingest.safe_wal_warn_bytes: %d is negative (0 disables the margin)", l.SafeWALWarnBytes)
+	}
 	checks := []struct {
 		key      string
 		val, min int

@@ -331,8 +331,9 @@ func TestResumesAfterPostgresRestart(t *testing.T) {
 	}
 }
 
-// A slot that disappears after ingest streamed from it is lost data: ingest
-// stops with an error that says what to do, instead of silently starting over.
+// A slot that disappears after ingest streamed from it is lost data: with
+// ingest.on_continuity_break=stop, ingest stops with an error that says what
+// to do, instead of silently starting over (resync: continuity_e2e_test.go).
 func TestDroppedSlotIsAClearError(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	ns := testenv.StartNATS(t)
@@ -343,9 +344,15 @@ func TestDroppedSlotIsAClearError(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The walsender lets go of the slot a moment after ingest hangs up.
+	testenv.Eventually(t, 30*time.Second, "the slot to be released", func() bool {
+		var active bool
+		err := conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'fanout'`).Scan(&active)
+		return err == nil && !active
+	})
 	pg.Exec(t, conn, `SELECT pg_drop_replication_slot('fanout')`)
 	var cfg Config
-	if err := configs.Load("ingest", testArgs(pg, ns), &cfg); err != nil {
+	if err := configs.Load("ingest", testArgs(pg, ns, "--ingest.on_continuity_break", "stop"), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	cfg.HTTP.Addr = ""
@@ -356,7 +363,7 @@ func TestDroppedSlotIsAClearError(t *testing.T) {
 		t.Fatal("Run did not stop by itself within 1m")
 	}
 	t.Logf("Run: %v", err)
-	if err == nil || !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "nats kv del") {
+	if err == nil || !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "nats kv del") || !strings.Contains(err.Error(), CauseSlotMissing) {
 		t.Fatalf("Run returned %v, want ErrSlotLost saying what to do", err)
 	}
 	var n int

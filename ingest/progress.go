@@ -129,6 +129,18 @@ func (t *Tracker) Abandon() {
 	t.advance()
 }
 
+// Reset starts over at lsn, the start of a new slot: transactions of the
+// old stream still awaiting acks no longer hold the published LSN back
+// (their shapes were replaced), and the published LSN may go back (a new
+// timeline, another system).
+func (t *Tracker) Reset(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(t.queue)
+	t.queue = t.queue[:0]
+	t.set(lsn)
+}
+
 // advance pops the completed prefix. Called with mu held.
 func (t *Tracker) advance() {
 	n := 0

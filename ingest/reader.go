@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/url"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,19 +19,15 @@ type walMsg struct {
 	keepalive *pglogrepl.PrimaryKeepaliveMessage
 }
 
-// connectReplication opens a logical replication connection to the database.
+// connectReplication opens a logical replication connection to the
+// database. The URL may name several hosts (with target_session_attrs, the
+// one accepting writes is chosen), in URL or key=value form.
 func connectReplication(ctx context.Context, pgURL string) (*pgconn.PgConn, error) {
-	u, err := url.Parse(pgURL)
-	if err != nil {
-		return nil, fmt.Errorf("postgres.url is not a URL: %w", err)
-	}
-	q := u.Query()
-	q.Set("replication", "database")
-	u.RawQuery = q.Encode()
-	cfg, err := pgconn.ParseConfig(u.String())
+	cfg, err := pgconn.ParseConfig(pgURL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres.url: %w", err)
 	}
+	cfg.RuntimeParams["replication"] = "database"
 	for k, v := range fanout.TextSettings { // values print as the snapshot reads print them
 		cfg.RuntimeParams[k] = v
 	}

@@ -43,6 +43,7 @@ type Router struct {
 	pending    []ShapeUpdate // updates that arrived inside a transaction
 	appliedRev uint64        // highest shapes-bucket revision applied
 	decoded    *decodedXids  // transactions routed so far (the snapshot hand-off)
+	tables     *tableSet     // shaped tables, for the continuity checks (nil: not kept)
 }
 
 type openTxn struct {
@@ -99,6 +100,9 @@ func (r *Router) applyPending() {
 
 func (r *Router) apply(u ShapeUpdate) {
 	r.appliedRev = max(r.appliedRev, u.Revision)
+	if old, ok := r.reg.Get(u.Handle); ok {
+		r.tables.remove(old.Table)
+	}
 	if u.Shape == nil {
 		r.reg.Remove(u.Handle)
 		r.log.Info("shape removed", "shape", u.Handle)
@@ -108,6 +112,7 @@ func (r *Router) apply(u ShapeUpdate) {
 		r.log.Error("shape definition rejected by the matcher; its changes are not routed until it is fixed", "shape", u.Handle, "err", err)
 		return
 	}
+	r.tables.add(u.Shape.Table)
 	r.log.Info("shape routed", "shape", u.Handle, "table", u.Shape.Table)
 }
 

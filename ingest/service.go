@@ -10,6 +10,9 @@
 //	status.go    flushd's safe LSN -> standby status to Postgres
 //
 // service.go wires them and restarts a broken session with bounded backoff.
+// Before each session streams, and while it does, the continuity check
+// (continuity.go: is this stream the continuation of what was published?)
+// decides, and resync.go recovers from a break by itself.
 package ingest
 
 import (
@@ -57,6 +60,16 @@ type Service struct {
 	handoff   *handoff
 
 	confirmed atomic.Uint64 // last position sent to Postgres
+
+	// Replication continuity: the book of what was recorded, the shaped
+	// tables, and the checks' lock (held by a session's start check and
+	// the running checks; they also read tracker and hint under it).
+	book      *continuityBook
+	tables    *tableSet
+	resyncMu  sync.Mutex
+	hint      *fanout.Break // the stream said the publication is gone
+	breakSeen chan struct{} // a running check found a break of the stream
+	streaming atomic.Bool
 }
 
 // Run runs ingest until ctx ends (then drains and returns nil) or a failure
@@ -65,7 +78,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Service{cfg: cfg, log: log, metrics: NewMetrics(reg), ready: &observe.Readiness{}, safe: NewSafeHolder(), shapes: make(chan shapeEvent, 1024)}
+	s := &Service{cfg: cfg, log: log, metrics: NewMetrics(reg), ready: &observe.Readiness{}, safe: NewSafeHolder(), shapes: make(chan shapeEvent, 1024),
+		tables: newTableSet(), breakSeen: make(chan struct{}, 1)}
 	s.ready.Set(false, "starting")
 
 	nc, err := fanout.Connect(fanout.ConnectOptions{URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, CAFile: cfg.NATS.CAFile, Name: "fanout-ingest"}, log)
@@ -87,6 +101,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	s.bus, err = fanout.EnsureBus(bctx, js, cfg.Bus.BusConfig())
 	cancel()
 	if err != nil {
+		return err
+	}
+	if s.book, err = loadBook(ctx, s.bus.State, log, s.metrics); err != nil {
 		return err
 	}
 
@@ -111,6 +128,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 	s.decoder = NewDecoder(log)
 	s.router = NewRouter(match.NewRegistry(), cfg.Bus.Partitions, cfg.Ingest, nil, nil, s.metrics, log)
+	s.router.tables = s.tables
+	goWorker("continuity check", s.watchContinuity)
 	if s.handoff, err = newHandoff(ctx, js, cfg, s.router.decoded, log); err != nil {
 		// Replication must not depend on it: new shapes then wait for
 		// their snapshots (and fail after snapshot.routing_timeout).
@@ -172,6 +191,18 @@ func (s *Service) replicate(ctx context.Context, workerErr <-chan error, goWorke
 			s.ready.Set(false, err.Error())
 			return err
 		}
+		var recheck errRecheck
+		if errors.As(err, &recheck) {
+			// Not a failure: the next session checks continuity first.
+			s.ready.Set(false, err.Error())
+			s.log.Info("replication session ended to check continuity", "reason", err)
+			failures, backoff = 0, 100*time.Millisecond
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
+		}
 		if progressed {
 			failures, backoff = 0, 100*time.Millisecond
 		}
@@ -203,19 +234,18 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 		return false, fmt.Errorf("connect to Postgres: %w (check postgres.url and that the server runs)", err)
 	}
 	defer conn.Close(context.Background())
-	from, err := s.prepare(ctx, conn, goWorker)
-	if err != nil {
-		return false, err
-	}
 	repl, err := connectReplication(ctx, cfg.URL)
 	if err != nil {
 		return false, err
 	}
 	defer repl.Close(context.Background())
+	from, err := s.prepare(ctx, conn, repl, goWorker)
+	if err != nil {
+		return false, err
+	}
 	if err := startReplication(ctx, repl, cfg.Slot, cfg.Publication); err != nil {
-		if isSlotGone(err) {
-			return false, errFatal{fmt.Errorf("%w: %v; drop the slot if it still exists and the %s key (nats kv del %s %s), restart ingest to create a new slot, and rebuild the shapes (their logs miss changes)",
-				ErrSlotLost, err, fanout.KeyIngestPublished, fanout.StateBucket, fanout.KeyIngestPublished)}
+		if isSlotGone(err) || isPublicationGone(err) {
+			return false, s.streamBroke(err)
 		}
 		return false, err
 	}
@@ -224,27 +254,18 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 	return s.stream(ctx, conn, repl, workerErr)
 }
 
-// prepare makes sure publication and slot exist and, on the first session,
-// starts the publisher and the progress writer. It returns the slot's
-// confirmed position, where replication resumes.
-func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(string, func(context.Context) error)) (pglogrepl.LSN, error) {
-	cfg := s.cfg.Postgres
-	mayCreate, err := s.mayCreateSlot(ctx)
+// prepare checks the stream's continuity (and recovers from a break) and,
+// on the first session, starts the publisher and the progress writer. It
+// returns the slot's confirmed position, where replication resumes.
+func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, goWorker func(string, func(context.Context) error)) (pglogrepl.LSN, error) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	from, err := s.checkAtStart(ctx, conn, repl)
 	if err != nil {
 		return 0, err
-	}
-	st, err := Setup(ctx, conn, cfg.Slot, cfg.Publication, mayCreate)
-	if err != nil {
-		if errors.Is(err, ErrSlotLost) {
-			return 0, errFatal{err}
-		}
-		return 0, err
-	}
-	if st.Created {
-		s.log.Info("created replication slot", "slot", cfg.Slot, "at", st.ConfirmedFlush)
 	}
 	if s.tracker == nil {
-		s.tracker = NewTracker(st.ConfirmedFlush)
+		s.tracker = NewTracker(from)
 		s.publisher = NewPublisher(s.bus.JS, PublisherOptions{
 			MaxInflight: s.cfg.Ingest.MaxInflight, MaxInflightBytes: s.cfg.Ingest.MaxInflightBytes,
 			MaxRetries: s.cfg.Ingest.MaxRetries, MaxBackoff: s.cfg.Ingest.MaxBackoff,
@@ -257,10 +278,25 @@ func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, goWorker func(str
 	// A new session may send WAL that was already published: the publisher
 	// probes the stream before it chains sequences again.
 	s.publisher.Replay()
-	if uint64(st.ConfirmedFlush) > s.confirmed.Load() {
-		s.confirmed.Store(uint64(st.ConfirmedFlush))
+	if uint64(from) > s.confirmed.Load() {
+		s.confirmed.Store(uint64(from))
 	}
-	return st.ConfirmedFlush, nil
+	return from, nil
+}
+
+// streamBroke ends a session whose stream says the slot or the publication
+// is gone: the next session's check decides what broke. A publication gone
+// is remembered, as the catalog may no longer show it (made again since).
+func (s *Service) streamBroke(err error) error {
+	if isPublicationGone(err) {
+		s.resyncMu.Lock()
+		if s.hint == nil {
+			s.hint = &fanout.Break{Cause: CausePublicationMissing, At: time.Now().UTC(),
+				Detail: "the replication stream failed: " + err.Error() + " (the publication was dropped under the slot, which cannot be read past the drop)"}
+		}
+		s.resyncMu.Unlock()
+	}
+	return errRecheck{err}
 }
 
 // stream runs one replication session: the receiver, the status sender and
@@ -285,6 +321,8 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 		}()
 	}
 	spawn(func(c context.Context) error { return receive(c, repl, msgs, status.requestReply) })
+	s.streaming.Store(true)
+	defer s.streaming.Store(false)
 	spawn(status.run)
 	if cfg.IdleHeartbeat > 0 {
 		spawn(func(c context.Context) error { return heartbeat(c, conn, cfg.IdleHeartbeat, &lastData, s.log) })
@@ -316,7 +354,12 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 		case <-ctx.Done():
 			return progressed, nil
 		case err := <-errs:
+			if isSlotGone(err) || isPublicationGone(err) {
+				return progressed, s.streamBroke(err)
+			}
 			return progressed, err
+		case <-s.breakSeen:
+			return progressed, errRecheck{errors.New("a continuity check found a break of the stream")}
 		case err := <-workerErr:
 			return progressed, errFatal{err}
 		case <-s.publisher.Failed():
@@ -346,24 +389,6 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 			s.handoff.applied(s.router.Applied()) // a commit may have applied waiting updates
 		}
 	}
-}
-
-// mayCreateSlot: a missing slot is created only by a first start, before
-// this process or an earlier one published anything from a slot.
-func (s *Service) mayCreateSlot(ctx context.Context) (bool, error) {
-	if s.tracker != nil {
-		return false, nil
-	}
-	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_, err := s.bus.State.Get(gctx, fanout.KeyIngestPublished)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return true, nil
-	case err != nil:
-		return false, fmt.Errorf("read %s from the %s bucket: %w", fanout.KeyIngestPublished, fanout.StateBucket, err)
-	}
-	return false, nil
 }
 
 // messageBytes bounds a bus message: ingest.max_message_bytes, or less when

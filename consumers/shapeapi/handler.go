@@ -52,7 +52,7 @@ func (s *Server) Handler(ctx context.Context) http.Handler {
 			writeJSON(w, http.StatusUnauthorized, errorBody("Unauthorized: the secret parameter is missing or wrong"))
 			return
 		}
-		if status, ok := s.health(); !ok {
+		if status, ok := s.serving(); !ok {
 			s.unavailable(w, fmt.Errorf("the shape API is %s", status))
 			return
 		}
@@ -81,8 +81,21 @@ func serverHeader(h http.Handler) http.Handler {
 
 // health is the service's state as /v1/health says it: "active" (ok)
 // once it serves, "starting" until it knows the shapes, "waiting" while it
-// cannot reach NATS.
+// cannot reach NATS or cannot serve current data (replication continuity
+// broken, shapes resyncing: continuity.go).
 func (s *Server) health() (status string, ok bool) {
+	if status, ok := s.serving(); !ok {
+		return status, false
+	}
+	if current, _ := s.currentData(); !current {
+		return "waiting", false
+	}
+	return "active", true
+}
+
+// serving is whether shape requests can be answered at all: a break of
+// continuity only stops the shapes of the tables it affects (stale).
+func (s *Server) serving() (status string, ok bool) {
 	switch {
 	case !s.ready.Load():
 		return "starting", false
@@ -158,6 +171,9 @@ func (s *Server) view(ctx context.Context, handle string, def Definition) (*shap
 	sh := s.shapes.get(ctx, handle)
 	if sh == nil {
 		return nil, fmt.Errorf("%w: shape %s was removed", errNotReady, handle)
+	}
+	if err := s.stale(sh); err != nil { // continuity.go
+		return nil, err
 	}
 	snap, err := s.awaitReady(ctx, handle)
 	if err != nil {
@@ -336,7 +352,13 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	h := w.Header()
 	var upToDate []byte
 	if p.atEnd {
-		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, !req.Live))
+		// Only a non-live read with nothing new waits for its watermark
+		// (watermark.go): that is the refresh pglite-sync makes of its
+		// other shapes. A read with data answers at once: a client's
+		// prefetch (Electric's 1.0 client aborts those, and cannot survive
+		// an abort that comes while they are held).
+		wait := !req.Live && p.empty()
+		upToDate = UpToDate(s.marks.forLog(ctx, v.shape.Handle, p.lastCommit(), safe, wait))
 		h.Set("electric-up-to-date", "")
 	}
 	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))

@@ -49,7 +49,7 @@ func (v *shapeView) locate(req *Request) (place, error) {
 	case o.Start && changesOnly, o.Tx == 0 && changesOnly:
 		return logStart, nil // no base: the log from its start
 	case o.Start:
-		return v.basePlace(0), nil
+		return place{inBase: true}, nil
 	case o.Tx > 0:
 		return place{after: o}, nil
 	case o.Op == InfOp:
@@ -60,11 +60,6 @@ func (v *shapeView) locate(req *Request) (place, error) {
 		if gen != 0 || rows > total {
 			return place{}, Invalid("offset", "out of bounds for this shape")
 		}
-		if rows == total {
-			// The whole base was read: an empty one too (its snapshot-end
-			// was served from -1, with this offset), else it is served again.
-			return logStart, nil
-		}
 		return v.basePlace(rows), nil
 	}
 	if o.Op < legacyChunks { // "0_i": after stored chunk i
@@ -74,17 +69,10 @@ func (v *shapeView) locate(req *Request) (place, error) {
 }
 
 // basePlace is the base after its first rows rows, or the log's start
-// once the base is done.
+// once the base is done (a base's first response, from -1, is served even
+// when it has no rows: it carries the snapshot-end).
 func (v *shapeView) basePlace(rows int64) place {
-	if v.snap == nil || v.snap.snap == nil {
-		// No snapshot at all: the base is the empty snapshot-end alone,
-		// served once from -1.
-		if rows == 0 {
-			return place{inBase: true}
-		}
-		return logStart
-	}
-	if rows >= v.baseRows() && rows > 0 {
+	if rows >= v.baseRows() {
 		return logStart
 	}
 	return place{inBase: true, row: rows}
@@ -211,10 +199,19 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	bw.Flush()
 }
 
+// bodyBuffer is how much of a streamed body is held before any of it (and
+// so the headers) reaches the client: a response up to this size goes out
+// in one piece, as it would if built whole. Electric's 1.0 client (the one
+// pglite-sync uses) aborts requests to refresh and cannot survive an abort
+// between the headers and the end of the body (its long poll reads the
+// body outside its retry wrapper: the stream dies), so that gap is kept
+// as short as the network makes it for all but the largest responses.
+const bodyBuffer = 256 << 10
+
+var bodyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bodyBuffer) }}
+
 // bodyWriter buffers a streamed body on its way to the client; release
-// gives the buffer back when the body is written (a woken live request
-// allocated 32 KiB for a few hundred bytes, and the garbage of 2,000 of
-// them was the collector's work).
+// returns it (after the last Flush).
 func (s *Server) bodyWriter(w io.Writer) (bw *bufio.Writer, release func()) {
 	bw = bodyWriters.Get().(*bufio.Writer)
 	bw.Reset(w)
@@ -223,8 +220,6 @@ func (s *Server) bodyWriter(w io.Writer) (bw *bufio.Writer, release func()) {
 		bodyWriters.Put(bw)
 	}
 }
-
-var bodyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 // logPlan is how far one response of a log read goes.
 type logPlan struct {
@@ -272,6 +267,9 @@ const messageOverhead = 200
 
 // planLog plans a read of handle's log after o.
 func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, error) {
+	if err := s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
+		return nil, err
+	}
 	ix := s.index(handle)
 	seen := v.seen()
 	end, err := ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen)

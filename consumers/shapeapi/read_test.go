@@ -207,19 +207,19 @@ func indexOf(xs []string, x string) int {
 	return -1
 }
 
-// A shape whose snapshot is empty is served its snapshot-end once, from
-// -1: the offset that answer gives leads to the log. (It led to the base
-// again, so clients of an empty shape asked for it for ever.)
+// A base without rows is one response (its snapshot-end) from -1, and its
+// offset leads to the log, never to the base again.
 func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
-	for _, snap := range []*snapshotView{nil, {}, {snap: &shapelog.Snapshot{Rows: 0}}} {
-		v := &shapeView{snap: snap}
-		at, err := v.locate(&Request{Offset: StartOffset})
-		if err != nil || !at.inBase || at.row != 0 {
-			t.Fatalf("snapshot %+v: -1 is at %+v, %v; want the base's start", snap, at, err)
-		}
-		next := BaseOffset(0, v.baseRows())
-		if at, err = v.locate(&Request{Offset: next}); err != nil || at.inBase || at != logStart {
-			t.Fatalf("snapshot %+v: %s (after the empty base) is at %+v, %v; want the log's start", snap, next, at, err)
-		}
+	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
+	start, err := v.locate(&Request{Offset: StartOffset, Def: Definition{Log: "full"}})
+	if err != nil || !start.inBase || start.row != 0 {
+		t.Fatalf("-1: %+v %v", start, err)
+	}
+	next, err := v.locate(&Request{Offset: BaseOffset(0, 0), Def: Definition{Log: "full"}})
+	if err != nil || next.inBase {
+		t.Fatalf("after the empty base's response: %+v %v, want the log", next, err)
+	}
+	if _, err := v.locate(&Request{Offset: BaseOffset(0, 1), Def: Definition{Log: "full"}}); err == nil {
+		t.Fatal("a row offset past the base was accepted")
 	}
 }

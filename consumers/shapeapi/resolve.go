@@ -18,11 +18,9 @@ import (
 )
 
 // definitionValue is the APIDefinitionsBucket value of a definition: the
-// handle serving it, or none while one replica registers it.
-type definitionValue struct {
-	Handle  string    `json:"handle,omitempty"`
-	Pending time.Time `json:"pending,omitzero"`
-}
+// handle serving it, or none while one replica registers it. (A reset of
+// replication continuity points it at a replacement: shapes.Replace.)
+type definitionValue = shapes.DefinitionValue
 
 // pendingTimeout is how long a registration may stay pending before
 // another replica takes it over (its registrar died).

@@ -54,6 +54,9 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 	heldG    prometheus.GaugeFunc
+
+	// continuity is ingest's report of the replication stream (continuity.go).
+	continuity continuityView
 }
 
 // New connects to NATS and prepares the server; Run serves.
@@ -116,7 +119,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.subsets.close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		err := shapes.Watch(ctx, s.bus.Shapes, s.shapes.put, s.shapes.remove, s.log, shapes.WithReady(func() { close(s.shapes.primed) }))
@@ -126,6 +129,11 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	wg.Go(func() {
 		if err := s.watchSafeLSN(ctx); err != nil {
+			errs <- err
+		}
+	})
+	wg.Go(func() {
+		if err := s.watchContinuity(ctx); err != nil {
 			errs <- err
 		}
 	})
@@ -180,24 +188,31 @@ func (s *Server) Run(ctx context.Context) error {
 
 // watchSafeLSN follows flushd's safe LSN, the watermark of up-to-date messages.
 func (s *Server) watchSafeLSN(ctx context.Context) error {
+	return s.followStateKey(ctx, fanout.KeySafeLSN, "the safe LSN", func(value []byte) {
+		if v, err := fanout.DecodeSafeLSN(value); err == nil && uint64(v.LSN) > s.marks.safe.Load() {
+			s.marks.safe.Store(uint64(v.LSN))
+		}
+	})
+}
+
+// followStateKey passes every value put under key of the state bucket to
+// apply until ctx ends, watching again when the watch fails.
+func (s *Server) followStateKey(ctx context.Context, key, what string, apply func(value []byte)) error {
 	for {
-		w, err := s.bus.State.Watch(ctx, fanout.KeySafeLSN)
+		w, err := s.bus.State.Watch(ctx, key)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			s.log.Warn("cannot watch the safe LSN; retrying", "err", err)
+			s.log.Warn("cannot watch "+what+"; retrying", "err", err)
 			if !sleep(ctx, time.Second) {
 				return nil
 			}
 			continue
 		}
 		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			if v, err := fanout.DecodeSafeLSN(e.Value()); err == nil && uint64(v.LSN) > s.marks.safe.Load() {
-				s.marks.safe.Store(uint64(v.LSN))
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				apply(e.Value())
 			}
 		}
 		w.Stop()

@@ -510,21 +510,10 @@ type subsetConns struct {
 
 func newSubsetConns(url string) *subsetConns {
 	pool, err := pgpool.New(pgpool.Config{URL: url, Size: subsetConnections, Settings: fanout.TextSettings,
-		Name: "fanout-shapeapi-subset", Purpose: "a subset snapshot", Wait: subsetWait, ConnectTimeout: 10 * time.Second})
+		Name: "fanout-shapeapi-subset", Purpose: "a subset snapshot", Wait: subsetWait, ConnectTimeout: 10 * time.Second,
+		// A restarting Postgres is waited for (then 503: the client retries).
+		Reconnect: subsetWait, ReconnectKey: "a subset read's fixed bound"})
 	return &subsetConns{pool: pool, err: err}
-}
-
-// acquire returns a connection, or errNotReady (a 503: the client retries)
-// when all are busy for subsetWait or Postgres cannot be reached.
-func (p *subsetConns) acquire(ctx context.Context) (*pgx.Conn, error) {
-	if p.err != nil {
-		return nil, p.err
-	}
-	c, err := p.pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNotReady, err)
-	}
-	return c, nil
 }
 
 func (p *subsetConns) close() {
@@ -548,15 +537,14 @@ type subsetMeta struct {
 // statement reads pg_current_snapshot() and pg_current_wal_lsn(), so the
 // metadata is that of the rows; meta is called before the first row.
 func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta func(visibility.Snapshot, pglogrepl.LSN) error, row func([][]byte) error) error {
-	conn, err := p.acquire(ctx)
-	if err != nil {
-		return err
+	if p.err != nil {
+		return p.err
 	}
-	defer p.pool.Release(conn)
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	conn, tx, err := p.pool.Begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("%w: begin the subset transaction: %v", errNotReady, err)
 	}
+	defer p.pool.Release(conn)
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", subsetTimeout.Milliseconds()), pgx.QueryExecModeSimpleProtocol); err != nil {
 		return fmt.Errorf("%w: %v", errNotReady, err)

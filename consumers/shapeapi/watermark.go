@@ -31,10 +31,12 @@ import (
 //     everything of that partition is persisted. It runs ahead of the safe
 //     LSN by flushd's poll interval and by every other partition's backlog.
 //
-// A non-live read at the end of a log waits, a bounded time, for its
-// partition mark to pass the newest transaction this server has served
-// from any log (pglite-sync waits for exactly that), instead of answering
-// with a lower watermark that would hold the client for a long poll.
+// A non-live read at the end of a log that brings nothing new (the refresh
+// pglite-sync makes of every other shape once data arrived on one) waits,
+// a bounded time, for its partition mark to pass the newest transaction
+// this server has served from any log (pglite-sync waits for exactly
+// that), instead of answering with a lower watermark that would hold the
+// client for a long poll.
 
 // markTTL is how long a partition mark is reused: requests at the end of
 // many shapes of one partition share one pair of JetStream reads.
@@ -69,6 +71,17 @@ type partitionMark struct {
 
 func newWatermarks(bus *fanout.Bus, partitions int) *watermarks {
 	return &watermarks{stream: bus.Stream, state: bus.State, partitions: partitions, marks: map[int]*partitionMark{}}
+}
+
+// reset forgets every LSN seen: after a new replication slot the stream's
+// positions may be lower (a failover to a standby), and a watermark of the
+// old stream would hold non-live reads for ever.
+func (m *watermarks) reset() {
+	m.safe.Store(0)
+	m.served.Store(0)
+	m.mu.Lock()
+	m.marks = map[int]*partitionMark{}
+	m.mu.Unlock()
 }
 
 // saw records that a log holding a complete transaction at lsn was read.

@@ -16,6 +16,9 @@ type LogRecord struct {
 	// Accepted says whether readers apply the record (the rules of
 	// accept.go); a duplicate or a zombie's write is on disk but not applied.
 	Accepted bool
+	// Last says the record ends its shape's part of its transaction (until
+	// it is in the log, readers see none of the transaction).
+	Last bool
 }
 
 // ScanLog calls fn for every intact record of the log of handle under dir,
@@ -36,11 +39,11 @@ func ScanLog(dir, handle string, fn func(LogRecord) error) error {
 	defer f.Close()
 	var acc acceptor
 	_, _, err = scanFrames(f, func(off int64, payload []byte) error {
-		epoch, pos, _, err := recordPosition(payload)
+		h, _, err := readRecord(payload)
 		if err != nil {
 			return fmt.Errorf("log of shape %s: record at byte %d: %w", handle, off, err)
 		}
-		return fn(LogRecord{Offset: off, Epoch: epoch, Position: pos, Accepted: acc.accept(epoch, pos)})
+		return fn(LogRecord{Offset: off, Epoch: h.epoch, Position: h.pos, Accepted: acc.accept(h.epoch, h.pos), Last: h.last})
 	})
 	return err
 }

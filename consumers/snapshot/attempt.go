@@ -31,15 +31,11 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 	for _, j := range jobs {
 		j.snap, j.err = nil, nil
 	}
-	conn, err := g.r.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer g.r.pool.Release(conn)
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	conn, tx, err := g.r.pool.Begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("begin snapshot transaction: %w", err)
 	}
+	defer g.r.pool.Release(conn)
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
 	shape := jobs[0].shape

@@ -84,11 +84,27 @@ func (g *group) take(runner context.Context, jobs []*job) {
 	}
 	deadline := time.Now().Add(g.r.cfg.VisibilityTimeout)
 	backoff := 50 * time.Millisecond
+	var lost reconnects
 	for {
 		blocked, err := g.attempt(runner, jobs, routing)
 		jobs = g.finishFailed(runner, jobs)
 		if len(jobs) == 0 {
 			return
+		}
+		// A failed connection says nothing of the snapshots: the whole
+		// group is taken again, not split.
+		retry, wait, err := lost.retry(runner, err, g.r.cfg.ReconnectTimeout)
+		if retry {
+			g.r.m.reconnects.Inc()
+			g.r.log.Warn("the snapshot's Postgres connection failed (a restart?); taking it again on a new connection, not counted against snapshot.max_attempts",
+				"shapes", len(jobs), "err", err, "retry_in", wait, "reconnect_timeout", g.r.cfg.ReconnectTimeout)
+			if !sleep(runner, wait) {
+				for _, j := range jobs {
+					j.finish(runner, nil, runner.Err())
+				}
+				return
+			}
+			continue
 		}
 		if err != nil && len(jobs) > 1 && runner.Err() == nil {
 			g.r.m.splits.Inc()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
@@ -211,6 +212,32 @@ func (j *job) storedColumns() []string {
 		}
 	}
 	return out
+}
+
+// reconnects decides whether an attempt that failed on its connection is
+// taken again: for up to snapshot.reconnect_timeout since the first such
+// failure in a row, with a backoff growing to 5s. Such failures say
+// nothing about the snapshot, so they do not count against max_attempts
+// until then.
+type reconnects struct {
+	since   time.Time
+	backoff time.Duration
+}
+
+func (r *reconnects) retry(ctx context.Context, err error, bound time.Duration) (bool, time.Duration, error) {
+	if !pgpool.IsConnectionError(err) || ctx.Err() != nil {
+		*r = reconnects{}
+		return false, 0, err
+	}
+	if r.since.IsZero() {
+		r.since, r.backoff = time.Now(), 100*time.Millisecond
+	}
+	if time.Since(r.since) > bound {
+		return false, 0, fmt.Errorf("%w (the connection kept failing for longer than snapshot.reconnect_timeout, %s)", err, bound)
+	}
+	wait := r.backoff
+	r.backoff = min(2*r.backoff, 5*time.Second)
+	return true, wait, err
 }
 
 func describe(err error) error {

@@ -118,7 +118,8 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 		return nil, err
 	}
 	pool, err := pgpool.New(pgpool.Config{URL: pgURL, Size: cfg.PoolSize, Settings: sessionSettings,
-		Name: "fanout-snapshot " + d.ID, Purpose: "a snapshot", ConnectTimeout: 30 * time.Second})
+		Name: "fanout-snapshot " + d.ID, Purpose: "a snapshot", ConnectTimeout: 30 * time.Second,
+		Reconnect: cfg.ReconnectTimeout, ReconnectKey: "snapshot.reconnect_timeout"})
 	if err != nil {
 		return nil, err
 	}

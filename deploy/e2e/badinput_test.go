@@ -368,15 +368,17 @@ func TestBadInputOversizedTransactionAndRow(t *testing.T) {
 }
 
 // TestBadInputSlotInvalidated lets Postgres invalidate the slot
-// (max_slot_wal_keep_size) while no consumer runs. ingest must stop with an
-// error that says what happened and what to do.
+// (max_slot_wal_keep_size) while no consumer runs. With
+// ingest.on_continuity_break=stop, ingest must stop with an error that says
+// what happened and what to do (by default it resyncs by itself:
+// continuity_test.go).
 func TestBadInputSlotInvalidated(t *testing.T) {
 	s := newStack(t)
 	s.exec(itemsTable)
 	s.addShape("public.items", "owner = 1")
 	s.startFlushd()
 	c1 := s.startConsumer("c1")
-	ingest := s.startIngest()
+	ingest := s.start("ingest", "ingest", "FANOUT_INGEST_ON_CONTINUITY_BREAK=stop")
 	s.waitSlot()
 	s.exec(`INSERT INTO items VALUES (1, 1, 'a', NULL)`)
 	s.drain()
@@ -398,7 +400,7 @@ func TestBadInputSlotInvalidated(t *testing.T) {
 		t.Fatalf("ingest exited cleanly after its slot was invalidated; want a non-zero exit")
 	}
 	out := ingest.Output()
-	for _, want := range []string{"replication slot lost", "pg_drop_replication_slot", "nats kv del fanout_state ingest_published", "rebuild the shapes"} {
+	for _, want := range []string{"replication continuity broken (slot_invalidated)", "pg_drop_replication_slot", "nats kv del fanout_state ingest_published", "remove and add every shape again"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ingest's last words do not say %q:\n%s", want, tail(out, 2000))
 		}

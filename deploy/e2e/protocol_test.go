@@ -9,9 +9,11 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout/testenv"
 )
 
@@ -58,26 +60,36 @@ func apiGet(t *testing.T, base string, params url.Values) apiResponse {
 
 func request(t *testing.T, method, base string, params url.Values) apiResponse {
 	t.Helper()
-	req, err := http.NewRequest(method, base+"?"+params.Encode(), nil)
+	r, err := fetch(method, base, params)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// fetch is request for goroutines other than the test's: it returns the
+// error instead of failing the test.
+func fetch(method, base string, params url.Values) (apiResponse, error) {
+	req, err := http.NewRequest(method, base+"?"+params.Encode(), nil)
+	if err != nil {
+		return apiResponse{}, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return apiResponse{}, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %v: read body: %v", method, params, err)
+		return apiResponse{}, fmt.Errorf("%s %v: read body: %w", method, params, err)
 	}
 	r := apiResponse{status: resp.StatusCode, header: resp.Header, raw: string(body)}
 	if resp.StatusCode == 200 && method == http.MethodGet && len(body) > 0 {
 		if err := json.Unmarshal(body, &r.messages); err != nil {
-			t.Fatalf("GET %v: body is not a JSON array: %v\n%.500s", params, err, body)
+			return r, fmt.Errorf("GET %v: body is not a JSON array: %w\n%.500s", params, err, body)
 		}
 	}
-	return r
+	return r, nil
 }
 
 func shapeParams(table, where string, kv ...string) url.Values {
@@ -318,4 +330,127 @@ func TestShapeAPIProtocolDetails(t *testing.T) {
 			t.Fatalf("watermark %d is past the WAL's end %d", w, cur)
 		}
 	})
+}
+
+// A large transaction that reaches a shape's log in many records, persisted
+// one bus message at a time by a consumer that is frozen and then killed
+// halfway through it (the rest persisted by the next owner), is served to
+// readers in one step: no response before its last record is durable holds
+// any of it, and none that is up-to-date holds part of it.
+func TestLargeTransactionReachesReadersWhole(t *testing.T) {
+	s := newStack(t)
+	s.exec(`CREATE TABLE big (id int PRIMARY KEY, batch int NOT NULL, v text)`)
+	s.startFlushd()
+	oneAtATime := "FANOUT_CONSUMER_BATCH=1" // each bus message is its own batch: a transaction lands record by record
+	c1 := s.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1", oneAtATime)
+	s.start("ingest", "ingest", smallFragments...)
+	s.waitSlot()
+	base := s.startShapeAPI()
+	rs := syncToEnd(t, base, shapeParams("big", "batch > 0"))
+	handle := rs[0].header.Get("electric-handle")
+
+	// Readers follow the log as clients do, until they have the
+	// transaction, and record what every response held of it.
+	type seen struct {
+		rows     int
+		upToDate bool
+	}
+	results := make(chan []seen, 2)
+	stop := make(chan struct{})
+	follow := func(live bool) {
+		var got []seen
+		defer func() { results <- got }()
+		off, total := rs[len(rs)-1].offset(), 0
+		for total < 3000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			q := shapeParams("big", "batch > 0", "offset", off, "handle", handle)
+			if live {
+				q.Set("live", "true")
+			}
+			r, err := fetch(http.MethodGet, base, q)
+			if err == nil && r.status != 200 {
+				err = fmt.Errorf("GET %v: %d %s", q, r.status, r.raw)
+			}
+			if err != nil {
+				select {
+				case <-stop: // the test ended
+				default:
+					t.Errorf("reader: %v", err)
+				}
+				return
+			}
+			n := len(r.rowIDs())
+			total += n
+			got = append(got, seen{rows: total, upToDate: r.upToDate()})
+			off = r.offset()
+		}
+	}
+	go follow(false)
+	go follow(true)
+	defer close(stop)
+
+	c1.Signal(syscall.SIGSTOP)
+	s.exec(`INSERT INTO big SELECT g, 7, repeat('v', 40) || g FROM generate_series(1, 3000) g`)
+	commit := s.currentWAL()
+	// Let c1 persist part of the transaction, then freeze it again.
+	handleLog := func() (records, last int) {
+		shapelog.ScanLog(s.storageDir(), handle, func(r shapelog.LogRecord) error {
+			if r.Accepted {
+				records++
+				if r.Last {
+					last++
+				}
+			}
+			return nil
+		})
+		return records, last
+	}
+	testenv.Eventually(t, 30*time.Second, "ingest to publish the transaction", func() bool {
+		return s.publishedLSN() >= commit
+	})
+	c1.Signal(syscall.SIGCONT)
+	partial := false
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if records, _ := handleLog(); records > 0 {
+			c1.Signal(syscall.SIGSTOP)
+			records, last := handleLog()
+			partial = last == 0
+			t.Logf("consumer frozen with %d records of the transaction in the log (its last one: %v)", records, last > 0)
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !partial {
+		t.Fatal("could not freeze the consumer in the middle of the transaction: the test proves nothing (the log was complete)")
+	}
+	// While only part of it is durable, readers get none of it.
+	for range 5 {
+		q := shapeParams("big", "batch > 0", "offset", rs[len(rs)-1].offset(), "handle", handle)
+		if r := apiGet(t, base, q); len(r.rowIDs()) != 0 {
+			t.Fatalf("a read while the transaction is persisted in part served %d of its rows", len(r.rowIDs()))
+		}
+	}
+	// The owner dies; the next one persists the rest.
+	c1.Kill()
+	s.start("c2", "consumer", "FANOUT_CONSUMER_ID=c2", oneAtATime)
+	for range 2 {
+		select {
+		case got := <-results:
+			for i, r := range got {
+				if r.rows > 0 && r.rows < 3000 && r.upToDate {
+					t.Fatalf("response %d was up-to-date with %d of the transaction's 3000 rows", i, r.rows)
+				}
+			}
+			if len(got) == 0 || got[len(got)-1].rows != 3000 {
+				t.Fatalf("a reader ended with %v", got[max(0, len(got)-1):])
+			}
+		case <-time.After(90 * time.Second):
+			t.Fatal("the readers did not get the whole transaction after the takeover")
+		}
+	}
 }

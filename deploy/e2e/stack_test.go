@@ -309,10 +309,20 @@ func (s *stack) addShape(table, where string, columns ...string) shapeDef {
 // checkShapes asserts every shape log equals its query, the oracle of guarantee 5.
 func (s *stack) checkShapes(defs []shapeDef) {
 	s.t.Helper()
+	s.checkShapeRows(defs, 30*time.Second)
+	// Equal final rows can hide a change applied twice: compare each
+	// log's operations with what Postgres committed too.
+	s.checkLogsFollowHistory(defs)
+}
+
+// checkShapeRows asserts every shape's rows equal its query, waiting up to
+// wait for each.
+func (s *stack) checkShapeRows(defs []shapeDef, wait time.Duration) {
+	s.t.Helper()
 	for _, d := range defs {
 		want := renderRows(s.expectedRows(d.table, d.where, d.columns))
 		var got string
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(wait)
 		for {
 			got = renderRows(s.shapeRows(d.handle))
 			if got == want || time.Now().After(deadline) {
@@ -324,9 +334,6 @@ func (s *stack) checkShapes(defs []shapeDef) {
 			s.t.Errorf("shape %s (%s WHERE %s) differs from its query:\n--- shape rows\n%s--- SELECT\n%s", d.handle, d.table, d.where, got, want)
 		}
 	}
-	// Equal final rows can hide a change applied twice: compare each
-	// log's operations with what Postgres committed too.
-	s.checkLogsFollowHistory(defs)
 }
 
 func TestMain(m *testing.M) {

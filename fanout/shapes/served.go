@@ -15,7 +15,9 @@ import (
 // generation it serves handle at (consumers/shapeapi/generation.go). It
 // lives here so that Remove, which every removal goes through (fanoutctl
 // shape rm, DELETE /v1/shape, the API's rotations), deletes it too.
-func ServedKey(handle string) string { return "served." + handle }
+func ServedKey(handle string) string { return servedPrefix + handle }
+
+const servedPrefix = "served."
 
 // RemoveOption configures Remove.
 type RemoveOption func(*removeConfig)

@@ -119,31 +119,46 @@ func Get(ctx context.Context, bus *fanout.Bus, handle string) (*fanout.Shape, er
 // List reads every shape, sorted by table, then handle. An invalid stored
 // definition is an error naming its key.
 func List(ctx context.Context, bus *fanout.Bus) ([]*fanout.Shape, error) {
-	w, err := bus.Shapes.WatchAll(ctx, jetstream.IgnoreDeletes())
+	var out []*fanout.Shape
+	err := eachEntry(ctx, bus.Shapes, fanout.ShapesBucket, func(e jetstream.KeyValueEntry) error {
+		s, err := decode(e)
+		if err != nil {
+			return err
+		}
+		out = append(out, s)
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, err)
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Table != out[j].Table {
+			return out[i].Table < out[j].Table
+		}
+		return out[i].Handle < out[j].Handle
+	})
+	return out, nil
+}
+
+// eachEntry calls f with every current value of a bucket (named in
+// errors) until f fails.
+func eachEntry(ctx context.Context, kv jetstream.KeyValue, bucket string, f func(jetstream.KeyValueEntry) error) error {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("list KV bucket %s: %w", bucket, err)
 	}
 	defer w.Stop()
-	var out []*fanout.Shape
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("list KV bucket %s: %w", fanout.ShapesBucket, ctx.Err())
+			return fmt.Errorf("list KV bucket %s: %w", bucket, ctx.Err())
 		case e := <-w.Updates():
 			if e == nil { // every current value has been delivered
-				sort.Slice(out, func(i, j int) bool {
-					if out[i].Table != out[j].Table {
-						return out[i].Table < out[j].Table
-					}
-					return out[i].Handle < out[j].Handle
-				})
-				return out, nil
+				return nil
 			}
-			s, err := decode(e)
-			if err != nil {
-				return nil, err
+			if err := f(e); err != nil {
+				return err
 			}
-			out = append(out, s)
 		}
 	}
 }

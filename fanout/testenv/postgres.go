@@ -118,6 +118,59 @@ func NewPostgres(opts ...PostgresOption) (*Postgres, error) {
 	return p, nil
 }
 
+// StartStandby makes a streaming standby of p (pg_basebackup, with
+// standby.signal and primary_conninfo) and starts it on a free port; it is
+// stopped and removed when the test ends. Promote makes it a primary.
+func (p *Postgres) StartStandby(t testing.TB) *Postgres {
+	t.Helper()
+	root, err := os.MkdirTemp("", "fanout-pg-standby-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := &Postgres{root: root, DataDir: filepath.Join(root, "data"), logFile: filepath.Join(root, "postgres.log"), owner: p.owner}
+	t.Cleanup(sb.Close)
+	if sb.owner != nil {
+		os.Chmod(root, 0o755)
+		sb.chown(root)
+	}
+	basebackup, err := exec.LookPath("pg_basebackup")
+	if err != nil {
+		t.Fatal("pg_basebackup not found on PATH: install the PostgreSQL server binaries")
+	}
+	if out, err := sb.command(basebackup, "-D", sb.DataDir, "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port), "-U", "postgres",
+		"-X", "stream", "-R", "--no-sync").CombinedOutput(); err != nil {
+		t.Fatalf("pg_basebackup: %v\n%s", err, out)
+	}
+	if sb.Port, err = freePort(); err != nil {
+		t.Fatal(err)
+	}
+	// postgresql.auto.conf came with the backup: the later lines win.
+	conf := filepath.Join(sb.DataDir, "postgresql.auto.conf")
+	f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "port = '%d'\nunix_socket_directories = '%s'\nhot_standby = 'on'\n", sb.Port, root)
+	f.Close()
+	if err := sb.start(); err != nil {
+		t.Fatal(err)
+	}
+	sb.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", sb.Port)
+	return sb
+}
+
+// Promote ends a standby's recovery: it becomes a primary on a new timeline.
+func (p *Postgres) Promote(t testing.TB) {
+	t.Helper()
+	pgctl, err := exec.LookPath("pg_ctl")
+	if err != nil {
+		t.Fatal("pg_ctl not found on PATH")
+	}
+	if out, err := p.command(pgctl, "-D", p.DataDir, "-w", "-t", "60", "promote").CombinedOutput(); err != nil {
+		t.Fatalf("pg_ctl promote: %v\n%s\n%s", err, out, p.Log())
+	}
+}
+
 // Close stops the server and removes its folder.
 func (p *Postgres) Close() {
 	p.stop()

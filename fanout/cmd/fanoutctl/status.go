@@ -24,13 +24,15 @@ type Status struct {
 	IngestPublished *fanout.IngestProgress `json:"ingest"`
 	Slot            *flushd.Slot           `json:"slot,omitempty"`
 	SlotError       string                 `json:"slot_error,omitempty"`
-	PendingMsgs     uint64                 `json:"pending_fragments"`
-	PendingBytes    uint64                 `json:"pending_bytes"`
-	DeadLettered    uint64                 `json:"dead_lettered"`
-	Consumers       []ConsumerStatus       `json:"consumers"`
-	Bindings        []fanout.Binding       `json:"bindings"`
-	Failed          []fanout.ShapeFailure  `json:"failed_shapes"`
-	Snapshots       SnapshotStatus         `json:"snapshots"`
+	// Continuity is ingest's report of the replication stream (continuity.go).
+	Continuity   *fanout.Continuity    `json:"continuity,omitempty"`
+	PendingMsgs  uint64                `json:"pending_fragments"`
+	PendingBytes uint64                `json:"pending_bytes"`
+	DeadLettered uint64                `json:"dead_lettered"`
+	Consumers    []ConsumerStatus      `json:"consumers"`
+	Bindings     []fanout.Binding      `json:"bindings"`
+	Failed       []fanout.ShapeFailure `json:"failed_shapes"`
+	Snapshots    SnapshotStatus        `json:"snapshots"`
 }
 
 // SnapshotStatus counts the shapes by snapshot state and lists those not
@@ -56,12 +58,15 @@ func status(ctx context.Context, cfg Config, bus *fanout.Bus, cmd command) error
 	if e, err := bus.State.Get(ctx, fanout.KeyIngestPublished); err == nil {
 		st.IngestPublished, _ = fanout.DecodeIngestProgress(e.Value())
 	}
+	if e, err := bus.State.Get(ctx, fanout.KeyContinuity); err == nil {
+		st.Continuity, _ = fanout.DecodeContinuity(e.Value())
+	}
 	if cfg.Postgres.URL != "" {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		slot, err := flushd.SlotLag(pctx, cfg.Postgres.URL, cfg.Postgres.Slot)
 		cancel()
 		if err != nil {
-			st.SlotError = err.Error()
+			st.SlotError = slotError(err, st.IngestPublished != nil, st.Continuity)
 		}
 		st.Slot = slot
 	}
@@ -123,6 +128,7 @@ func printStatus(st Status) {
 	} else if st.SlotError != "" {
 		fmt.Fprintf(w, "slot\tunknown\t%s\n", st.SlotError)
 	}
+	printContinuity(w, st.Continuity)
 	fmt.Fprintf(w, "stream %s\t%d pending fragments\t%d bytes\n", fanout.StreamName, st.PendingMsgs, st.PendingBytes)
 	fmt.Fprintf(w, "stream %s\t%d dead-lettered\t\n", fanout.DeadLetterStream, st.DeadLettered)
 	if st.SafeLSN != nil && st.SafeLSN.Blocking != nil {
