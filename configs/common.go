@@ -51,8 +51,11 @@ func (b Bus) Validate() error {
 
 // HTTP is the metrics and health endpoint section.
 type HTTP struct {
-	// Addr serves /metrics, /healthz and /readyz; empty disables it.
+	// Addr serves /metrics, /healthz and /readyz; empty disables it. The
+	// defaults are loopback: these endpoints have no authentication.
 	Addr string `mapstructure:"addr"`
+	// Pprof serves Go profiles under /debug/pprof (off by default).
+	Pprof bool `mapstructure:"pprof"`
 }
 
 // Log is the logging section.

@@ -144,3 +144,57 @@ func TestCacheAgesTakePlainSeconds(t *testing.T) {
 		t.Fatalf("a bare number for another duration key was accepted: %v", err)
 	}
 }
+
+// The metrics endpoint has no authentication: every service's default
+// http.addr is loopback, and profiles are off.
+func TestMetricsDefaultToLoopbackWithoutProfiles(t *testing.T) {
+	for _, svc := range []string{"ingest", "flushd", "consumer", "shapeapi"} {
+		var cfg struct {
+			HTTP HTTP `mapstructure:"http"`
+		}
+		if _, err := LoadCommand(svc, nil, &cfg, nil); err != nil {
+			t.Fatalf("%s: %v", svc, err)
+		}
+		if !strings.HasPrefix(cfg.HTTP.Addr, "127.0.0.1:") {
+			t.Errorf("%s: http.addr defaults to %q, want a 127.0.0.1 address", svc, cfg.HTTP.Addr)
+		}
+		if cfg.HTTP.Pprof {
+			t.Errorf("%s: http.pprof defaults to true", svc)
+		}
+	}
+}
+
+// The shape API's limits load from the defaults and env, and a bad one
+// names its key.
+func TestShapeAPILimitsLoadAndNameTheirKey(t *testing.T) {
+	var cfg struct {
+		API API `mapstructure:"api"`
+	}
+	t.Setenv("FANOUT_API_TABLES", "public.items,app.*")
+	if _, err := LoadCommand("shapeapi", nil, &cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.API.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if len(cfg.API.Tables) != 2 || cfg.API.Tables[1] != "app.*" || cfg.API.MaxShapes != 10000 || cfg.API.MaxWhereNodes != 256 {
+		t.Fatalf("loaded %+v", cfg.API)
+	}
+	for _, tc := range []struct {
+		edit func(*API)
+		want string
+	}{
+		{func(a *API) { a.Tables = []string{"items"} }, "api.tables"},
+		{func(a *API) { a.MaxShapes = 0 }, "api.max_shapes"},
+		{func(a *API) { a.MaxWhereDepth = 0 }, "api.max_where_depth"},
+		{func(a *API) { a.WriteTimeout = 0 }, "api.write_timeout"},
+		{func(a *API) { a.MaxDefinitionBytes = 10 }, "api.max_definition_bytes"},
+		{func(a *API) { a.ShapeIdleTimeout = -time.Second }, "api.shape_idle_timeout"},
+	} {
+		a := cfg.API
+		tc.edit(&a)
+		if err := a.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.want, err)
+		}
+	}
+}

@@ -103,7 +103,7 @@ func (s *Service) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := observe.Serve(bg, s.cfg.HTTP.Addr, s.reg, s.ready, s.log); err != nil {
+		if err := observe.Serve(bg, s.cfg.HTTP.Addr, s.reg, s.ready, s.log, observe.Pprof(s.cfg.HTTP.Pprof)); err != nil {
 			s.fail(err)
 		}
 	}()

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -333,4 +334,29 @@ func isMainPackage(dir string) bool {
 		}
 	}
 	return false
+}
+
+// /metrics and /debug/pprof have no authentication: their default address
+// is loopback, so each service in a container sets FANOUT_HTTP_ADDR for
+// its healthcheck and its scrapers inside the network, and a host port that
+// publishes it binds the host's loopback only.
+func TestComposeMetricsStayOffPublicInterfaces(t *testing.T) {
+	p := loadProject(t)
+	for _, name := range []string{"ingest", "flushd", "consumer", "shapeapi"} {
+		s := service(t, p, name)
+		addr := env(s)["FANOUT_HTTP_ADDR"]
+		if addr == "" {
+			t.Errorf("service %s does not set FANOUT_HTTP_ADDR: the default (loopback) is unreachable from the compose network", name)
+			continue
+		}
+		_, port, _ := strings.Cut(addr, ":")
+		for _, pc := range s.Ports {
+			if strconv.FormatUint(uint64(pc.Target), 10) == port && pc.Published != "" && pc.HostIP != "127.0.0.1" {
+				t.Errorf("service %s publishes its metrics port %s on host address %q; bind it to 127.0.0.1", name, port, pc.HostIP)
+			}
+		}
+		if v := env(s)["FANOUT_HTTP_PPROF"]; v != "" && v != "false" {
+			t.Errorf("service %s sets FANOUT_HTTP_PPROF=%s; profiles stay off in the stack", name, v)
+		}
+	}
 }

@@ -478,6 +478,16 @@ func TestNATSShapeAPIDoesItsJobAndNoOtherJob(t *testing.T) {
 		}
 		return errors.New("the safe LSN watch ended")
 	})
+	api.allowed(t, "read ingest's published LSN and the oldest message of a partition (watermarks)", func(ctx context.Context) error {
+		if _, err := api.bus.State.Get(ctx, fanout.KeyIngestPublished); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
+		}
+		_, err := api.bus.Stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(fanout.Subject(3)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		return err
+	})
 	api.allowed(t, "hear that a shape log grew", func(ctx context.Context) error {
 		got := make(chan string, 1)
 		sub, err := api.js.Conn().Subscribe(fanout.NoticeSubjectPrefix+".>", func(m *nats.Msg) {
@@ -528,6 +538,16 @@ func TestNATSShapeAPIDoesItsJobAndNoOtherJob(t *testing.T) {
 			return err
 		}
 		_, err = shapes.Get(ctx, api.bus, sh.Handle)
+		return err
+	})
+	api.allowed(t, "follow the API shapes and record when one was last read", func(ctx context.Context) error {
+		if err := watchInitial(ctx, defs); err != nil {
+			return err
+		}
+		if err := watchInitial(ctx, states); err != nil {
+			return err
+		}
+		_, err := defs.Put(ctx, "read."+sh.Handle, []byte("1767225600000"))
 		return err
 	})
 	api.allowed(t, "wait for the shape's snapshot state", func(ctx context.Context) error {

@@ -19,12 +19,16 @@ type Config struct {
 
 // PostgresConfig is the postgres section: where to read and how to confirm.
 type PostgresConfig struct {
-	URL                 string        `mapstructure:"url" required:"true"`
-	Slot                string        `mapstructure:"slot" required:"true"`
-	Publication         string        `mapstructure:"publication" required:"true"`
-	ReplicaIdentityFull bool          `mapstructure:"replica_identity_full"`
-	StatusInterval      time.Duration `mapstructure:"status_interval"`
-	IdleHeartbeat       time.Duration `mapstructure:"idle_heartbeat"`
+	URL                 string `mapstructure:"url" required:"true"`
+	Slot                string `mapstructure:"slot" required:"true"`
+	Publication         string `mapstructure:"publication" required:"true"`
+	ReplicaIdentityFull bool   `mapstructure:"replica_identity_full"`
+	// The ALTER TABLE waits at most this for its lock, and is tried at
+	// most this many times (identity.go).
+	ReplicaIdentityLockTimeout time.Duration `mapstructure:"replica_identity_lock_timeout"`
+	ReplicaIdentityAttempts    int           `mapstructure:"replica_identity_attempts"`
+	StatusInterval             time.Duration `mapstructure:"status_interval"`
+	IdleHeartbeat              time.Duration `mapstructure:"idle_heartbeat"`
 }
 
 // Limits is the ingest section: fragment sizes, memory and retry bounds.
@@ -66,6 +70,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Postgres.StatusInterval < 100*time.Millisecond || c.Postgres.StatusInterval > 5*time.Minute {
 		return fmt.Errorf("config key postgres.status_interval: %s is not between 100ms and 5m (keep it under wal_sender_timeout/3)", c.Postgres.StatusInterval)
+	}
+	if c.Postgres.ReplicaIdentityLockTimeout < time.Millisecond || c.Postgres.ReplicaIdentityLockTimeout > 10*time.Second {
+		return fmt.Errorf("config key postgres.replica_identity_lock_timeout: %s is not between 1ms and 10s (queries on the table wait behind it)", c.Postgres.ReplicaIdentityLockTimeout)
+	}
+	if c.Postgres.ReplicaIdentityAttempts < 1 {
+		return fmt.Errorf("config key postgres.replica_identity_attempts: %d is under 1", c.Postgres.ReplicaIdentityAttempts)
 	}
 	if c.Postgres.IdleHeartbeat != 0 && c.Postgres.IdleHeartbeat < 100*time.Millisecond {
 		return fmt.Errorf("config key postgres.idle_heartbeat: %s is under 100ms (0s disables it)", c.Postgres.IdleHeartbeat)

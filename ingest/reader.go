@@ -96,6 +96,16 @@ func receive(ctx context.Context, conn *pgconn.PgConn, out chan<- walMsg, replyR
 		default:
 			continue
 		}
+		if m.keepalive != nil {
+			// Its reply is asked for already; to the loop it only says the
+			// slot may be idle, which it is not while data waits: never
+			// wait behind routing for it.
+			select {
+			case out <- m:
+			default:
+			}
+			continue
+		}
 		select {
 		case out <- m:
 		case <-ctx.Done():

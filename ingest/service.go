@@ -59,7 +59,8 @@ type Service struct {
 	shapes    chan shapeEvent
 	handoff   *handoff
 
-	confirmed atomic.Uint64 // last position sent to Postgres
+	confirmed   atomic.Uint64 // last position sent to Postgres
+	statusEvery time.Duration // the session's status interval (keepalive.go)
 
 	// Replication continuity: the book of what was recorded, the shaped
 	// tables, and the checks' lock (held by a session's start check and
@@ -121,8 +122,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 			}
 		}()
 	}
-	goWorker("http", func(c context.Context) error { return observe.Serve(c, cfg.HTTP.Addr, reg, s.ready, log) })
-	watcher := &shapeWatcher{kv: s.bus.Shapes, pgURL: cfg.Postgres.URL, identity: cfg.Postgres.ReplicaIdentityFull, log: log, out: s.shapes, full: map[string]bool{}}
+	goWorker("http", func(c context.Context) error {
+		return observe.Serve(c, cfg.HTTP.Addr, reg, s.ready, log, observe.Pprof(cfg.HTTP.Pprof))
+	})
+	watcher := &shapeWatcher{kv: s.bus.Shapes, log: log, out: s.shapes}
+	if cfg.Postgres.ReplicaIdentityFull {
+		watcher.identity = newIdentitySetter(cfg.Postgres.URL, cfg.Postgres.ReplicaIdentityLockTimeout, cfg.Postgres.ReplicaIdentityAttempts, time.Minute, reg, log)
+		goWorker("replica identity", watcher.identity.run)
+	}
 	goWorker("shape watcher", watcher.run)
 	goWorker("safe LSN watcher", func(c context.Context) error { return watchSafe(c, s.bus.State, s.safe, s.metrics, log) })
 
@@ -234,6 +241,7 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 		return false, fmt.Errorf("connect to Postgres: %w (check postgres.url and that the server runs)", err)
 	}
 	defer conn.Close(context.Background())
+	s.statusEvery = s.statusInterval(ctx, conn) // keepalive.go
 	repl, err := connectReplication(ctx, cfg.URL)
 	if err != nil {
 		return false, err
@@ -308,7 +316,7 @@ func (s *Service) stream(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgCon
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	msgs := make(chan walMsg, 64)
-	status := newStatusSender(repl, s.safe, s.tracker, pglogrepl.LSN(s.confirmed.Load()), cfg.StatusInterval, s.metrics)
+	status := newStatusSender(repl, s.safe, s.tracker, pglogrepl.LSN(s.confirmed.Load()), s.statusEvery, s.metrics)
 	var lastData atomic.Int64
 	lastData.Store(time.Now().UnixNano())
 	spawn := func(f func(context.Context) error) {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
@@ -18,25 +16,17 @@ type shapeEvent struct {
 	initialDone bool
 }
 
-// shapeWatcher follows the shapes bucket. For every new shape it first sets
-// REPLICA IDENTITY FULL on its table (when configured), then hands it on.
+// shapeWatcher follows the shapes bucket and hands every change on; for a
+// new shape it asks identity (nil: not configured) to set REPLICA IDENTITY
+// FULL on its table, in the background (identity.go).
 type shapeWatcher struct {
 	kv       jetstream.KeyValue
-	pgURL    string
-	identity bool
+	identity *identitySetter
 	log      *slog.Logger
 	out      chan<- shapeEvent
-
-	conn *pgx.Conn // for ALTER TABLE; opened on first use
-	full map[string]bool
 }
 
 func (w *shapeWatcher) run(ctx context.Context) error {
-	defer func() {
-		if w.conn != nil {
-			w.conn.Close(context.Background())
-		}
-	}()
 	watch, err := w.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch the %s bucket: %w", fanout.ShapesBucket, err)
@@ -65,7 +55,7 @@ func (w *shapeWatcher) run(ctx context.Context) error {
 				w.log.Error("shape definition stored under another key than its handle; skipped", "key", e.Key(), "handle", s.Handle)
 				continue
 			}
-			w.ensureFull(ctx, s.Table)
+			w.identity.enqueue(s.Table)
 			ev.update = ShapeUpdate{Handle: s.Handle, Shape: s, Revision: e.Revision()}
 		}
 		select {
@@ -74,36 +64,6 @@ func (w *shapeWatcher) run(ctx context.Context) error {
 			return nil
 		}
 	}
-}
-
-// ensureFull sets REPLICA IDENTITY FULL on table once. A failure is logged,
-// not fatal: the shape still gets inserts and updates, but moves out of it
-// and deletes carry only the key.
-func (w *shapeWatcher) ensureFull(ctx context.Context, table string) {
-	if !w.identity || w.full[table] {
-		return
-	}
-	if w.conn == nil || w.conn.IsClosed() {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		conn, err := pgx.Connect(cctx, w.pgURL)
-		cancel()
-		if err != nil {
-			w.log.Error("cannot connect to Postgres to set REPLICA IDENTITY FULL; will try again on the next shape", "table", table, "err", err)
-			return
-		}
-		// ALTER TABLE waits for a lock behind running transactions: bound it.
-		if _, err := conn.Exec(ctx, "SET lock_timeout = '10s'"); err != nil {
-			w.log.Warn("SET lock_timeout failed", "err", err)
-		}
-		w.conn = conn
-	}
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := SetReplicaIdentityFull(actx, w.conn, table); err != nil {
-		w.log.Error("REPLICA IDENTITY FULL not set; deletes and moves out of its shapes carry only the key", "table", table, "err", err)
-		return
-	}
-	w.full[table] = true
 }
 
 // watchSafe follows flushd's safe LSN in the state bucket.

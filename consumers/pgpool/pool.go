@@ -12,6 +12,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// SearchPath is every pool connection's search_path: pg_catalog first and
+// pg_temp last, so no other schema is searched (pg_temp is never searched
+// for functions and operators).
+const SearchPath = "pg_catalog, pg_temp"
+
 // Config says how many connections a pool may hold and how they are opened.
 type Config struct {
 	URL      string            // config key postgres.url
@@ -65,6 +70,11 @@ func New(cfg Config) (*Pool, error) {
 		cc.RuntimeParams[k] = v
 	}
 	cc.RuntimeParams["application_name"] = cfg.Name
+	// A fixed search_path: the reads name their table with its schema, and
+	// an operator or function of a where clause must resolve to
+	// pg_catalog's, never to one another role planted in a schema of the
+	// path (its exact types would win over a built-in needing a cast).
+	cc.RuntimeParams["search_path"] = SearchPath
 	return &Pool{cfg: cfg, conn: cc, slots: make(chan struct{}, cfg.Size), idle: make(chan idleConn, cfg.Size)}, nil
 }
 

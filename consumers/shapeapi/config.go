@@ -6,9 +6,13 @@ import (
 
 // Config is shapeapi's configuration (configs/shapeapi.yaml documents every key).
 type Config struct {
-	API      configs.API      `mapstructure:"api"`
-	Postgres configs.Postgres `mapstructure:"postgres"`
-	Storage  struct {
+	API      configs.API `mapstructure:"api"`
+	Postgres struct {
+		URL string `mapstructure:"url" required:"true"`
+		// Publication is ingest's: only its tables are served.
+		Publication string `mapstructure:"publication" required:"true"`
+	} `mapstructure:"postgres"`
+	Storage struct {
 		Dir string `mapstructure:"dir" required:"true"`
 	} `mapstructure:"storage"`
 	NATS configs.NATS `mapstructure:"nats"`

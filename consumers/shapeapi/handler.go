@@ -131,24 +131,28 @@ func (s *Server) badRequest(w http.ResponseWriter, bad *BadRequest) {
 	writeJSON(w, http.StatusBadRequest, bad.Body())
 }
 
+// unavailable is a 503 whose cause goes to the log, not to the client.
 func (s *Server) unavailable(w http.ResponseWriter, err error) {
 	s.log.Warn("shape request not served yet", "err", err)
 	w.Header().Set("cache-control", "no-store")
 	w.Header().Set("retry-after", "1")
-	writeJSON(w, http.StatusServiceUnavailable, errorBody(err.Error()))
+	writeJSON(w, http.StatusServiceUnavailable, notReadyBody)
 }
 
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var bad *BadRequest
+	var over *overloaded
 	switch {
 	case errors.As(err, &bad):
 		s.badRequest(w, bad)
+	case errors.As(err, &over):
+		s.refuse(w, over)
 	case errors.Is(err, errNotReady):
 		s.unavailable(w, err)
 	default:
 		s.log.Error("shape request failed", "err", err)
 		w.Header().Set("cache-control", "no-store")
-		writeJSON(w, http.StatusInternalServerError, errorBody(err.Error()))
+		writeJSON(w, http.StatusInternalServerError, internalErrorBody)
 	}
 }
 
@@ -198,6 +202,11 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.badRequest(w, Invalid("subset", "POST /v1/shape is a subset snapshot request: its body holds the subset"))
 		return
 	}
+	release, ok := s.admitRequest(w, req) // admission.go: live and subset requests
+	if !ok {
+		return
+	}
+	defer release()
 	rctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel) // shutdown ends held requests
@@ -207,6 +216,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		s.fail(w, err)
 		return
 	}
+	defer s.life.reading(handle)() // lifecycle.go: a shape being read is not idle
 	if !req.Offset.Start && (req.Handle != handle && (!req.Now || req.Handle != "")) {
 		s.refetch(w, handle)
 		return

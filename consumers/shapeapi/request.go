@@ -132,10 +132,15 @@ func ParseRequest(q url.Values) (*Request, *BadRequest) {
 	r.Def.Where = strings.TrimSpace(q.Get("where"))
 	if len(r.Def.Where) > maxWhereBytes {
 		bad.add("where", fmt.Sprintf("is longer than %d bytes", maxWhereBytes))
+	} else if err := noNUL(r.Def.Where); err != nil {
+		bad.add("where", err.Error())
 	} else if err := whereSyntax(q.Get("where")); err != nil { // located in the text as sent
 		bad.add("where", err.Error())
 	}
 	params, err := parseParams(q)
+	if err == nil {
+		err = paramsText(params)
+	}
 	if err != nil {
 		bad.add("params", err.Error())
 	}
@@ -167,6 +172,9 @@ func ParseRequest(q url.Values) (*Request, *BadRequest) {
 		bad.add("offset", "can't be blank")
 	default:
 		o, now, err := ParseOffset(off[0])
+		if err == nil {
+			err = offsetInRange(off[0])
+		}
 		if err != nil {
 			bad.add("offset", err.Error())
 		}
@@ -179,6 +187,9 @@ func ParseRequest(q url.Values) (*Request, *BadRequest) {
 	r.Live = q.Get("live") == "true"
 	r.SSE = r.Live && (q.Get("live_sse") == "true" || q.Get("experimental_live_sse") == "true")
 	r.Cursor = q.Get("cursor")
+	if err := cursorInRange(r.Cursor); err != nil {
+		bad.add("cursor", err.Error())
+	}
 	if !r.Offset.Start && !r.Now && r.Handle == "" && bad.Errors["offset"] == nil {
 		bad.add("handle", "can't be blank when offset != -1")
 	}
@@ -245,6 +256,16 @@ func parseParams(q url.Values) ([]string, error) {
 		out[i] = v
 	}
 	return out, nil
+}
+
+// paramsText checks that every parameter is text Postgres can hold.
+func paramsText(params []string) error {
+	for i, p := range params {
+		if err := noNUL(p); err != nil {
+			return fmt.Errorf("params[%d] %v", i+1, err)
+		}
+	}
+	return nil
 }
 
 // ParseTable reads "table", "schema.table" or quoted forms of either;

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/shapes"
 	"github.com/fanout/pipeline/fanout/shapestate"
 )
@@ -35,6 +36,9 @@ var errNotReady = errors.New("shape is not ready")
 // another, create one shape: the registrar is whoever wins a
 // compare-and-set on the definition's key.
 func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
+	if err := s.checkTable(ctx, def); err != nil {
+		return "", err
+	}
 	key := def.Key()
 	// Every request resolves its definition (a live client's once per
 	// change): the handle serving it stays the same while it exists.
@@ -71,6 +75,12 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 				}
 			}
 		}
+		// A new shape: within its bounds (definition.go, admission.go,
+		// lifecycle.go) before anything is written.
+		release, err := s.admitNewShape(ctx, def)
+		if err != nil {
+			return "", err
+		}
 		pending, _ := json.Marshal(definitionValue{Pending: time.Now()})
 		if rev == 0 {
 			rev, err = s.defs.Create(ctx, key, pending)
@@ -78,6 +88,7 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 			rev, err = s.defs.Update(ctx, key, pending, rev)
 		}
 		if err != nil {
+			release("")
 			if attempt > 50 {
 				return "", fmt.Errorf("%w: could not claim definition %s in KV bucket %s: %v", errNotReady, key, fanout.APIDefinitionsBucket, err)
 			}
@@ -85,16 +96,20 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 		}
 		sh, err := s.register(ctx, def)
 		if err != nil {
+			release("")
 			_ = s.defs.Delete(context.Background(), key, jetstream.LastRevision(rev))
 			return "", err
 		}
 		done, _ := json.Marshal(definitionValue{Handle: sh.Handle})
-		if _, err := s.defs.Update(ctx, key, done, rev); err != nil {
+		_, err = s.defs.Update(ctx, key, done, rev)
+		release(sh.Handle) // its snapshot is pending from now
+		if err != nil {
 			// Taken over meanwhile (we were slower than pendingTimeout):
 			// the other registrar's shape serves; drop ours.
 			_ = shapes.Remove(context.Background(), s.bus, sh.Handle, shapes.WithRemoveLog(s.log))
 			continue
 		}
+		s.life.registered(sh.Handle, key)
 		s.shapes.put(sh)
 		s.rememberHandle(key, sh.Handle)
 		s.log.Info("registered a shape for a new definition", "shape", sh.Handle, "table", sh.Table, "where", sh.Where, "columns", sh.Columns)
@@ -115,7 +130,8 @@ func (s *Server) register(ctx context.Context, def Definition) (*fanout.Shape, e
 	var sh *fanout.Shape
 	err := s.pg.with(ctx, func(conn *pgx.Conn) error {
 		var err error
-		sh, err = shapes.Add(ctx, s.bus, conn, def.Qualified(), def.Where, def.Params, def.Columns)
+		sh, err = shapes.Add(ctx, s.bus, conn, def.Qualified(), def.Where, def.Params, def.Columns,
+			shapes.WithBudget(s.budget()), shapes.WithCheck(s.validateInPostgres))
 		return err
 	})
 	if err != nil {
@@ -129,9 +145,17 @@ func (s *Server) register(ctx context.Context, def Definition) (*fanout.Shape, e
 // they are (503).
 func classifyAddError(err error) error {
 	var pgErr interface{ SQLState() string }
+	var bad *BadRequest
+	var be *match.BudgetError
 	msg := err.Error()
 	switch {
-	case errors.As(err, &pgErr), strings.Contains(msg, "store shape"), strings.Contains(msg, "read the "),
+	case errors.As(err, &bad), errors.Is(err, errNotReady):
+		return err
+	case errors.As(err, &be):
+		return Invalid("where", fmt.Sprintf("%v (config key %s)", err, budgetKeys[be.Limit]))
+	case errors.Is(err, shapes.ErrTableNotServed):
+		return Invalid("table", msg)
+	case errors.As(err, &pgErr), strings.Contains(msg, "store shape"), strings.Contains(msg, "read the "), strings.Contains(msg, "publication"),
 		strings.Contains(msg, "connect to Postgres"):
 		return fmt.Errorf("%w: %v", errNotReady, err)
 	case strings.Contains(msg, "does not exist"), strings.Contains(msg, "is not a table"), strings.Contains(msg, "no primary key"):
@@ -156,11 +180,14 @@ func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.API.ReadyTimeout)
 	defer cancel()
-	w, err := s.states.Watch(ctx, handle)
-	if err != nil {
-		return nil, fmt.Errorf("%w: watch KV bucket %s: %v", errNotReady, shapestate.Bucket, err)
-	}
-	defer w.Stop()
+	changed, unregister := s.snapWatch.register(handle) // one watch for every waiting request
+	defer unregister()
+	var release func()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	for {
 		st, _, err := shapestate.Get(ctx, s.states, handle)
 		if err != nil {
@@ -168,6 +195,9 @@ func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, 
 		}
 		switch st.Phase {
 		case shapestate.Failed:
+			if st.Refused != "" {
+				return nil, s.refusedByPostgres(ctx, handle, st.Refused)
+			}
 			return nil, fmt.Errorf("%w: the initial snapshot of shape %s failed: %s (it is retried; fanoutctl status shows it)", errNotReady, handle, st.Error)
 		case shapestate.Ready:
 			// Checked before it is loaded (and cached for other requests).
@@ -178,10 +208,17 @@ func (s *Server) awaitReady(ctx context.Context, handle string) (*snapshotView, 
 				return v, err
 			}
 		}
+		if release == nil {
+			// Waiting holds a goroutine and a connection: a bounded number.
+			var refused *overloaded
+			if release, refused = s.admit.newShapes.enter(); refused != nil {
+				return nil, refused
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: the initial snapshot of shape %s is not complete after %s (state %s)", errNotReady, handle, s.cfg.API.ReadyTimeout, st.Phase)
-		case <-w.Updates():
+		case <-changed:
 		}
 	}
 }

@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -50,9 +51,11 @@ type Server struct {
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
 	handles *lru[string]        // definition key -> the handle serving it (resolve), at most maxCachedShapes
 
-	subsets *subsetConns // subset snapshot reads (subset.go)
+	subsets *subsetConns // subset snapshot reads (subsetread.go)
+	limits               // admission, lifecycle, served tables (limits.go)
 
 	requests *prometheus.CounterVec
+	refusals *prometheus.CounterVec // by the config key of the limit
 	heldG    prometheus.GaugeFunc
 
 	// continuity is ingest's report of the replication stream (continuity.go).
@@ -77,8 +80,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	defs, err := js.CreateOrUpdateKeyValue(bctx, jetstream.KeyValueConfig{Bucket: fanout.APIDefinitionsBucket,
-		Description: "HTTP API shape definition (hashed) -> handle", History: 1, Replicas: max(cfg.Bus.Replicas, 1)})
+	defs, err := js.CreateOrUpdateKeyValue(bctx, definitionsBucket(cfg))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("create KV bucket %s: %w", fanout.APIDefinitionsBucket, err)
@@ -88,16 +90,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL}, subsets: newSubsetConns(cfg.Postgres.URL),
-		hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
+	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
+		subsets: newSubsetConns(cfg.Postgres.URL, cfg.API.SubsetConnections, cfg.API.SubsetTimeout, cfg.API.RetryAfter), hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
 		handles: newLRU[string](maxCachedShapes),
 		marks:   newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})
-	s.reg.MustRegister(s.requests, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
+	s.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_refused_total",
+		Help: "Requests answered 503 concurrent_request_limit_exceeded, by the config key of the limit that refused them."}, []string{"limit"})
+	s.reg.MustRegister(s.requests, s.refusals, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
 		Help: "Live requests waiting for their shape's log to grow."}, func() float64 { return float64(s.hub.held()) }))
+	s.setupLimits(defs, states)
 	return s, nil
 }
 
@@ -109,6 +114,8 @@ func (s *Server) forget(handle string) {
 	s.columns.remove(handle)
 	s.snaps.remove(handle)
 	s.mu.Unlock()
+	s.snapWatch.forget(handle)
+	s.life.forget(handle)
 	s.hub.wake(handle)
 }
 
@@ -137,6 +144,7 @@ func (s *Server) Run(ctx context.Context) error {
 			errs <- err
 		}
 	})
+	s.runLimits(ctx, &wg)
 	sub, err := s.nc.Subscribe(fanout.NoticeSubjectPrefix+".>", func(m *nats.Msg) {
 		s.hub.wake(m.Subject[len(fanout.NoticeSubjectPrefix)+1:])
 	})
@@ -145,7 +153,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 	wg.Go(func() {
-		if err := observe.Serve(ctx, s.cfg.HTTP.Addr, s.reg, s.rdy, s.log); err != nil {
+		if err := observe.Serve(ctx, s.cfg.HTTP.Addr, s.reg, s.rdy, s.log, observe.Pprof(s.cfg.HTTP.Pprof)); err != nil {
 			errs <- err
 		}
 	})
@@ -155,9 +163,9 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Wait()
 		return fmt.Errorf("listen on api.addr %s: %w (is another process using the port?)", s.cfg.API.Addr, err)
 	}
-	srv := &http.Server{Handler: s.Handler(ctx), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	srv, limited := s.httpServer(ctx, ln)
 	wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs <- fmt.Errorf("serve api.addr %s: %w", s.cfg.API.Addr, err)
 		}
 	})
@@ -312,7 +320,8 @@ func (p *pgLink) close() {
 	}
 }
 
-// authorized compares the secret in constant time.
+// authorized checks the request's secret (secret=, or api_secret= from
+// older clients) against api.secret.
 func (s *Server) authorized(r *http.Request) bool {
 	if s.cfg.API.Secret == "" {
 		return true
@@ -321,7 +330,15 @@ func (s *Server) authorized(r *http.Request) bool {
 	if got == "" {
 		got = r.URL.Query().Get("api_secret")
 	}
-	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.API.Secret)) == 1
+	return SecretMatches(got, s.cfg.API.Secret)
+}
+
+// SecretMatches compares SHA-256 digests in constant time: the time taken
+// depends on neither the secret's content nor its length (comparing the
+// strings themselves returns at once when the lengths differ).
+func SecretMatches(got, want string) bool {
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
 func writeJSON(w http.ResponseWriter, code int, body []byte) {

@@ -2,31 +2,22 @@ package shapeapi
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
 
-	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
-	"github.com/fanout/pipeline/fanout/match"
-	"github.com/fanout/pipeline/fanout/visibility"
 )
 
 // The statements a where clause and an order_by are parsed in, as Electric
@@ -183,6 +174,8 @@ func newSubset(raw map[string]any) (*Subset, map[string][]string) {
 			add("where", "must be a string")
 		case len(s) > maxWhereBytes:
 			add("where", fmt.Sprintf("is longer than %d bytes", maxWhereBytes))
+		case noNUL(s) != nil:
+			add("where", noNUL(s).Error())
 		default:
 			if err := whereSyntax(s); err != nil {
 				add("where", err.Error())
@@ -192,6 +185,9 @@ func newSubset(raw map[string]any) (*Subset, map[string][]string) {
 	}
 	if v, ok := raw["params"]; ok && v != nil {
 		p, err := subsetParams(v)
+		if err == nil {
+			err = paramsText(p)
+		}
 		if err != nil {
 			add("params", err.Error())
 		}
@@ -208,6 +204,10 @@ func newSubset(raw map[string]any) (*Subset, map[string][]string) {
 			continue
 		}
 		if f == "limit" {
+			if n == 0 {
+				add(f, "must be greater than 0")
+				continue
+			}
 			sub.Limit = n
 		} else {
 			sub.Offset = n
@@ -399,7 +399,7 @@ func orderBySQL(terms []orderTerm, schema []fanout.Column, pk []string) (string,
 // table (the shape's matcher needs them; the projection is applied in Go),
 // the shape's where and the subset's both rendered again from their parse
 // trees, the subset's $n renumbered after the shape's, and its parameters.
-func subsetSQL(sh *fanout.Shape, sub *Subset, orderBy string) (q string, cols []string, params [][]byte, err error) {
+func subsetSQL(sh *fanout.Shape, sub *Subset, orderBy string, types wheresql.TypeNames) (q string, cols []string, params [][]byte, err error) {
 	cols = make([]string, len(sh.Schema))
 	quoted := make([]string, len(sh.Schema))
 	for i, c := range sh.Schema {
@@ -410,14 +410,14 @@ func subsetSQL(sh *fanout.Shape, sub *Subset, orderBy string) (q string, cols []
 	q = "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{schema, name}.Sanitize()
 	var conds []string
 	if sh.Where != "" {
-		w, err := deparseWhere(sh.Where)
+		w, err := deparseWhere(sh.Where, types)
 		if err != nil {
 			return "", nil, nil, fmt.Errorf("the shape's where clause: %w", err)
 		}
 		conds = append(conds, "("+w+")")
 	}
 	if sub.Where != "" {
-		w, err := deparseWhere(sub.Where)
+		w, err := deparseWhere(sub.Where, types)
 		if err == nil {
 			w, err = shiftParams(w, len(sh.Params))
 		}
@@ -449,8 +449,8 @@ func subsetSQL(sh *fanout.Shape, sub *Subset, orderBy string) (q string, cols []
 
 // deparseWhere is wheresql.Deparse with a parse error in Electric's
 // wording (atLocation).
-func deparseWhere(where string) (string, error) {
-	out, err := wheresql.Deparse(where)
+func deparseWhere(where string, types wheresql.TypeNames) (string, error) {
+	out, err := wheresql.Deparse(where, types)
 	var pe *wheresql.ParseError
 	if errors.As(err, &pe) {
 		return "", fmt.Errorf("At location %d: %s", pe.Location, pe.Message)
@@ -486,240 +486,4 @@ func shiftParams(sql string, by int) (string, error) {
 	}
 	b.WriteString(sql[last:])
 	return b.String(), nil
-}
-
-// Subset reads are bounded: at most subsetConnections at once (others wait
-// up to subsetWait, then 503), each statement at most subsetTimeout.
-const (
-	subsetConnections = 4
-	subsetWait        = 10 * time.Second
-	subsetTimeout     = 60 * time.Second
-	// subsetBuffered bytes are gathered before the response starts: a
-	// smaller answer has its length and a failure is still a clean error.
-	subsetBuffered = 1 << 20
-)
-
-// subsetConns are the connections of subset reads, with the snapshot
-// reads' text settings (fanout.TextSettings), so a value prints as it does
-// in the shape's log; apart from the API's other connection, so a long
-// read delays no shape registration.
-type subsetConns struct {
-	pool *pgpool.Pool
-	err  error // postgres.url does not parse: every read fails with it
-}
-
-func newSubsetConns(url string) *subsetConns {
-	pool, err := pgpool.New(pgpool.Config{URL: url, Size: subsetConnections, Settings: fanout.TextSettings,
-		Name: "fanout-shapeapi-subset", Purpose: "a subset snapshot", Wait: subsetWait, ConnectTimeout: 10 * time.Second,
-		// A restarting Postgres is waited for (then 503: the client retries).
-		Reconnect: subsetWait, ReconnectKey: "a subset read's fixed bound"})
-	return &subsetConns{pool: pool, err: err}
-}
-
-func (p *subsetConns) close() {
-	if p.pool != nil {
-		p.pool.Close()
-	}
-}
-
-// subsetMeta is the metadata of a subset response: the snapshot of the
-// read and the WAL position then, by which the client drops the streamed
-// changes the rows already hold.
-type subsetMeta struct {
-	Xmin         string   `json:"xmin"`
-	Xmax         string   `json:"xmax"`
-	XipList      []string `json:"xip_list"`
-	SnapshotMark int32    `json:"snapshot_mark"`
-	DatabaseLSN  string   `json:"database_lsn"`
-}
-
-// read runs q in one REPEATABLE READ READ ONLY transaction whose first
-// statement reads pg_current_snapshot() and pg_current_wal_lsn(), so the
-// metadata is that of the rows; meta is called before the first row.
-func (p *subsetConns) read(ctx context.Context, q string, params [][]byte, meta func(visibility.Snapshot, pglogrepl.LSN) error, row func([][]byte) error) error {
-	if p.err != nil {
-		return p.err
-	}
-	conn, tx, err := p.pool.Begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("%w: begin the subset transaction: %v", errNotReady, err)
-	}
-	defer p.pool.Release(conn)
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", subsetTimeout.Milliseconds()), pgx.QueryExecModeSimpleProtocol); err != nil {
-		return fmt.Errorf("%w: %v", errNotReady, err)
-	}
-	var snapText, lsnText string
-	if err := tx.QueryRow(ctx, "SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text").Scan(&snapText, &lsnText); err != nil {
-		return fmt.Errorf("%w: read pg_current_snapshot() and pg_current_wal_lsn(): %v", errNotReady, err)
-	}
-	snap, err := visibility.Parse(snapText)
-	if err != nil {
-		return err
-	}
-	lsn, err := pglogrepl.ParseLSN(lsnText)
-	if err != nil {
-		return fmt.Errorf("pg_current_wal_lsn() %q: %w", lsnText, err)
-	}
-	if err := meta(snap, lsn); err != nil {
-		return err
-	}
-	rr := conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
-	for rr.NextRow() {
-		if err := row(rr.Values()); err != nil {
-			rr.Close()
-			return err
-		}
-	}
-	if _, err := rr.Close(); err != nil {
-		return subsetQueryError(err)
-	}
-	return tx.Commit(ctx)
-}
-
-// subsetQueryError makes a query failure the request's fault (400 on the
-// subset's where) when Postgres says the data or the statement is wrong.
-func subsetQueryError(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "42")) {
-		bad := &BadRequest{}
-		bad.addSubset("where", pgErr.Message)
-		return bad
-	}
-	return fmt.Errorf("subset query: %w", err)
-}
-
-// serveSubset answers a subset request of shape v:
-// {"metadata":{...},"data":[rows]} with electric-snapshot: true. A row is
-// in the answer when the shape holds it (its where, by the matcher, as the
-// log decides) and it matches the subset's where; its values are the
-// shape's columns. electric-offset is the request's offset, so the client
-// resumes its stream where it was; for a request from -1 (or now), the end
-// of the log as it was before the read, so nothing committed after the
-// snapshot is skipped.
-func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView) {
-	sh, sub := v.shape, req.Subset
-	bad := &BadRequest{}
-	if _, err := match.CompileParams(sub.Where, sub.Params, sh.Schema); err != nil {
-		bad.addSubset("where", err.Error())
-	}
-	terms, err := parseOrderBy(sub.OrderBy)
-	if err != nil {
-		bad.addSubset("order_by", err.Error())
-	}
-	orderBy, err := orderBySQL(terms, sh.Schema, sh.PrimaryKey)
-	if err != nil {
-		bad.addSubset("order_by", err.Error())
-	}
-	if bad.Subset != nil {
-		s.badRequest(w, bad)
-		return
-	}
-	pred, err := match.CompileParams(sh.Where, sh.Params, sh.Schema)
-	if err != nil {
-		s.fail(w, fmt.Errorf("shape %s: %w", sh.Handle, err))
-		return
-	}
-	q, cols, params, err := subsetSQL(sh, sub, orderBy)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	off := req.Offset
-	if req.Offset.Start || req.Now {
-		end, err := s.index(sh.Handle).extend(s.cfg.Storage.Dir, sh.Handle, v.rel, v.seen())
-		if err != nil {
-			s.fail(w, err)
-			return
-		}
-		off = Offset{}
-		if last, ok := end.Last(); ok {
-			off = LastOp(last)
-		}
-	}
-	mark := rand.Int32N(math.MaxInt32)
-	headers := subsetHeaders(v.rel, mark)
-	h := w.Header()
-	h.Set("electric-snapshot", "true")
-	h.Set("electric-offset", off.String())
-	h.Set("electric-schema", v.schema)
-	h.Set("cache-control", "no-cache")
-
-	var buf []byte
-	started := false
-	flush := func() error {
-		if !started {
-			h.Set("content-type", "application/json")
-			w.WriteHeader(http.StatusOK)
-			started = true
-		}
-		_, err := w.Write(buf)
-		buf = buf[:0]
-		return err
-	}
-	full := make(fanout.Row, len(cols))
-	out := make(fanout.Row, len(v.rel.Columns))
-	n := 0
-	err = s.subsets.read(ctx, q, params, func(snap visibility.Snapshot, lsn pglogrepl.LSN) error {
-		m := subsetMeta{Xmin: strconv.FormatUint(snap.Xmin, 10), Xmax: strconv.FormatUint(snap.Xmax, 10), XipList: []string{},
-			SnapshotMark: mark, DatabaseLSN: strconv.FormatUint(uint64(lsn), 10)}
-		for _, x := range snap.Xip {
-			m.XipList = append(m.XipList, strconv.FormatUint(x, 10))
-		}
-		b, _ := json.Marshal(m)
-		buf = append(append(append(buf, `{"metadata":`...), b...), `,"data":[`...)
-		return nil
-	}, func(vals [][]byte) error {
-		for i, c := range cols {
-			if vals[i] == nil {
-				full[c] = nil
-			} else {
-				s := string(vals[i])
-				full[c] = &s
-			}
-		}
-		if !pred.Eval(full) {
-			return nil // the shape's membership is the matcher's, as in its log
-		}
-		clear(out)
-		for _, c := range v.rel.Columns {
-			out[c] = full[c]
-		}
-		if n > 0 {
-			buf = append(buf, ',')
-		}
-		n++
-		buf = appendMessage(buf, v.rel, out, headers)
-		if len(buf) >= subsetBuffered {
-			return flush()
-		}
-		return nil
-	})
-	if err != nil {
-		if !started {
-			h.Del("electric-snapshot")
-			h.Del("electric-offset")
-			h.Del("electric-schema")
-			s.fail(w, err)
-			return
-		}
-		// The status is sent: cut the connection, so the client sees a
-		// failed request rather than a short answer.
-		s.log.Error("subset snapshot failed while streaming", "shape", sh.Handle, "err", err)
-		panic(http.ErrAbortHandler)
-	}
-	buf = append(buf, "]}"...)
-	if !started {
-		writeJSON(w, http.StatusOK, buf)
-		return
-	}
-	flush()
-}
-
-// subsetHeaders is the headers object of every row of a subset response.
-func subsetHeaders(rel Relation, mark int32) []byte {
-	b := snapshotHeaders(rel)
-	b = append(b[:len(b)-1], `,"snapshot_mark":`...)
-	b = strconv.AppendInt(b, int64(mark), 10)
-	return append(b, '}')
 }

@@ -116,7 +116,7 @@ func TestSubsetSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub := &Subset{Where: `"Title" LIKE $1 OR "Title" = '$1' OR id IN ($2, $1)`, Params: []string{"a%", "3"}, Limit: 10, Offset: 20}
-	q, cols, params, err := subsetSQL(sh, sub, orderBy)
+	q, cols, params, err := subsetSQL(sh, sub, orderBy, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestSubsetSQL(t *testing.T) {
 		t.Fatalf("cols %v params %q", cols, params)
 	}
 	// No shape where, no order, no limit: the plain subset.
-	q, _, params, err = subsetSQL(&fanout.Shape{Table: "s.t", Schema: []fanout.Column{{Name: "id"}}}, &Subset{Where: "id > $1", Params: []string{"1"}, Limit: -1}, "")
+	q, _, params, err = subsetSQL(&fanout.Shape{Table: "s.t", Schema: []fanout.Column{{Name: "id"}}}, &Subset{Where: "id > $1", Params: []string{"1"}, Limit: -1}, "", nil)
 	if err != nil || q != `SELECT "id" FROM "s"."t" WHERE (id > $1)` || len(params) != 1 {
 		t.Fatalf("got %s %q %v", q, params, err)
 	}
@@ -140,10 +140,10 @@ func TestSubsetSQL(t *testing.T) {
 	}
 	// A clause that does not parse is located Electric's way, in the
 	// statement it is parsed in.
-	if _, _, _, err := subsetSQL(sh, &Subset{Where: "id = = 1", Limit: -1}, ""); err == nil || err.Error() != `At location 20: syntax error at or near "="` {
+	if _, _, _, err := subsetSQL(sh, &Subset{Where: "id = = 1", Limit: -1}, "", nil); err == nil || err.Error() != `At location 20: syntax error at or near "="` {
 		t.Fatalf("subset where that does not parse: %v", err)
 	}
-	if _, _, _, err := subsetSQL(&fanout.Shape{Table: "s.t", Where: "(id", Schema: sh.Schema}, &Subset{Limit: -1}, ""); err == nil || err.Error() != "the shape's where clause: At location 18: syntax error at end of input" {
+	if _, _, _, err := subsetSQL(&fanout.Shape{Table: "s.t", Where: "(id", Schema: sh.Schema}, &Subset{Limit: -1}, "", nil); err == nil || err.Error() != "the shape's where clause: At location 18: syntax error at end of input" {
 		t.Fatalf("shape where that does not parse: %v", err)
 	}
 	// The primary key already named is not appended again.

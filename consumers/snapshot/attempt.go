@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapestate"
 	"github.com/fanout/pipeline/fanout/visibility"
@@ -71,7 +72,11 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 	for i, j := range active {
 		shapes[i] = j.shape
 	}
-	q, params, cols, err := selectSQL(shapes)
+	types, err := wheresql.EnumTypes(ctx, conn, shape.Schema)
+	if err != nil {
+		return nil, err
+	}
+	q, params, cols, err := wheresql.SelectAll(shapes, types)
 	if err != nil {
 		return nil, errPermanent{err}
 	}
@@ -112,7 +117,7 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 // before the snapshot (LOCK takes none): no TRUNCATE or schema change can
 // commit between the snapshot and the read, nor while it runs (they wait,
 // and are then streamed as changes the snapshot did not see).
-func (g *group) begin(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Shape) (snap visibility.Snapshot, committed []uint64, live map[string]string, err error) {
+func (g *group) begin(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Shape) (snap visibility.Snapshot, committed []uint64, live map[string]liveType, err error) {
 	schema, name := fanout.SplitTable(shape.Table)
 	table := pgx.Identifier{schema, name}.Sanitize()
 	sql := ""
@@ -122,7 +127,7 @@ func (g *group) begin(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Sh
 	sql += "SET LOCAL lock_timeout = 60000; LOCK TABLE " + table + " IN ACCESS SHARE MODE; " +
 		"SELECT pg_current_snapshot()::text; " +
 		"SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x WHERE pg_xact_status(x) = 'committed'; " +
-		"SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a WHERE a.attrelid = " + quoteLiteral(table) + "::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+		"SELECT a.attname, a.atttypid, format_type(a.atttypid, NULL) FROM pg_attribute a WHERE a.attrelid = " + quoteLiteral(table) + "::regclass AND a.attnum > 0 AND NOT a.attisdropped"
 	results, err := conn.Exec(ctx, sql).ReadAll()
 	if err != nil {
 		var pe *pgconn.PgError
@@ -145,9 +150,13 @@ func (g *group) begin(ctx context.Context, conn *pgconn.PgConn, shape *fanout.Sh
 		}
 		committed = append(committed, x)
 	}
-	live = map[string]string{}
+	live = map[string]liveType{}
 	for _, r := range results[n-1].Rows {
-		live[string(r[0])] = string(r[1])
+		oid, err := strconv.ParseUint(string(r[1]), 10, 32)
+		if err != nil {
+			return snap, nil, nil, fmt.Errorf("read the columns of %s: %w", shape.Table, err)
+		}
+		live[string(r[0])] = liveType{uint32(oid), string(r[2])}
 	}
 	return snap, committed, live, nil
 }

@@ -47,6 +47,8 @@ type job struct {
 // errPermanent marks failures a retry cannot fix.
 type errPermanent struct{ error }
 
+func (e errPermanent) Unwrap() error { return e.error }
+
 // prepare reads the shape's definition (unless the claim had it) and
 // compiles its where clause.
 func (j *job) prepare() error {
@@ -115,6 +117,9 @@ func (j *job) finish(runner context.Context, snap *shapelog.Snapshot, err error)
 	j.st.Attempts++
 	j.st.Error = err.Error()
 	var perm errPermanent
+	if ref := (refused{}); errors.As(err, &ref) {
+		j.st.Refused = ref.code
+	}
 	if errors.As(err, &perm) || j.st.Attempts >= j.r.cfg.MaxAttempts {
 		j.st.Phase, j.st.LeaseUntil = shapestate.Failed, time.Time{}
 		log.Error("snapshot failed; the shape is marked failed (fix the cause, then remove and add the shape again)", "attempts", j.st.Attempts, "err", err)
@@ -184,16 +189,24 @@ func (j *job) gone() error {
 	return nil
 }
 
+// liveType is a column's type in the table now.
+type liveType struct {
+	oid  uint32
+	name string // format_type's, qualified outside pg_catalog (search_path is pg_catalog)
+}
+
 // checkSchema fails the shape when a column it was defined with is gone or
 // changed type: its where clause and rows would no longer mean the same.
 // live maps the table's columns to their types now.
-func (j *job) checkSchema(live map[string]string) error {
+func (j *job) checkSchema(live map[string]liveType) error {
 	var changed []string
 	for _, c := range j.shape.Schema {
+		// By OID: format_type qualifies the names of other schemas' types,
+		// which the shape recorded unqualified.
 		if t, ok := live[c.Name]; !ok {
 			changed = append(changed, c.Name+" (dropped)")
-		} else if t != c.Type {
-			changed = append(changed, fmt.Sprintf("%s (%s, was %s)", c.Name, t, c.Type))
+		} else if c.OID != 0 && t.oid != c.OID || c.OID == 0 && t.name != c.Type {
+			changed = append(changed, fmt.Sprintf("%s (%s, was %s)", c.Name, t.name, c.Type))
 		}
 	}
 	if len(changed) > 0 {
@@ -242,11 +255,24 @@ func (r *reconnects) retry(ctx context.Context, err error, bound time.Duration) 
 
 func describe(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42P01" {
+	switch {
+	case errors.As(err, &pe) && pe.Code == "42P01":
 		return errPermanent{fmt.Errorf("%w (the table was dropped?)", err)}
+	case errors.As(err, &pe) && pe.Code == "42501":
+		return errPermanent{fmt.Errorf("%w (GRANT SELECT on the table to the role of the consumers' postgres.url, then add the shape again)", err)}
+	case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "22"):
+		return errPermanent{refused{code: pe.Code, error: fmt.Errorf("%w: Postgres cannot evaluate the where clause on a row of the table; no retry helps until the rows or the clause change", err)}}
 	}
 	return err
 }
+
+// refused is a data error of the snapshot query (SQLSTATE class 22).
+type refused struct {
+	code string
+	error
+}
+
+func (r refused) Unwrap() error { return r.error }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

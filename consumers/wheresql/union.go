@@ -26,8 +26,9 @@ type Clause struct {
 // clause is empty: the union is the whole table.
 //
 // The union only narrows what the query reads: which shapes a row belongs
-// to is still decided by each shape's matcher.
-func Union(clauses []Clause) (string, error) {
+// to is still decided by each shape's matcher. types qualifies the type
+// names of casts, as Deparse's.
+func Union(clauses []Clause, types TypeNames) (string, error) {
 	var (
 		args  []*pg.Node
 		lists = map[inKey]*pg.A_Expr{} // merged equalities by column and constant kind
@@ -42,6 +43,7 @@ func Union(clauses []Clause) (string, error) {
 			return "", err
 		}
 		where := tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause()
+		types.qualify(where)
 		renumberParams(where.ProtoReflect(), shift)
 		shift += int32(c.Params)
 		if col, val, kind, ok := equality(where); ok {

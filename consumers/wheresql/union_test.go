@@ -24,7 +24,7 @@ func TestUnionMergesEqualitiesAndRenumbersParameters(t *testing.T) {
 		{"booleans and decimals", []Clause{{Where: "done = true"}, {Where: "price = 1.5"}, {Where: "done = false"}, {Where: "price = 2.5"}},
 			"done IN (true, false) OR price IN (1.5, 2.5)"},
 	} {
-		got, err := Union(c.clauses)
+		got, err := Union(c.clauses, nil)
 		if err != nil || got != c.want {
 			t.Errorf("%s: Union = %q, %v\n want %q", c.name, got, err, c.want)
 		}
@@ -32,7 +32,14 @@ func TestUnionMergesEqualitiesAndRenumbersParameters(t *testing.T) {
 }
 
 func TestUnionRefusesWhatIsNotOneClause(t *testing.T) {
-	if out, err := Union([]Clause{{Where: "owner = 1"}, {Where: "1=1; DROP TABLE x"}}); err == nil {
+	if out, err := Union([]Clause{{Where: "owner = 1"}, {Where: "1=1; DROP TABLE x"}}, nil); err == nil {
 		t.Fatalf("Union accepted a second statement: %q", out)
+	}
+}
+
+func TestUnionQualifiesCasts(t *testing.T) {
+	got, err := Union([]Clause{{Where: "m = 'ok'::mood"}, {Where: "m >= 'ok'"}}, TypeNames{"mood": {"app", "mood"}})
+	if want := "m = 'ok'::app.mood OR m >= 'ok'"; err != nil || got != want {
+		t.Fatalf("Union = %q, %v; want %q", got, err, want)
 	}
 }

@@ -1,6 +1,10 @@
 // Package wheresql prints a shape's where clause back as SQL from its
 // Postgres parse tree, so that the text a user sent never reaches a query
-// as written (a comment, a second statement or a dangling quote cannot).
+// as written (a comment, a second statement or a dangling quote cannot),
+// and builds the queries that read a shape's rows (select.go). Those reads
+// run with search_path pg_catalog, pg_temp (consumers/pgpool): the only
+// names a clause may resolve outside pg_catalog, its enum types, are
+// printed qualified (types.go).
 package wheresql
 
 import (
@@ -32,11 +36,15 @@ func (e *ParseError) Unwrap() error { return e.err }
 
 // Deparse parses where as `SELECT 1 WHERE <where>` and prints the tree
 // again, without the prefix. A clause that does not parse is a
-// *ParseError when the parser located it.
-func Deparse(where string) (string, error) {
+// *ParseError when the parser located it. types qualifies the type names
+// of casts (types.go): the reads run with search_path pg_catalog.
+func Deparse(where string, types ...TypeNames) (string, error) {
 	tree, err := parseClause(where)
 	if err != nil {
 		return "", err
+	}
+	for _, t := range types {
+		t.qualify(tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause())
 	}
 	return printClause(tree, "where clause")
 }

@@ -142,6 +142,7 @@ func newPipe(b testing.TB, shapes int, env ...string) *pipe {
 		"FANOUT_POSTGRES_URL=" + p.pg.URL, "FANOUT_NATS_URL=" + p.ns.URL,
 		"FANOUT_STORAGE_DIR=" + filepath.Join(p.dir, "shapes"),
 		"FANOUT_LOG_LEVEL=" + cmp.Or(os.Getenv("FANOUT_BENCH_LOG_LEVEL"), "warn"),
+		"FANOUT_HTTP_PPROF=true", // FANOUT_BENCH_PROFILE takes CPU profiles
 	}, env...)
 	return p
 }

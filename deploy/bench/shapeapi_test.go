@@ -79,6 +79,7 @@ type shapeResponse struct {
 	cursor   string
 	upToDate bool
 	body     []byte
+	header   http.Header
 }
 
 func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (shapeResponse, error) {
@@ -94,7 +95,7 @@ func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (s
 	body, err := io.ReadAll(resp.Body)
 	_, upToDate := resp.Header["Electric-Up-To-Date"]
 	return shapeResponse{status: resp.StatusCode, handle: resp.Header.Get("electric-handle"), offset: resp.Header.Get("electric-offset"),
-		cursor: resp.Header.Get("electric-cursor"), upToDate: upToDate, body: body}, err
+		cursor: resp.Header.Get("electric-cursor"), upToDate: upToDate, body: body, header: resp.Header}, err
 }
 
 // syncShape reads a shape from -1 to up-to-date, as a client's initial sync
@@ -246,22 +247,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 					}
 					continue
 				}
-				now := time.Now()
-				var msgs []struct {
-					Value   map[string]*string `json:"value"`
-					Headers map[string]any     `json:"headers"`
-				}
-				json.Unmarshal(r.body, &msgs)
-				for _, m := range msgs {
-					if m.Headers["operation"] == "insert" && m.Value["id"] != nil {
-						id, _ := strconv.ParseInt(*m.Value["id"], 10, 64)
-						seenMu.Lock()
-						if _, ok := seen[id]; !ok {
-							seen[id] = now
-						}
-						seenMu.Unlock()
-					}
-				}
+				noteInserts(r.body, time.Now(), &seenMu, seen)
 				offset, cursor = r.offset, r.cursor
 			}
 		})
@@ -293,23 +279,51 @@ func BenchmarkShapeAPI(b *testing.B) {
 	}
 	tick.Stop()
 	profiled()
-	testenv.Eventually(b, time.Minute, "every committed change to reach a client", func() bool {
-		seenMu.Lock()
-		defer seenMu.Unlock()
-		for id := range committed {
+	lat := commitToClient(b, committed, &seenMu, seen)
+	stop()
+	clients.Wait()
+	addRow("shapeapi commit-to-client latency p50 / p99", pct(lat, 50)+" / "+pct(lat, 99), "",
+		fmt.Sprintf("%d changes/s for %d s over %d shapes, %d long-poll clients; target p99 < 250 ms", perSec, secs, shapes, polls))
+}
+
+// noteInserts records when each id inserted in a response's messages was
+// first seen.
+func noteInserts(body []byte, now time.Time, mu *sync.Mutex, seen map[int64]time.Time) {
+	var msgs []struct {
+		Value   map[string]*string `json:"value"`
+		Headers map[string]any     `json:"headers"`
+	}
+	json.Unmarshal(body, &msgs)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range msgs {
+		if m.Headers["operation"] == "insert" && m.Value["id"] != nil {
+			id, _ := strconv.ParseInt(*m.Value["id"], 10, 64)
 			if _, ok := seen[id]; !ok {
+				seen[id] = now
+			}
+		}
+	}
+}
+
+// commitToClient waits until a client saw every committed id, and returns
+// the times from commit to client, sorted.
+func commitToClient(b testing.TB, committed map[int64]time.Time, mu *sync.Mutex, seen map[int64]time.Time) []time.Duration {
+	b.Helper()
+	var lat []time.Duration
+	testenv.Eventually(b, time.Minute, "every committed change to reach a client", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		lat = lat[:0]
+		for id, at := range committed {
+			t, ok := seen[id]
+			if !ok {
 				return false
 			}
+			lat = append(lat, t.Sub(at))
 		}
 		return true
 	})
-	stop()
-	clients.Wait()
-	var lat []time.Duration
-	for id, at := range committed {
-		lat = append(lat, seen[id].Sub(at))
-	}
 	slices.Sort(lat)
-	addRow("shapeapi commit-to-client latency p50 / p99", pct(lat, 50)+" / "+pct(lat, 99), "",
-		fmt.Sprintf("%d changes/s for %d s over %d shapes, %d long-poll clients; target p99 < 250 ms", perSec, secs, shapes, polls))
+	return lat
 }

@@ -41,6 +41,7 @@ var richWheres = []string{
 	"m = 'happy'",
 	"m >= 'ok'",
 	"m IN ('sad', 'ok')",
+	"m > 'sad'::mood", // the snapshot's search_path is pg_catalog: the cast is printed qualified
 	"tags @> ARRAY['red']",
 	"'blue' = ANY(tags)",
 	"nums && '{1,2}'",

@@ -1,7 +1,9 @@
 // Package observe gives every service the same operational surface: slog
 // logging configured from the log section, and an HTTP server with
 // /metrics (Prometheus), /healthz (the process runs), /readyz (it is
-// connected and doing its job) and /debug/pprof (Go profiles).
+// connected and doing its job) and, when http.pprof is set, /debug/pprof
+// (Go profiles). The server listens on http.addr, loopback by default: it
+// has no authentication.
 package observe
 
 import (
@@ -13,6 +15,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -55,8 +58,24 @@ func (r *Readiness) Set(ready bool, reason string) {
 	r.reason.Store(reason)
 }
 
+// Option configures Serve.
+type Option func(*serveConfig)
+
+type serveConfig struct {
+	pprof bool
+}
+
+// Pprof serves the Go profiles under /debug/pprof when on (config key
+// http.pprof). The command line (/debug/pprof/cmdline) is never served: it
+// may hold a secret passed as a flag.
+func Pprof(on bool) Option { return func(c *serveConfig) { c.pprof = on } }
+
 // Serve runs the HTTP server on addr until ctx ends. An empty addr serves nothing.
-func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready *Readiness, log *slog.Logger) error {
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready *Readiness, log *slog.Logger, opts ...Option) error {
+	var cfg serveConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if addr == "" {
 		<-ctx.Done()
 		return nil
@@ -72,19 +91,23 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready *Re
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	// Go profiles (CPU, heap, goroutines) on the same port as /metrics, for
-	// `go tool pprof http://ADDR/debug/pprof/profile` and the benchmarks.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	served := "/metrics, /healthz and /readyz"
+	if cfg.pprof {
+		// Go profiles (CPU, heap, goroutines) on the same port as /metrics,
+		// for `go tool pprof http://ADDR/debug/pprof/profile` and the
+		// benchmarks. Not the command line: it may hold a secret.
+		mux.HandleFunc("/debug/pprof/", profileIndex)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		served += " and /debug/pprof"
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("http.addr %s: %w (set http.addr to a free address, or empty to disable)", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	log.Info("serving /metrics, /healthz, /readyz and /debug/pprof", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	log.Info("serving "+served, "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -99,4 +122,14 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready *Re
 		}
 		return err
 	}
+}
+
+// profileIndex is pprof.Index without the command line, which the index
+// would otherwise serve as /debug/pprof/cmdline.
+func profileIndex(w http.ResponseWriter, r *http.Request) {
+	if strings.TrimPrefix(r.URL.Path, "/debug/pprof/") == "cmdline" {
+		http.NotFound(w, r)
+		return
+	}
+	pprof.Index(w, r)
 }

@@ -24,11 +24,36 @@ import (
 // that is not registered.
 var ErrUnknownShape = errors.New("unknown shape")
 
+// AddOption configures Add.
+type AddOption func(*addConfig)
+
+type addConfig struct {
+	budget match.Budget
+	checks []func(context.Context, *pgx.Conn, *fanout.Shape) error
+}
+
+// WithBudget bounds the cost of the where clause (match.Vet); without it
+// only the schemas the clause names are checked.
+func WithBudget(b match.Budget) AddOption { return func(c *addConfig) { c.budget = b } }
+
+// WithCheck runs check on the new shape, after every other validation and
+// before it is stored; its error fails Add.
+func WithCheck(check func(context.Context, *pgx.Conn, *fanout.Shape) error) AddOption {
+	return func(c *addConfig) { c.checks = append(c.checks, check) }
+}
+
 // Add validates a new shape against the live schema of table (it exists, has
 // a primary key, the columns exist and include the key, the where clause
-// parses and type-checks) and stores it under a fresh handle. Nothing is
-// written when anything fails.
-func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where string, params, columns []string) (*fanout.Shape, error) {
+// parses, names no schema but pg_catalog and type-checks) and stores it
+// under a fresh handle. Nothing is written when anything fails.
+func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where string, params, columns []string, opts ...AddOption) (*fanout.Shape, error) {
+	var cfg addConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := match.Vet(where, params, cfg.budget); err != nil {
+		return nil, err
+	}
 	table = fanout.QualifiedTable(table)
 	schema, pk, err := LoadSchema(ctx, conn, table)
 	if err != nil {
@@ -60,6 +85,11 @@ func Add(ctx context.Context, bus *fanout.Bus, conn *pgx.Conn, table, where stri
 	}
 	if _, err := match.CompileParams(s.Where, s.Params, schema); err != nil {
 		return nil, fmt.Errorf("table %s: %w", table, err)
+	}
+	for _, check := range cfg.checks {
+		if err := check(ctx, conn, s); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := bus.Shapes.Create(ctx, s.Handle, s.Encode()); err != nil {
 		return nil, fmt.Errorf("store shape %s in KV bucket %s: %w", s.Handle, fanout.ShapesBucket, err)

@@ -67,10 +67,15 @@ type State struct {
 	Chunks  int   `json:"chunks"`
 	Retakes int   `json:"retakes,omitempty"` // snapshots retaken for the commit-visibility race
 	// Attempts counts generations that failed; Error is the last failure.
-	Attempts int       `json:"attempts,omitempty"`
-	Error    string    `json:"error,omitempty"`
-	Started  time.Time `json:"started,omitzero"`
-	Updated  time.Time `json:"updated"`
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
+	// Refused is the SQLSTATE of a data error Postgres raised on the
+	// table's rows under the shape's where clause (22012: division by
+	// zero, 22P02: a value a cast cannot read): the shape is Failed at the
+	// first attempt, and the HTTP API answers its definition with a 400.
+	Refused string    `json:"refused,omitempty"`
+	Started time.Time `json:"started,omitzero"`
+	Updated time.Time `json:"updated"`
 }
 
 // Routing is what ingest has applied (value of RoutingKey).

@@ -35,7 +35,7 @@ func run(cfg flushd.Config) error {
 	ready := &observe.Readiness{}
 	ready.Set(false, "starting")
 	httpErr := make(chan error, 1)
-	go func() { httpErr <- observe.Serve(ctx, cfg.HTTP.Addr, reg, ready, log) }()
+	go func() { httpErr <- observe.Serve(ctx, cfg.HTTP.Addr, reg, ready, log, observe.Pprof(cfg.HTTP.Pprof)) }()
 
 	nc, err := fanout.Connect(fanout.ConnectOptions{URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, CAFile: cfg.NATS.CAFile, Name: "flushd"}, log)
 	if err != nil {
