@@ -86,6 +86,9 @@ func (w *worker) handle(writer shapelog.Writer, msgs []jetstream.Msg) error {
 		return err
 	}
 	w.announce(kept)
+	if c := w.s.compactor; c != nil {
+		c.observe(fragments(kept))
+	}
 	return nil
 }
 

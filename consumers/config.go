@@ -18,13 +18,17 @@ type Config struct {
 		BusRetryTimeout   time.Duration `mapstructure:"bus_retry_timeout"`
 	} `mapstructure:"consumer"`
 	Storage struct {
-		Dir         string `mapstructure:"dir" required:"true"`
-		MaxOpenLogs int    `mapstructure:"max_open_logs"`
+		Dir         string           `mapstructure:"dir" required:"true"`
+		MaxOpenLogs int              `mapstructure:"max_open_logs"`
+		Compaction  CompactionConfig `mapstructure:"compaction"`
 	} `mapstructure:"storage"`
-	NATS configs.NATS `mapstructure:"nats"`
-	Bus  configs.Bus  `mapstructure:"bus"`
-	HTTP configs.HTTP `mapstructure:"http"`
-	Log  configs.Log  `mapstructure:"log"`
+	// Snapshot is read for its chunk sizes, which compacted bases use too
+	// (the snapshot runner validates the section).
+	Snapshot configs.Snapshot `mapstructure:"snapshot"`
+	NATS     configs.NATS     `mapstructure:"nats"`
+	Bus      configs.Bus      `mapstructure:"bus"`
+	HTTP     configs.HTTP     `mapstructure:"http"`
+	Log      configs.Log      `mapstructure:"log"`
 }
 
 // Validate checks values that have a type but not a meaning.
@@ -48,5 +52,5 @@ func (c *Config) Validate() error {
 	if n := c.Storage.MaxOpenLogs; n != 0 && (n < shapelog.MinOpenLogs || n > 1_000_000) {
 		return fmt.Errorf("config key storage.max_open_logs: %d is not 0 (sized from the descriptor limit) or between %d and 1000000", n, shapelog.MinOpenLogs)
 	}
-	return nil
+	return c.Storage.Compaction.Validate()
 }

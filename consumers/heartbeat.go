@@ -78,6 +78,9 @@ func (s *Service) putHeartbeat(ctx context.Context, draining bool, top *uint64) 
 		*top = max(*top, epoch)
 	}
 	hb.StorageEpoch = *top
+	if s.compactor != nil {
+		hb.Compaction = s.compactor.Status()
+	}
 	// A put stuck on a NATS leader that just died must not hold back the
 	// next attempt for long: flushd counts the time between heartbeats.
 	pctx, cancel := context.WithTimeout(ctx, min(max(2*s.cfg.Consumer.HeartbeatInterval, time.Second), 5*time.Second))

@@ -36,6 +36,9 @@ type Service struct {
 	m       *metrics
 	store   shapelog.Store
 	started time.Time
+	// compactor compacts the logs of the partitions owned here (nil when
+	// storage.compaction.enabled is false).
+	compactor *compactor
 
 	// Set by Run once connected.
 	nc     *nats.Conn
@@ -65,6 +68,12 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		cfg: cfg, id: cfg.Consumer.ID, log: log, reg: reg, ready: &observe.Readiness{},
 		m: newMetrics(reg), store: store, started: time.Now(),
 		workers: map[int]*worker{}, fatal: make(chan error, 1),
+	}
+	if cc := cfg.Storage.Compaction; cc.Enabled {
+		chunks := fanoutChunks{rows: cfg.Snapshot.ChunkRows, bytes: cfg.Snapshot.ChunkBytes}
+		s.compactor = newCompactor(cc, chunks, store, cfg.Bus.Partitions, reg, log)
+	} else {
+		log.Info("storage.compaction.enabled is false: shape logs only grow")
 	}
 	s.ready.Set(false, "connecting to NATS")
 	return s, nil
@@ -112,6 +121,14 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := snapshot.Start(bg, &wg, snapshot.Deps{JS: js, Shapes: s.bus.Shapes, Dir: s.cfg.Storage.Dir,
 		ID: s.id, Replicas: s.cfg.Bus.Replicas, Reg: s.reg, Log: s.log}); err != nil {
 		return err
+	}
+
+	if s.compactor != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.compactor.run(bg)
+		}()
 	}
 
 	s.shapes = newShapeCache(s.bus.Shapes, s.log, s.cfg.Consumer.BusRetryTimeout, s.removeShape)

@@ -60,8 +60,14 @@ type running struct {
 
 func (e *env) start(id string) *running {
 	e.t.Helper()
+	return e.startWith(id, e.config(id))
+}
+
+// startWith runs a consumer of configuration cfg in-process.
+func (e *env) startWith(id string, cfg Config) *running {
+	e.t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("consumer", id)
-	svc, err := New(e.config(id), log)
+	svc, err := New(cfg, log)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -114,6 +114,10 @@ func (w *worker) loop(drain context.Context) error {
 		return fmt.Errorf("take partition in storage: %w", err)
 	}
 	defer writer.Close()
+	if c := w.s.compactor; c != nil {
+		c.attach(w.partition, writer)
+		defer c.detach(w.partition, writer) // before the writer closes
+	}
 	w.removeGoneShapes(writer)
 	var failingSince time.Time
 	var delivered uint64 // delivery sequence of the last message handled; 0 after (re)creating the durable
@@ -365,6 +369,9 @@ func (w *worker) applyRemovals(writer shapelog.Writer) {
 		if err := writer.Remove(w.stopCtx, h); err != nil {
 			w.log.Error("could not remove the log of a removed shape; remove it by hand", "shape", h, "err", err)
 			continue
+		}
+		if c := w.s.compactor; c != nil {
+			c.forget(h)
 		}
 		w.log.Info("removed the log of a removed shape", "shape", h)
 	}

@@ -40,6 +40,26 @@ type Heartbeat struct {
 	// above it, so epochs never restart below what the logs recorded, even
 	// when the bindings bucket is lost.
 	StorageEpoch uint64 `json:"storage_epoch,omitempty"`
+	// Compaction is what the consumer's shape log compaction did since it
+	// started (nil when storage.compaction.enabled is false).
+	Compaction *CompactionStatus `json:"compaction,omitempty"`
+}
+
+// CompactionStatus is a consumer's shape log compaction as its heartbeat
+// reports it (fanoutctl status).
+type CompactionStatus struct {
+	Running int   `json:"running"`
+	Queued  int   `json:"queued"` // shapes due, waiting for a free slot
+	Done    int64 `json:"done"`
+	Failed  int64 `json:"failed"`
+	// SavedBytes is what the compactions replaced minus the bases they
+	// wrote; FreedBytes what the expiry of replaced generations removed.
+	SavedBytes int64 `json:"saved_bytes"`
+	FreedBytes int64 `json:"freed_bytes"`
+	// Current is the compaction in progress longest, if any.
+	Current   string    `json:"current,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	LastAt    time.Time `json:"last_error_at,omitzero"`
 }
 
 // IngestProgress is written by ingest: every transaction whose commit LSN is

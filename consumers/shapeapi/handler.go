@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapes"
 )
@@ -168,6 +169,9 @@ type shapeView struct {
 	rel    Relation
 	snap   *snapshotView
 	schema string
+	// chain is the shape's generations (generations.go): its current
+	// base, and where each offset is read.
+	chain *shapelog.Chain
 }
 
 // view is what a response for handle, which serves def, needs.
@@ -189,7 +193,25 @@ func (s *Server) view(ctx context.Context, handle string, def Definition) (*shap
 	}
 	rel := NewRelation(sh)
 	rel.Full = def.Replica == "full"
-	return &shapeView{shape: sh, rel: rel, snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey)}, nil
+	chain, err := s.chainOf(handle, false)
+	if err == nil && !sameSnapshot(chain, snap) {
+		chain, err = s.chainOf(handle, true) // the cached one predates the snapshot
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !sameSnapshot(chain, snap) {
+		return nil, fmt.Errorf("%w: shape %s: its snapshot changed while it was read", errNotReady, handle)
+	}
+	return &shapeView{shape: sh, rel: rel, snap: snap, schema: SchemaHeader(cols, sh.Columns, sh.PrimaryKey), chain: chain}, nil
+}
+
+// sameSnapshot says whether chain is built on the snapshot snap serves.
+func sameSnapshot(chain *shapelog.Chain, snap *snapshotView) bool {
+	if snap == nil || snap.snap == nil {
+		return chain.Snapshot == nil
+	}
+	return chain.Snapshot != nil && chain.Snapshot.Generation == snap.snap.Generation
 }
 
 func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.Request) {
@@ -240,6 +262,10 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	at, err := v.locate(req)
+	if isExpired(err) {
+		s.expired(w, handle, err)
+		return
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -249,17 +275,17 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	if req.SSE {
-		s.serveSSE(rctx, w, req, v, at.after)
+		s.serveSSE(rctx, w, req, v, at)
 		return
 	}
-	s.serveLog(ctx, rctx, w, r, req, v, at.after)
+	s.serveLog(ctx, rctx, w, r, req, v, at)
 }
 
 // serveNow answers offset=now: no messages but an up-to-date, at the
 // current end of the log ("0_inf" while the log has no entry).
 func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
 	safe := pglogrepl.LSN(s.marks.safe.Load())
-	p, err := s.planLog(v.shape.Handle, v, Offset{Op: InfOp})
+	p, err := s.planLog(v.shape.Handle, v, v.logStartOf(v.chain.Current().Number))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -278,9 +304,14 @@ func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Re
 
 // serveChangesOnlyStart answers offset=-1 of a log=changes_only shape: the
 // snapshot-end of the snapshot the change log starts after, and no rows;
-// never up-to-date. The client goes on from "0_inf", the log's start.
+// never up-to-date. The client goes on from "0_inf", the log's start, or
+// once the shape is compacted, the start of its current generation's log.
 func (s *Server) serveChangesOnlyStart(w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
-	c := NewChunk(s.cfg.API.ChunkBytes, Offset{Op: InfOp})
+	start := Offset{Op: InfOp}
+	if cur := v.chain.Current(); cur.Number > 0 {
+		start = BaseOffset(cur.Number, cur.BaseRows()) // the log after the current generation's base
+	}
+	c := NewChunk(s.cfg.API.ChunkBytes, start)
 	var xmin, xmax uint64
 	var xip []uint64
 	if v.snap != nil && v.snap.snap != nil {
@@ -295,7 +326,8 @@ func (s *Server) serveChangesOnlyStart(w http.ResponseWriter, r *http.Request, r
 // data (or the request is not live), else when data arrives or the long
 // poll times out. An offset past anything this shape handed out is held
 // like a live request for half the long-poll timeout, then refused.
-func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, from Offset) {
+func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView, at place) {
+	from := at.after
 	handle := v.shape.Handle
 	var wake <-chan struct{}
 	ch, unregister := s.hub.register(handle)
@@ -309,7 +341,11 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 	defer deadline.Stop()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load()) // before the read: a true watermark
-		p, err := s.planLog(handle, v, from)
+		p, err := s.planLog(handle, v, at)
+		if isExpired(err) {
+			s.expired(w, handle, err)
+			return
+		}
 		if err != nil {
 			s.fail(w, err)
 			return
@@ -459,7 +495,11 @@ func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, 
 	} else {
 		h.Set("electric-schema", v.schema)
 	}
-	h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
+	if kind == KindInitial {
+		h.Set("cache-control", InitialCacheControl(s.cfg.Storage.Compaction.Retain))
+	} else {
+		h.Set("cache-control", CacheControl(kind, s.cfg.API.MaxAge, s.cfg.API.StaleAge))
+	}
 	etag := ETag(h.Get("electric-handle"), req.Offset, last)
 	h.Set("etag", etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
@@ -474,7 +514,7 @@ func (s *Server) preamble(w http.ResponseWriter, r *http.Request, req *Request, 
 // (never one without changes before it: a stream opened at the end sends
 // keep-alives until data arrives), keep-alive comments, closed after about
 // a minute (the client reconnects).
-func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView, from Offset) {
+func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Request, v *shapeView, at place) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		s.fail(w, errors.New("this connection cannot stream server-sent events"))
@@ -500,7 +540,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	defer release()
 	for {
 		safe := pglogrepl.LSN(s.marks.safe.Load())
-		p, err := s.planLog(handle, v, from)
+		p, err := s.planLog(handle, v, at)
 		if err != nil || p.truncated {
 			// The client reconnects and gets the 409 or the error then.
 			if err != nil {
@@ -527,7 +567,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 				return
 			}
 			flusher.Flush()
-			from = p.lastOffset()
+			at = place{after: p.lastOffset()} // a change's offset: read in the generation holding it
 			if !p.atEnd {
 				continue
 			}

@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"container/list"
+	"errors"
 	"os"
 	"sort"
 	"sync"
@@ -24,12 +25,15 @@ const recentBytes = 64 << 10
 // a read from an offset does not rescan the log from its start, and keeps
 // the newest fragments encoded. It holds a mark every markEvery bytes (a
 // few words each) and learns the log as it grows. Every API replica keeps
-// its own; it is a cache.
+// its own; it is a cache. It starts at the log of the generation current
+// when it is made (generations.go) and follows the logs of the newer ones;
+// a read in an older generation starts at that generation's log start.
 type logIndex struct {
-	mu    sync.Mutex
-	marks []mark
-	tail  shapelog.Cursor // how far the index has read
-	last  shapelog.Cursor // where the last mark was taken
+	mu      sync.Mutex
+	started bool // tail is set: the index reads on from there
+	marks   []mark
+	tail    shapelog.Cursor // how far the index has read
+	last    shapelog.Cursor // where the last mark was taken
 
 	// recent holds every entry after recentFrom, oldest first (valid once
 	// the log was read to its end once). A truncate is an entry without JSON.
@@ -44,9 +48,9 @@ type logIndex struct {
 	unseen      shapelog.Cursor
 	unseenFound bool
 
-	// file is the log as it was just before the last read: while it has not
-	// changed, there is nothing more to read (the many requests one notice
-	// wakes read the log once). reads counts the reads.
+	// file is the current log as it was just before the last read: while
+	// it has not changed, there is nothing more to read (the many requests
+	// one notice wakes read the log once). reads counts the reads.
 	file  os.FileInfo
 	reads int
 }
@@ -60,18 +64,41 @@ type mark struct {
 // extend reads the log from the index's tail to its current end, adding
 // marks and, after the first read, encoding the new fragments (skipping
 // those seen says the snapshot holds).
-func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
+func (ix *logIndex) extend(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	fi, err := shapelog.StatLog(dir, handle)
-	if err == nil && fi != nil && ix.recentValid && unchanged(ix.file, fi) {
+	fi, err := chain.StatLog()
+	if err == nil && fi != nil && ix.started && ix.recentValid && unchanged(ix.file, fi) {
 		return ix.tail, nil
 	}
 	ix.file = fi
 	ix.reads++
+	end, err := ix.extendLocked(chain, rel, seen)
+	if errors.Is(err, shapelog.ErrExpired) {
+		// The generation the index read last was removed: start again
+		// at the current one.
+		end, err = ix.extendLocked(chain, rel, seen)
+	}
+	if err != nil {
+		ix.file = nil
+	}
+	return end, err
+}
+
+// unchanged reports whether a log file is the one seen before (same file,
+// size and modification time): a log only grows, and a new generation's
+// is another file.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
+}
+
+func (ix *logIndex) extendLocked(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
+	if !ix.started {
+		ix.tail, ix.last, ix.unseen, ix.started = chain.Current().LogStart(), chain.Current().LogStart(), chain.Current().LogStart(), true
+	}
 	prev := ix.tail
-	end, err := shapelog.ReadLog(dir, handle, ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
-		if len(ix.marks) == 0 || prev.Offset-ix.last.Offset >= markEvery {
+	end, err := chain.Read(ix.tail, func(e shapelog.LogEntry, next shapelog.Cursor) error {
+		if len(ix.marks) == 0 || prev.Generation() != ix.last.Generation() || prev.Offset-ix.last.Offset >= markEvery {
 			ix.marks = append(ix.marks, mark{cur: prev, first: FirstOp(e.Position)})
 			ix.last = prev
 		}
@@ -110,10 +137,9 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		return nil
 	})
 	if err != nil {
-		ix.tail, ix.last = shapelog.Cursor{}, shapelog.Cursor{}
+		ix.started = false
 		ix.marks, ix.recent, ix.recentSize, ix.recentValid = nil, nil, 0, false
-		ix.unseen, ix.unseenFound = shapelog.Cursor{}, false
-		ix.file = nil
+		ix.unseenFound = false
 		return end, err
 	}
 	ix.tail = end
@@ -129,13 +155,6 @@ func (ix *logIndex) extend(dir, handle string, rel Relation, seen func(*fanout.F
 		ix.recent = ix.recent[1:]
 	}
 	return end, nil
-}
-
-// unchanged reports whether a log file is the one seen before (same file,
-// size and modification time): logs only grow, and a log written anew is
-// another file or another size.
-func unchanged(before, now os.FileInfo) bool {
-	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
 }
 
 // fromRecent adds the entries after from to c, if the index holds all of
@@ -159,16 +178,17 @@ func (ix *logIndex) fromRecent(from Offset, c *Chunk) (ok, atEnd, truncated bool
 	return true, true, false
 }
 
-// seek is a cursor at or before every entry after o that the snapshot did
-// not see (those before it are all skipped anyway).
-func (ix *logIndex) seek(o Offset) shapelog.Cursor {
+// seekIn is a cursor in generation g's log at or before every entry
+// after o that the snapshot did not see (those before it are all skipped
+// anyway): the index's last mark in that log before o, else its start.
+func (ix *logIndex) seekIn(g *shapelog.Generation, o Offset) shapelog.Cursor {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	cur := shapelog.Cursor{}
-	if i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) }); i > 0 {
+	cur := g.LogStart()
+	if i := sort.Search(len(ix.marks), func(i int) bool { return ix.marks[i].first.After(o) }); i > 0 && ix.marks[i-1].cur.Generation() == g.Number {
 		cur = ix.marks[i-1].cur
 	}
-	if ix.unseen.Offset > cur.Offset {
+	if ix.unseen.Generation() == g.Number && ix.unseen.Offset > cur.Offset {
 		cur = ix.unseen
 	}
 	return cur

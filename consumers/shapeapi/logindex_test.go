@@ -36,18 +36,22 @@ func TestLogIndexSkipsTheSnapshotsTransactions(t *testing.T) {
 	}
 	rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}, Columns: []string{"id"}}
 	ix := &logIndex{}
-	if _, err := ix.extend(dir, "sx", rel, seen); err != nil {
+	chain, err := shapelog.LoadChain(dir, "sx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ix.extend(chain, rel, seen); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := wr.Append(context.Background(), []*fanout.Fragment{frag(300, 20, "3"), frag(400, 8, "4"), frag(500, 9, "5")}); err != nil {
 		t.Fatal(err)
 	}
 	wr.Close()
-	if _, err := ix.extend(dir, "sx", rel, seen); err != nil {
+	if _, err := ix.extend(chain, rel, seen); err != nil {
 		t.Fatal(err)
 	}
 	var first []uint32
-	if _, err := shapelog.ReadLog(dir, "sx", ix.seek(Offset{}), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	if _, err := shapelog.ReadLog(dir, "sx", ix.seekIn(chain.Generation(0), Offset{}), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		x, _ := e.Xid()
 		first = append(first, x)
 		return nil
@@ -76,8 +80,12 @@ func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
 	rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}, Columns: []string{"id"}}
 	ix := &logIndex{}
 	appendTx(100)
+	chain, err := shapelog.LoadChain(s.cfg.Storage.Dir, "sx")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for range 20 { // one notice, twenty woken requests
-		if _, err := ix.extend(s.cfg.Storage.Dir, "sx", rel, nil); err != nil {
+		if _, err := ix.extend(chain, rel, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +93,7 @@ func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
 		t.Fatalf("%d reads of a log that did not change, want 1", ix.reads)
 	}
 	appendTx(200)
-	end, err := ix.extend(s.cfg.Storage.Dir, "sx", rel, nil)
+	end, err := ix.extend(chain, rel, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

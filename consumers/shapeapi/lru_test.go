@@ -44,7 +44,7 @@ func TestLRUForgetsTheLeastRecentlyUsed(t *testing.T) {
 // caches are bounded by maxCachedShapes.
 func TestServerShapeCachesAreBounded(t *testing.T) {
 	s := &Server{indexes: newIndexCache(4), hub: newHub(),
-		columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes)}
+		columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes), chains: newLRU[*chainEntry](maxCachedShapes)}
 	for i := range maxCachedShapes + 10 {
 		h := fmt.Sprint("s", i)
 		s.columns.put(h, []ColumnInfo{{}})

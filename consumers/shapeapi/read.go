@@ -32,78 +32,80 @@ import (
 // place is where a read starts.
 type place struct {
 	inBase bool
-	gen    uint64 // the base's generation (0: the initial snapshot)
+	gen    uint64 // the generation of the base, or of the log read from its start
 	row    int64  // in the base: the next row
-	after  Offset // in the log: entries strictly after it
+	// fromGen: the log of generation gen from its start; else the log
+	// after offset after, in the generation that holds it (generations.go).
+	fromGen bool
+	after   Offset // in the log: entries strictly after it
 }
 
-// logStart is the place before the first entry of the log.
-var logStart = place{after: Offset{Op: 0}}
-
-// locate decodes the request's offset into a place of v's shape, or a 400
-// for an offset this shape never handed out.
+// locate decodes the request's offset into a place of v's shape, a 400
+// for an offset this shape never handed out, or an *ExpiredError for one
+// in a generation no longer served (generations.go).
 func (v *shapeView) locate(req *Request) (place, error) {
 	o := req.Offset
 	changesOnly := req.Def.Log == "changes_only"
-	switch {
-	case o.Start && changesOnly, o.Tx == 0 && changesOnly:
-		return logStart, nil // no base: the log from its start
-	case o.Start:
-		return place{inBase: true}, nil
-	case o.Tx > 0:
-		return place{after: o}, nil
-	case o.Op == InfOp:
-		return logStart, nil
-	}
-	total := v.baseRows()
 	if gen, rows, ok := o.baseRow(); ok {
-		if gen != 0 || rows > total {
+		g, err := v.generation(gen)
+		if err != nil {
+			return place{}, err
+		}
+		if changesOnly {
+			return v.logStartOf(gen), nil // no base: the generation's log from its start
+		}
+		if rows > g.BaseRows() {
 			return place{}, Invalid("offset", "out of bounds for this shape")
 		}
-		return v.basePlace(rows), nil
+		return v.basePlace(g, rows), nil
 	}
-	if o.Op < legacyChunks { // "0_i": after stored chunk i
-		return v.basePlace(v.rowsThroughChunk(int(o.Op))), nil
+	switch {
+	case o.Start && changesOnly:
+		return v.logStartOf(v.chain.Current().Number), nil
+	case o.Start:
+		return place{inBase: true, gen: v.chain.Current().Number}, nil // its snapshot-end even when it has no rows
+	case o.Tx > 0:
+		return place{after: o}, nil
+	case o.Op == InfOp, changesOnly:
+		return v.logStartOf(0), nil
+	}
+	if o.Op < legacyChunks { // "0_i": after stored chunk i of the initial snapshot
+		g, err := v.generation(0)
+		if err != nil {
+			return place{}, err
+		}
+		return v.basePlace(g, v.rowsThroughChunk(g, int(o.Op))), nil
 	}
 	return place{}, Invalid("offset", "out of bounds for this shape")
 }
 
-// basePlace is the base after its first rows rows, or the log's start
-// once the base is done (a base's first response, from -1, is served even
-// when it has no rows: it carries the snapshot-end).
-func (v *shapeView) basePlace(rows int64) place {
-	if rows >= v.baseRows() {
-		return logStart
+// basePlace is generation g's base after its first rows rows, or its
+// log's start once the base is done.
+func (v *shapeView) basePlace(g *shapelog.Generation, rows int64) place {
+	if rows >= g.BaseRows() {
+		return v.logStartOf(g.Number)
 	}
-	return place{inBase: true, row: rows}
+	return place{inBase: true, gen: g.Number, row: rows}
 }
 
-func (v *shapeView) baseRows() int64 {
-	if v.snap == nil || v.snap.snap == nil {
+func (v *shapeView) rowsThroughChunk(g *shapelog.Generation, i int) int64 {
+	if g.Base == nil {
 		return 0
 	}
-	return v.snap.snap.Rows
+	return g.Base.RowsBefore(i + 1)
 }
 
-func (v *shapeView) rowsThroughChunk(i int) int64 {
-	if v.snap == nil || v.snap.snap == nil {
-		return 0
-	}
-	return v.snap.snap.RowsBefore(i + 1)
-}
-
-// eachBaseMessage calls fn with the message of each base row from row on,
-// until the last or ErrStopRead. Version 1 snapshots store rows: those are
-// encoded here.
-func (v *shapeView) eachBaseMessage(row int64, fn func(msg []byte) error) error {
-	snap := v.snap.snap
-	if snap.Messages() {
-		return snap.ReadMessages(row, fn)
+// eachBaseMessage calls fn with the message of each row of base from row
+// on, until the last or ErrStopRead. Version 1 snapshots store rows: those
+// are encoded here.
+func (v *shapeView) eachBaseMessage(base *shapelog.Snapshot, row int64, fn func(msg []byte) error) error {
+	if base.Messages() {
+		return base.ReadMessages(row, fn)
 	}
 	headers := snapshotHeaders(v.rel)
 	var msg []byte
 	var n int64
-	err := snap.EachRow(func(r fanout.Row) error {
+	err := base.EachRow(func(r fanout.Row) error {
 		n++
 		if n <= row {
 			return nil
@@ -125,9 +127,14 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	limit := s.cfg.API.ChunkBytes
 	size, n := 1, int64(0)
 	var end []byte
-	total := v.baseRows()
+	g, err := v.generation(p.gen)
+	if err != nil {
+		s.expired(w, v.shape.Handle, err)
+		return
+	}
+	base, total := g.Base, g.BaseRows()
 	if total > 0 {
-		err := v.eachBaseMessage(p.row, func(msg []byte) error {
+		err = v.eachBaseMessage(base, p.row, func(msg []byte) error {
 			if n > 0 && size+1+len(msg)+1 > limit {
 				return shapelog.ErrStopRead
 			}
@@ -142,10 +149,12 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	}
 	rows := p.row + n
 	if rows == total {
+		// The initial snapshot's visibility, which a compacted base keeps:
+		// readers of every generation's log skip what it saw.
 		var xmin, xmax uint64
 		var xip []uint64
-		if v.snap != nil && v.snap.snap != nil {
-			xmin, xmax, xip = v.snap.snap.Snapshot.Xmin, v.snap.snap.Snapshot.Xmax, v.snap.snap.Snapshot.Xip
+		if base != nil {
+			xmin, xmax, xip = base.Snapshot.Xmin, base.Snapshot.Xmax, base.Snapshot.Xip
 		}
 		end = SnapshotEnd(xmin, xmax, xip)
 		size += len(end) + 1
@@ -167,9 +176,8 @@ func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, req *Request,
 	defer release()
 	bw.WriteByte('[')
 	written := int64(0)
-	var err error
 	if n > 0 {
-		err = v.eachBaseMessage(p.row, func(msg []byte) error {
+		err = v.eachBaseMessage(base, p.row, func(msg []byte) error {
 			if written == n {
 				return shapelog.ErrStopRead
 			}
@@ -265,14 +273,39 @@ func (p *logPlan) lastCommit() pglogrepl.LSN {
 // a fragment's bytes (key, headers): plans cut responses by it.
 const messageOverhead = 200
 
-// planLog plans a read of handle's log after o.
-func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, error) {
+// planLog plans a read of handle's log from at (not in a base), through
+// the newer generations' logs.
+func (s *Server) planLog(handle string, v *shapeView, at place) (*logPlan, error) {
 	if err := s.stale(v.shape); err != nil { // continuity.go: never up to date while stale
 		return nil, err
 	}
+	p, err := s.planLogOnce(handle, v, at)
+	if err == nil && p.atEnd && v.chain.Stale() {
+		// A newer generation completed after the chain was loaded: the
+		// writer appends to its log now, so the end read is not the end.
+		if v.chain, err = s.chainOf(handle, true); err != nil {
+			return nil, err
+		}
+		p, err = s.planLogOnce(handle, v, at)
+	}
+	return p, err
+}
+
+func (s *Server) planLogOnce(handle string, v *shapeView, at place) (*logPlan, error) {
+	if v.chain == nil {
+		var err error
+		if v.chain, err = s.chainOf(handle, false); err != nil {
+			return nil, err
+		}
+	}
+	g, err := v.startGeneration(at)
+	if err != nil {
+		return nil, err
+	}
+	after := at.after
 	ix := s.index(handle)
 	seen := v.seen()
-	end, err := ix.extend(s.cfg.Storage.Dir, handle, v.rel, seen)
+	end, err := ix.extend(v.chain, v.rel, seen)
 	if err != nil {
 		return nil, err
 	}
@@ -287,10 +320,10 @@ func (s *Server) planLog(handle string, v *shapeView, after Offset) (*logPlan, e
 		p.recent, p.recentLast, p.atEnd, p.truncated = c, c.Last(), atEnd, truncated
 		return p, nil
 	}
-	p.start = ix.seek(after)
+	p.start = ix.seekIn(g, after)
 	limit := s.cfg.API.ChunkBytes
 	size, full := 1, false
-	readEnd, err := shapelog.ReadLog(s.cfg.Storage.Dir, handle, p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	readEnd, err := v.chain.Read(p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		if !LastOp(e.Position).After(after) {
 			return nil
 		}
@@ -365,7 +398,7 @@ func (s *Server) eachLogMessage(handle string, v *shapeView, p *logPlan, fn func
 	}
 	seen := v.seen()
 	written := 0
-	_, err := shapelog.ReadLog(s.cfg.Storage.Dir, handle, p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	_, err := v.chain.Read(p.start, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		if !LastOp(e.Position).After(p.after) {
 			return nil
 		}

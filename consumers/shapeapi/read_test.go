@@ -27,7 +27,7 @@ func readServer(t *testing.T, chunkBytes int) (*Server, shapelog.Writer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wr.Close() })
-	s := &Server{indexes: newIndexCache(4), marks: &watermarks{}}
+	s := &Server{indexes: newIndexCache(4), chains: newLRU[*chainEntry](4), marks: &watermarks{}}
 	s.cfg.Storage.Dir = dir
 	s.cfg.API.ChunkBytes = chunkBytes
 	return s, wr
@@ -57,7 +57,7 @@ func readAllSized(t *testing.T, s *Server, after Offset) (ids []string, ends []s
 	t.Helper()
 	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
 	for range 100 {
-		p, err := s.planLog("sx", v, after)
+		p, err := s.planLog("sx", v, place{after: after})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +210,11 @@ func indexOf(xs []string, x string) int {
 // A base without rows is one response (its snapshot-end) from -1, and its
 // offset leads to the log, never to the base again.
 func TestAnEmptyBaseLeadsToTheLog(t *testing.T) {
-	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel}
+	chain, err := shapelog.LoadChain(t.TempDir(), "sx") // generation 0, no snapshot
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &shapeView{shape: &fanout.Shape{Handle: "sx"}, rel: readRel, chain: chain}
 	start, err := v.locate(&Request{Offset: StartOffset, Def: Definition{Log: "full"}})
 	if err != nil || !start.inBase || start.row != 0 {
 		t.Fatalf("-1: %+v %v", start, err)

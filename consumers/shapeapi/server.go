@@ -50,13 +50,15 @@ type Server struct {
 	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
 	handles *lru[string]        // definition key -> the handle serving it (resolve), at most maxCachedShapes
+	chains  *lru[*chainEntry]   // by handle, at most maxCachedShapes (generations.go)
 
 	subsets *subsetConns // subset snapshot reads (subsetread.go)
 	limits               // admission, lifecycle, served tables (limits.go)
 
-	requests *prometheus.CounterVec
-	refusals *prometheus.CounterVec // by the config key of the limit
-	heldG    prometheus.GaugeFunc
+	requests       *prometheus.CounterVec
+	refusals       *prometheus.CounterVec // by the config key of the limit
+	heldG          prometheus.GaugeFunc
+	expiredOffsets prometheus.Counter
 
 	// continuity is ingest's report of the replication stream (continuity.go).
 	continuity continuityView
@@ -93,14 +95,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
 		subsets: newSubsetConns(cfg.Postgres.URL, cfg.API.SubsetConnections, cfg.API.SubsetTimeout, cfg.API.RetryAfter), hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
-		handles: newLRU[string](maxCachedShapes),
-		marks:   newWatermarks(bus, cfg.Bus.Partitions)}
+		handles: newLRU[string](maxCachedShapes), chains: newLRU[*chainEntry](maxCachedShapes),
+		marks: newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})
 	s.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_refused_total",
 		Help: "Requests answered 503 concurrent_request_limit_exceeded, by the config key of the limit that refused them."}, []string{"limit"})
-	s.reg.MustRegister(s.requests, s.refusals, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
+	s.expiredOffsets = prometheus.NewCounter(prometheus.CounterOpts{Name: "fanout_shapeapi_expired_offsets_total",
+		Help: "Reads refused with 409 because their offset is in a compacted generation no longer served (older than storage.compaction.retain): the client starts again from -1. Raise storage.compaction.retain (on the consumers and here) if clients come back later than that."})
+	s.reg.MustRegister(s.requests, s.refusals, s.expiredOffsets, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fanout_shapeapi_held_requests",
 		Help: "Live requests waiting for their shape's log to grow."}, func() float64 { return float64(s.hub.held()) }))
 	s.setupLimits(defs, states)
 	return s, nil
@@ -113,6 +117,7 @@ func (s *Server) forget(handle string) {
 	s.indexes.drop(handle)
 	s.columns.remove(handle)
 	s.snaps.remove(handle)
+	s.chains.remove(handle)
 	s.mu.Unlock()
 	s.snapWatch.forget(handle)
 	s.life.forget(handle)

@@ -228,7 +228,7 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 	}
 	off := req.Offset
 	if req.Offset.Start || req.Now {
-		end, err := s.index(sh.Handle).extend(s.cfg.Storage.Dir, sh.Handle, v.rel, v.seen())
+		end, err := s.index(sh.Handle).extend(v.chain, v.rel, v.seen())
 		if err != nil {
 			s.fail(w, err)
 			return

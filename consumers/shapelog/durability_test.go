@@ -55,7 +55,7 @@ func watchDisk(t *testing.T) *disk {
 		d.mu.Lock()
 		d.syncfsCalls++
 		var paths []string
-		for _, pattern := range []string{"shapes/*/log", "partitions/*/journal-*"} {
+		for _, pattern := range durablePatterns {
 			found, _ := filepath.Glob(filepath.Join(f.Name(), pattern))
 			paths = append(paths, found...)
 		}
@@ -78,13 +78,17 @@ func watchDisk(t *testing.T) *disk {
 	return d
 }
 
+// durablePatterns are the files whose durability the model follows: every
+// generation's log (compact_test.go) and the journals.
+var durablePatterns = []string{"shapes/*/log", "shapes/*/compact/c*/log", "partitions/*/journal-*"}
+
 // powerLoss cuts every shape log and journal under dir back to what it held
 // at its last fsync.
 func (d *disk) powerLoss(t *testing.T, dir string) {
 	t.Helper()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, pattern := range []string{"shapes/*/log", "partitions/*/journal-*"} {
+	for _, pattern := range durablePatterns {
 		paths, _ := filepath.Glob(filepath.Join(dir, pattern))
 		for _, p := range paths {
 			if err := os.Truncate(p, d.synced[p]); err != nil {

@@ -138,9 +138,11 @@ func RemoveShape(dir, handle string) error {
 	return syncDir(filepath.Join(dir, "shapes"))
 }
 
-// openLog is one shape's log opened for appending.
+// openLog is one shape's log opened for appending: the log of its
+// current generation (generation.go), at path.
 type openLog struct {
 	handle string
+	path   string
 	f      *os.File
 	acc    acceptor
 	size   int64  // bytes in the file after this writer's last append or scan
@@ -161,6 +163,7 @@ const (
 type closedLog struct {
 	acc  acceptor
 	size int64
+	path string
 }
 
 // fileWriter is the Writer of one partition at one epoch.
@@ -186,6 +189,9 @@ type fileWriter struct {
 	// fs is storage.dir opened for syncfs at checkpoints, or nil where every
 	// log is fsynced instead (syncfs_linux.go).
 	fs *os.File
+	// switches are compactions waiting for the next batch to switch a
+	// shape to its new log (compact_switch.go).
+	switches []*switchPlan
 }
 
 // Append implements Writer. The batch is durable once it is in the
@@ -209,6 +215,13 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		return st, err
 	}
 	defer unlock()
+	// Compactions waiting to switch a shape to its new log do it with this
+	// batch: the records they copy go into its journal, ahead of its own.
+	switches, journalBuf, err := w.takeSwitches(ctx)
+	if err != nil {
+		return Stats{}, err // a fault of the test seam: the writer is done
+	}
+	defer finishSwitches(switches) // those still open if the batch fails
 	type pending struct {
 		handle  string
 		buf     []byte
@@ -218,7 +231,6 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 	}
 	var order []*pending
 	byHandle := map[string]*pending{}
-	var journalBuf []byte
 	for _, f := range frags {
 		p := byHandle[f.Shape]
 		if p == nil {
@@ -257,12 +269,17 @@ func (w *fileWriter) Append(ctx context.Context, frags []*fanout.Fragment) (Stat
 		p.n++
 		p.changes += f.NumChanges()
 	}
-	if len(journalBuf) == 0 {
+	if len(journalBuf) > 0 {
+		if err := w.appendJournal(journalBuf); err != nil {
+			return Stats{}, err
+		}
+	}
+	if err := w.commitSwitches(ctx, switches); err != nil {
+		return Stats{}, err // a fault of the test seam: the writer is done
+	}
+	if len(order) == 0 || st.Skipped == len(frags) {
 		st.Reopened = w.reopens - reopensBefore
 		return st, nil // every fragment was a duplicate
-	}
-	if err := w.appendJournal(journalBuf); err != nil {
-		return Stats{}, err
 	}
 	// The logs are written in the reverse order of their opening above:
 	// when the batch names more shapes than the writer keeps open, the ones
@@ -398,13 +415,26 @@ func (w *fileWriter) syncLogs() error {
 				}
 				return
 			}
-			if err := syncClosedLog(logPath(w.store.dir, handle)); err != nil {
+			if err := syncClosedLog(w.closedPath(handle)); err != nil {
 				fail(fmt.Errorf("fsync log of shape %s: %w", handle, err))
 			}
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// closedPath is the current log of handle, which this writer does not
+// hold open.
+func (w *fileWriter) closedPath(handle string) string {
+	if c, ok := w.closed[handle]; ok {
+		return c.path
+	}
+	path, _, err := currentLog(w.store.dir, handle)
+	if err != nil {
+		return logPath(w.store.dir, handle) // fsynced if there; the error shows at its next open
+	}
+	return path
 }
 
 // syncClosedLog fsyncs the log at path through a new descriptor. A log that
@@ -548,11 +578,21 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return nil, err
 	}
-	path := logPath(w.store.dir, handle)
+	var path string
+	var start acceptor
+	c, wasClosed := w.closed[handle]
+	if wasClosed {
+		path = c.path
+	} else {
+		var err error
+		if path, start, err = currentLog(w.store.dir, handle); err != nil {
+			return nil, err // a damaged manifest is a *ShapeError
+		}
+	}
 	// Most opens are of a log that exists (one this writer closed as idle):
 	// try that first, and look at the directory only when it is missing.
 	f, err := openLogFile(path, os.O_RDWR|os.O_APPEND)
-	if errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) && path == logPath(w.store.dir, handle) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return nil, fmt.Errorf("create log directory of shape %s: %w", handle, err)
 		}
@@ -562,8 +602,8 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
-	l := &openLog{handle: handle, f: f, used: w.uses}
-	if c, ok := w.closed[handle]; ok {
+	l := &openLog{handle: handle, path: path, f: f, used: w.uses, acc: start}
+	if wasClosed {
 		w.reopens++
 		delete(w.closed, handle)
 		if fi, err := f.Stat(); err == nil && fi.Size() == c.size {
@@ -572,6 +612,9 @@ func (w *fileWriter) open(handle string) (*openLog, error) {
 			w.logs[handle] = l
 			return l, nil
 		}
+		// Changed by someone else meanwhile: find and read it afresh.
+		f.Close()
+		return w.open(handle)
 	}
 	if err := recoverLog(l, w.store.log); err != nil {
 		f.Close()
@@ -619,7 +662,7 @@ func (w *fileWriter) closeIdleLogs() {
 	// comparisons per open, against a system call per reopen avoided.
 	slices.SortFunc(byAge, func(a, b *openLog) int { return cmp.Compare(a.used, b.used) })
 	for _, l := range byAge[:len(byAge)-w.maxOpenLogs/2] {
-		w.closed[l.handle] = closedLog{acc: l.acc, size: l.size}
+		w.closed[l.handle] = closedLog{acc: l.acc, size: l.size, path: l.path}
 		if err := l.f.Close(); err != nil {
 			w.store.log.Warn("closing an idle shape log failed; the next checkpoint's fsync reports whether its data is lost", "shape", l.handle, "err", err)
 		}
@@ -627,8 +670,9 @@ func (w *fileWriter) closeIdleLogs() {
 	}
 }
 
-// recoverLog scans l from the start, learns where it stands and truncates a
-// torn tail. Writes go to the end whatever the offset (O_APPEND), so a zombie
+// recoverLog scans l from the start, from the acceptor state l has (the
+// state its generation's log starts from), learns where it stands and
+// truncates a torn tail. Writes go to the end whatever the offset (O_APPEND), so a zombie
 // appending through its own descriptor never overwrites a record.
 func recoverLog(l *openLog, log *slog.Logger) error {
 	if fi, err := l.f.Stat(); err == nil && fi.Size() == 0 {
@@ -712,6 +756,10 @@ func (w *fileWriter) Remove(ctx context.Context, handle string) error {
 func (w *fileWriter) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for _, p := range w.switches {
+		p.finish(fmt.Errorf("partition %d: the writer closed (the partition was released) before the switch", w.partition))
+	}
+	w.switches = nil
 	var first error
 	if w.broken == nil && w.journal != nil {
 		first = w.checkpoint()

@@ -14,16 +14,18 @@ import (
 )
 
 // Materialize replays the shape handle under dir and returns its current
-// rows sorted by primary key pk: the rows of its current complete snapshot
-// (CurrentSnapshot), if any, then the log's transactions that snapshot did
-// not see (Snapshot.Seen). It reads what is durable, in whole transactions
-// (ReadLog), and stops at a torn tail without changing the file. A shape with neither a log nor a snapshot has
-// no rows (HasData tells that case apart from an empty shape).
+// rows sorted by primary key pk: the rows of its current generation's base
+// (Chain.Current: the initial snapshot, or the newest compacted base),
+// then the logs' transactions after it that the initial snapshot did not
+// see (Snapshot.Seen). It reads what is durable, in whole transactions
+// (ReadLog, through Chain.Read), and stops at a torn tail without changing
+// the file. A shape with neither a log nor a snapshot has no rows (HasData
+// tells that case apart from an empty shape).
 //
-// Replay follows fanout.Change: insert puts Row; update removes the row keyed
-// by Old when Old is set, then puts Row over what the row held (so a column
-// missing from Row keeps its value); delete removes the row keyed by Old;
-// truncate removes every row.
+// Replay follows fanout.Change (replay): insert puts Row; update removes
+// the row keyed by Old when Old is set, then puts Row over what the row
+// held (so a column missing from Row keeps its value); delete removes the
+// row keyed by Old; truncate removes every row.
 func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return nil, err
@@ -31,42 +33,65 @@ func Materialize(dir, handle string, pk []string) ([]fanout.Row, error) {
 	if len(pk) == 0 {
 		return nil, fmt.Errorf("materialize shape %s: no primary key columns given", handle)
 	}
-	snap, err := CurrentSnapshot(dir, handle)
+	chain, err := LoadChain(dir, handle)
 	if err != nil {
 		return nil, err
 	}
-	t := table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
-	if snap != nil {
-		if err := snap.EachRow(func(row fanout.Row) error {
-			if err := t.apply(fanout.Change{Op: fanout.OpInsert, Row: row}); err != nil {
-				return fmt.Errorf("snapshot of shape %s: %w", handle, err)
-			}
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-	}
-	// Through ReadLog, so only whole transactions are applied (its
-	// readable-end rule).
-	_, err = ReadLog(dir, handle, Cursor{}, func(e LogEntry, _ Cursor) error {
-		if snap != nil && snap.Snapshot.Visible(e.xid) {
-			return nil // already in the snapshot's rows
-		}
-		fr, err := e.Fragment()
-		if err != nil {
-			return err
-		}
-		for i, c := range fr.Changes {
-			if err := t.apply(c); err != nil {
-				return fmt.Errorf("log of shape %s: fragment %s change %d: %w", handle, fr.Position(), i, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	t := newTable(pk)
+	if _, err := t.replay(chain, nil); err != nil {
 		return nil, err
 	}
 	return t.sorted(), nil
+}
+
+// replay applies the shape's current generation to t: its base, then its
+// logs (Chain.Read) up to the readable end. each, if not nil, is called
+// with every record read and its fragment (nil when the record was
+// skipped); its error ends the replay. It returns the cursor at the end of
+// what it read.
+func (t *table) replay(chain *Chain, each func(e LogEntry, f *fanout.Fragment) error) (Cursor, error) {
+	g := chain.Current()
+	if g.Base != nil {
+		if err := g.Base.EachRow(func(row fanout.Row) error {
+			if err := t.apply(fanout.Change{Op: fanout.OpInsert, Row: row}); err != nil {
+				return fmt.Errorf("base of shape %s generation %d: %w", chain.handle, g.Number, err)
+			}
+			return nil
+		}); err != nil {
+			return g.LogStart(), err
+		}
+	}
+	end, err := chain.Read(g.LogStart(), func(e LogEntry, _ Cursor) error {
+		f, err := t.applyEntry(chain, e)
+		if err == nil && each != nil {
+			err = each(e, f)
+		}
+		return err
+	})
+	if errors.Is(err, ErrExpired) && g.Number == 0 && len(chain.gens) > 1 {
+		err = fmt.Errorf("shape %s: its initial snapshot was retaken after its log was compacted, and the early log it would be replayed from is gone (%w): remove the shape and add it again", chain.handle, err)
+	}
+	return end, err
+}
+
+// applyEntry applies one log record to t, unless the initial snapshot
+// already holds its transaction; it returns the record's fragment, or nil
+// when it skipped it. Every replay of a log goes through here (Materialize,
+// compaction): a new kind of record is taught to replays here.
+func (t *table) applyEntry(chain *Chain, e LogEntry) (*fanout.Fragment, error) {
+	if chain.Snapshot != nil && chain.Snapshot.Snapshot.Visible(e.xid) {
+		return nil, nil // already in the snapshot's rows
+	}
+	fr, err := e.Fragment()
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range fr.Changes {
+		if err := t.apply(c); err != nil {
+			return nil, fmt.Errorf("log of shape %s: fragment %s change %d: %w", chain.handle, fr.Position(), i, err)
+		}
+	}
+	return fr, nil
 }
 
 // HasData reports whether dir holds anything of shape handle: a log or a
@@ -90,6 +115,10 @@ type table struct {
 	pk   []string
 	rows map[string]fanout.Row
 	keys map[string][]string // map key -> key values, for sorting
+}
+
+func newTable(pk []string) *table {
+	return &table{pk: pk, rows: map[string]fanout.Row{}, keys: map[string][]string{}}
 }
 
 func (t *table) key(r fanout.Row) (string, []string, error) {

@@ -9,15 +9,20 @@ import (
 	"github.com/fanout/pipeline/fanout"
 )
 
-// Cursor is a reader's place in a shape log: the byte offset of the next
-// frame and the acceptor's state there, so that a read resumed from a cursor
-// skips exactly the records a read from the start would skip. The zero
-// Cursor is the start of the log. A cursor is only meaningful for the log it
-// came from.
+// Cursor is a reader's place in a shape log: the generation whose log it
+// is in (generation.go), the byte offset of the next frame and the
+// acceptor's state there, so that a read resumed from a cursor skips
+// exactly the records a read from the start would skip. The zero Cursor is
+// the start of generation 0's log; Generation.LogStart is the start of
+// another's.
 type Cursor struct {
 	Offset int64
 	acc    acceptor
+	gen    uint64
 }
+
+// Generation is the generation whose log the cursor is in.
+func (c Cursor) Generation() uint64 { return c.gen }
 
 // Last is the position of the last accepted fragment before c, if any.
 func (c Cursor) Last() (fanout.Position, bool) { return c.acc.last, c.acc.has }
@@ -40,7 +45,11 @@ type LogEntry struct {
 	payload     []byte
 	handle      string
 	offset      int64
+	gen         uint64
 }
+
+// Generation is the generation whose log holds the entry.
+func (e LogEntry) Generation() uint64 { return e.gen }
 
 // Fragment decodes the entry's fragment.
 func (e LogEntry) Fragment() (*fanout.Fragment, error) {
@@ -62,12 +71,16 @@ func (e LogEntry) Xid() (xid uint32, ok bool) { return e.xid, true }
 // ErrStopRead, returned by a ReadLog callback, ends the read early without error.
 var ErrStopRead = errors.New("stop reading the shape log")
 
-// StatLog returns the file information of handle's log, nil when it has
-// none: a reader that keeps what it read (the shape API's log index) skips
-// reading again a log whose file, size and modification time are those it
-// saw before its last read.
-func StatLog(dir, handle string) (os.FileInfo, error) {
-	fi, err := os.Stat(logPath(dir, handle))
+// StatLog returns the file information of the shape's current log (its
+// newest generation's), nil when it has none: a reader that keeps what it
+// read (the shape API's log index) skips reading again a log whose file,
+// size and modification time are those it saw before its last read.
+func (c *Chain) StatLog() (os.FileInfo, error) {
+	path, _, err := currentLog(c.dir, c.handle)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -77,8 +90,10 @@ func StatLog(dir, handle string) (os.FileInfo, error) {
 // ReadLog calls fn, in log order, for every record after from that a
 // replay applies (duplicates and zombie epochs are skipped by the rules of
 // accept.go), with the cursor just after it, up to the log's readable end.
-// It returns the cursor after the last record passed to fn (fn returned
-// nil) or, when fn never stopped it, the readable end.
+// It reads the log of from's generation only; Chain.Read goes on through
+// the newer generations. It returns the cursor after the last record
+// passed to fn (fn returned nil) or, when fn never stopped it, the
+// readable end.
 //
 // The readable end is the one rule of what a reader may see: whole
 // transactions only. A transaction reaches a shape's log in one or more
@@ -90,43 +105,69 @@ func StatLog(dir, handle string) (os.FileInfo, error) {
 // dead-lettered). So the records after the end of the last complete
 // transaction are held back, and a read resumed from the returned cursor
 // gets them whole once their transaction is. Every reader (the HTTP API,
-// Materialize, fanoutctl shape rows) reads through here.
+// Materialize, fanoutctl shape rows, compaction) reads through here.
 //
 // A torn tail ends the read and is left in place: a writer may be
-// appending. A log that does not exist (yet) has nothing after from. It only
-// reads, so it never slows a writer beyond the page cache.
+// appending. A log that does not exist (yet) has nothing after from; one
+// that a newer generation replaced and that was removed is an
+// *ExpiredError. It only reads, so it never slows a writer beyond the page
+// cache.
 func ReadLog(dir, handle string, from Cursor, fn func(e LogEntry, next Cursor) error) (Cursor, error) {
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return from, err
 	}
-	f, err := os.Open(logPath(dir, handle))
+	end, _, err := readLog(dir, handle, from, -1, fn)
+	return end, err
+}
+
+// readLog is ReadLog of from's generation's log up to byte limit (-1: the
+// readable end). A limit is where the next generation's base ends, the end
+// of a complete transaction: everything before it is readable. stopped
+// says fn ended the read (ErrStopRead).
+func readLog(dir, handle string, from Cursor, limit int64, fn func(e LogEntry, next Cursor) error) (end Cursor, stopped bool, err error) {
+	f, err := os.Open(genLogPath(dir, handle, from.gen))
 	if errors.Is(err, os.ErrNotExist) {
-		return from, nil
+		gone, gerr := logExpired(dir, handle, from.gen)
+		if gerr != nil {
+			return from, false, gerr
+		}
+		if gone {
+			return from, false, &ExpiredError{Handle: handle, Generation: from.gen, Why: "its log was removed"}
+		}
+		return from, false, nil
 	}
 	if err != nil {
-		return from, fmt.Errorf("open log of shape %s: %w", handle, err)
+		return from, false, fmt.Errorf("open log of shape %s: %w", handle, err)
 	}
 	defer f.Close()
-	if from.Offset > 0 {
-		fi, err := f.Stat()
-		if err != nil {
-			return from, fmt.Errorf("stat log of shape %s: %w", handle, err)
+	fi, err := f.Stat()
+	if err != nil {
+		return from, false, fmt.Errorf("stat log of shape %s: %w", handle, err)
+	}
+	size := fi.Size()
+	if size < from.Offset {
+		return from, false, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, size, from.Offset)
+	}
+	if limit >= 0 {
+		if limit > size {
+			return from, false, fmt.Errorf("log of generation %d of shape %s is %d bytes, shorter than where the next generation's base ends (%d): storage damaged", from.gen, handle, size, limit)
 		}
-		if fi.Size() < from.Offset {
-			return from, fmt.Errorf("log of shape %s is %d bytes, shorter than the read position %d (the log was rewritten; read it from the start)", handle, fi.Size(), from.Offset)
+		if limit <= from.Offset {
+			return from, false, nil // the reader is past the bound already
 		}
-		if _, err := f.Seek(from.Offset, io.SeekStart); err != nil {
-			return from, fmt.Errorf("read log of shape %s: %w", handle, err)
-		}
+		size = limit
 	}
 	r := &logReader{f: f, handle: handle, fn: fn, readable: from, scanned: from}
-	_, _, err = scanFrames(f, func(rel int64, payload []byte) error {
+	_, _, err = scanFrames(io.NewSectionReader(f, from.Offset, size-from.Offset), func(rel int64, payload []byte) error {
 		return r.frame(from.Offset+rel, payload)
 	})
-	if errors.Is(err, ErrStopRead) {
-		err = nil
+	if err == nil && limit >= 0 && r.open {
+		err = r.passOn(r.scanned.Offset) // complete: the next generation's base holds it
 	}
-	return r.readable, err
+	if errors.Is(err, ErrStopRead) {
+		return r.readable, true, nil
+	}
+	return r.readable, false, err
 }
 
 // logReader applies the readable-end rule to one forward scan of a log.
@@ -222,5 +263,5 @@ func (r *logReader) passOn(end int64) error {
 
 func (r *logReader) entry(h recordHeader, payload []byte, off int64) LogEntry {
 	return LogEntry{Position: h.pos, Epoch: h.epoch, Last: h.last, Changes: h.changes, MayTruncate: h.truncate || h.changes < 0,
-		xid: h.xid, payload: payload, handle: r.handle, offset: off}
+		xid: h.xid, payload: payload, handle: r.handle, offset: off, gen: r.scanned.gen}
 }

@@ -47,9 +47,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/fanout/pipeline/fanout"
@@ -265,20 +263,10 @@ func chunkName(i int) string { return fmt.Sprintf("chunk-%06d.jsonl", i) }
 
 // snapshotGenerations lists the generation folders of handle, ascending.
 func snapshotGenerations(dir, handle string) ([]uint64, error) {
-	ents, err := os.ReadDir(snapshotRoot(dir, handle))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	gens, err := numberedEntries(snapshotRoot(dir, handle), "g")
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: list generations: %w", handle, err)
 	}
-	var gens []uint64
-	for _, e := range ents {
-		if g, err := strconv.ParseUint(strings.TrimPrefix(e.Name(), "g"), 10, 64); err == nil && strings.HasPrefix(e.Name(), "g") {
-			gens = append(gens, g)
-		}
-	}
-	sort.Slice(gens, func(i, j int) bool { return gens[i] < gens[j] })
 	return gens, nil
 }
 

@@ -49,9 +49,7 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 	if err := fanout.ValidateHandle(handle); err != nil {
 		return nil, err
 	}
-	schema, name := fanout.SplitTable(table)
-	enc := shapemsg.NewSnapshotEncoder(schema, name, columns, pk)
-	if !enc.KeyColumns(pk) {
+	if !shapemsg.NewSnapshotEncoder("", "", columns, pk).KeyColumns(pk) {
 		return nil, fmt.Errorf("snapshot of shape %s: primary key %v is not among the columns %v", handle, pk, columns)
 	}
 	gens, err := snapshotGenerations(dir, handle)
@@ -75,8 +73,24 @@ func NewSnapshotWriter(dir, handle string, gen uint64, table string, columns, pk
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of shape %s: create %s: %w (check storage.dir)", handle, gdir, err)
 	}
+	w, err := newChunkWriter(gdir, handle, gen, table, columns, pk, chunkRows, chunkBytes)
+	if err != nil {
+		return nil, err
+	}
+	w.newDirs = created
+	return w, nil
+}
+
+// newChunkWriter writes rows as chunk files into the folder gdir, which
+// exists: a snapshot generation's, or a compacted generation's base
+// (compact.go), which writes its own manifest.
+func newChunkWriter(gdir, handle string, gen uint64, table string, columns, pk []string, chunkRows, chunkBytes int) (*SnapshotWriter, error) {
+	schema, name := fanout.SplitTable(table)
+	enc := shapemsg.NewSnapshotEncoder(schema, name, columns, pk)
+	if !enc.KeyColumns(pk) {
+		return nil, fmt.Errorf("rows of shape %s: primary key %v is not among the columns %v", handle, pk, columns)
+	}
 	w := &SnapshotWriter{
-		newDirs: created,
 		s: Snapshot{Version: SnapshotVersion, Handle: handle, Generation: gen, Table: table, Columns: columns, PrimaryKey: pk,
 			Chunks: []SnapshotChunk{}, dir: gdir},
 		chunkRows: int64(max(chunkRows, 1)), chunkBytes: int64(max(chunkBytes, 1)),
@@ -214,6 +228,16 @@ func (w *SnapshotWriter) awaitSyncs() error {
 		}
 	}
 	return first
+}
+
+// finishChunks writes out the last chunk and waits until every chunk is
+// durable.
+func (w *SnapshotWriter) finishChunks() error {
+	err := w.closeChunk()
+	if serr := w.awaitSyncs(); err == nil {
+		err = serr
+	}
+	return err
 }
 
 // Complete makes the generation durable and current: the chunks, the

@@ -11,6 +11,7 @@
 //
 //	shapes/<handle>/log               framed records, append-only
 //	shapes/<handle>/snapshot/g<N>/    the initial snapshot
+//	shapes/<handle>/compact/c<K>/     a compacted generation: base and log (compact.go)
 //	partitions/<p>/epoch              epoch of the partition's current owner
 //	partitions/<p>/journal-<epoch>    redo log of that owner's batches (journal.go)
 //
@@ -43,7 +44,8 @@ type Store interface {
 }
 
 // Writer appends to the logs of one partition's shapes at one epoch. It is
-// used by one goroutine at a time.
+// used by one goroutine at a time; FileStore.Compact, from another, takes
+// its lock only to switch a shape to a new generation's log.
 type Writer interface {
 	// Append adds frags (in stream order) to their shapes' logs and returns
 	// only when the batch is durable (FileStore: in the partition's journal). Fragments whose position is not

@@ -102,6 +102,12 @@ func getShape(ctx context.Context, c *http.Client, base string, q url.Values) (s
 // does, retrying 503s (a new shape's snapshot is being taken). It returns
 // the handle, the offset to go live from, and the messages read.
 func syncShape(ctx context.Context, c *http.Client, base string, def url.Values) (handle, offset string, messages int, err error) {
+	handle, offset, messages, _, err = syncShapeSized(ctx, c, base, def)
+	return handle, offset, messages, err
+}
+
+// syncShapeSized is syncShape that also counts the bytes of the bodies read.
+func syncShapeSized(ctx context.Context, c *http.Client, base string, def url.Values) (handle, offset string, messages int, size int64, err error) {
 	offset = "-1"
 	for {
 		q := url.Values{}
@@ -114,7 +120,7 @@ func syncShape(ctx context.Context, c *http.Client, base string, def url.Values)
 		}
 		r, err := getShape(ctx, c, base, q)
 		if err != nil {
-			return "", "", 0, err
+			return "", "", 0, 0, err
 		}
 		switch r.status {
 		case http.StatusOK:
@@ -122,13 +128,14 @@ func syncShape(ctx context.Context, c *http.Client, base string, def url.Values)
 			time.Sleep(200 * time.Millisecond)
 			continue
 		default:
-			return "", "", 0, fmt.Errorf("GET %s: %d %s", q.Encode(), r.status, r.body)
+			return "", "", 0, 0, fmt.Errorf("GET %s: %d %s", q.Encode(), r.status, r.body)
 		}
 		// Counted, not parsed: the server is measured, not a JSON decoder.
 		messages += bytes.Count(r.body, []byte(`{"key":`))
+		size += int64(len(r.body))
 		handle, offset = r.handle, r.offset
 		if r.upToDate {
-			return handle, offset, messages, nil
+			return handle, offset, messages, size, nil
 		}
 	}
 }

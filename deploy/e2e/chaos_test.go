@@ -106,9 +106,9 @@ func TestChaos(t *testing.T) {
 	checkStart := time.Now()
 	logs.historyDiffs = s.checkLogsFollowHistory(defs)
 	t.Logf("the logs were compared with the committed history in %s", time.Since(checkStart).Round(time.Millisecond))
-	fmt.Printf("chaos: seed %d, %s, %s, processes killed %d, server restarts %d (NATS nodes %d), %s, transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB, %s, %s\n",
+	fmt.Printf("chaos: seed %d, %s, %s, processes killed %d, server restarts %d (NATS nodes %d), %s, transactions %d, changes %d, shapes %d, mismatches %d, max retained WAL %.1f MB, final retained WAL %.1f MB, %s, %s, %s\n",
 		c.seed, c.duration, c.topology(), c.killed, c.serverRestarts, c.nodeRestarts, c.recoveries(), txns.Load(), changes.Load(), len(defs), mismatches,
-		mb(wal.peak().retained), mb(final), bound, logs)
+		mb(wal.peak().retained), mb(final), bound, logs, compactionSummary(t, s.storageDir(), defs))
 	if peak := wal.peak(); peak.retained > bound.bytes {
 		t.Errorf("retained WAL reached %.1f MB at %s, over the %.1f MB that the detection timeouts allow (%s): something held confirmed_flush_lsn back longer than it may; look at the chaos actions logged before that time and at flushd's log (stalls, rebinds) around it",
 			mb(peak.retained), peak.at.Format("15:04:05.000"), mb(bound.bytes), bound)
@@ -155,6 +155,10 @@ func newChaos(t *testing.T) *chaos {
 		"FANOUT_INGEST_ACK_TIMEOUT="+chaosAckTimeout.String(),
 		"FANOUT_INGEST_MAX_BACKOFF="+chaosMaxBackoff.String(),
 	)
+	// Compaction runs all along, on small logs, and replaced generations
+	// expire during the run: the oracle reads what the chains hold.
+	c.s.env = append(c.s.env, compactionEnv(20*time.Second)...)
+	c.s.env = append(c.s.env, "FANOUT_STORAGE_COMPACTION_MIN_INTERVAL=2s")
 	t.Logf("chaos seed %d (FANOUT_CHAOS_SEED=%d reproduces the schedule), duration %s, %s", c.seed, c.seed, c.duration, c.topology())
 	return c
 }
@@ -688,7 +692,12 @@ func checkTransactions(storage, handle string) ([]string, error) {
 	var broken []string
 	report := func(format string, args ...any) { broken = append(broken, fmt.Sprintf(format, args...)) }
 	var open *fanout.Fragment // the transaction's last applied fragment, until its Last
-	_, err := shapelog.ReadLog(storage, handle, shapelog.Cursor{}, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	chain, err := shapelog.LoadChain(storage, handle)
+	if err != nil {
+		return nil, err
+	}
+	// Every log still on disk, through the generations of a compacted shape.
+	_, err = chain.Read(chain.Oldest().LogStart(), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		f, err := e.Fragment()
 		if err != nil {
 			return err
@@ -748,4 +757,25 @@ func rowDiff(got, want []row) string {
 		out = append(out[:10], fmt.Sprintf("... %d more", len(out)-10))
 	}
 	return fmt.Sprintf("%d rows in the log, %d in the query; %s", len(got), len(want), strings.Join(out, "; "))
+}
+
+// compactionSummary says how far compaction went: the shapes compacted,
+// the generations made, and those whose first log expired.
+func compactionSummary(t *testing.T, storage string, defs []shapeDef) string {
+	compacted, gens, expired := 0, uint64(0), 0
+	for _, d := range defs {
+		chain, err := shapelog.LoadChain(storage, d.handle)
+		if err != nil {
+			t.Errorf("shape %s: %v", d.handle, err)
+			continue
+		}
+		if n := chain.Current().Number; n > 0 {
+			compacted++
+			gens += n
+		}
+		if chain.Oldest().Number > 0 {
+			expired++
+		}
+	}
+	return fmt.Sprintf("compacted shapes %d of %d, generations made %d, shapes whose first log expired %d", compacted, len(defs), gens, expired)
 }

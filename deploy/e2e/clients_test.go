@@ -158,6 +158,15 @@ func checkWatermarks(t *testing.T, evs []map[string]any, txs []*batchTx) int {
 	return checked
 }
 
+// pgliteChunkBytes is Electric's default chunk size, for the shape API that
+// pglite-sync reads: its client (1.0.14) races its own prefetches against
+// the refreshes its MultiShapeStream forces, and a prefetched response
+// aborted while its body is read kills the stream (an unhandled rejection
+// in the client, not a server error). With chunks of 10,000 bytes every
+// 250-row transaction is cut into responses, and it happened in about one
+// run in five; the other tests cut responses with the 1.5 client.
+const pgliteChunkBytes = "FANOUT_API_CHUNK_BYTES=10485760"
+
 // pgliteArgs is pglite.mjs's arguments for both tables in dataDir.
 func pgliteArgs(api, dataDir string) map[string]any {
 	shape := func(table string) map[string]any {
@@ -183,13 +192,7 @@ func TestPGliteSyncAppliesWholeTransactions(t *testing.T) {
 	s.start("c1", "consumer", "FANOUT_CONSUMER_ID=c1", "FANOUT_CONSUMER_BATCH=1")
 	s.start("ingest", "ingest", smallFragments...)
 	s.waitSlot()
-	// Electric's default chunk size: pglite-sync's client (1.0.14) races
-	// its own prefetches against the refreshes its MultiShapeStream forces,
-	// and a prefetched response aborted while its body is read kills the
-	// stream (an unhandled rejection). With chunks of 10,000 bytes every
-	// 250-row transaction is cut into responses and it happens in about one
-	// run in five; the other tests cut responses with the 1.5 client.
-	api := s.startShapeAPI("FANOUT_API_CHUNK_BYTES=10485760")
+	api := s.startShapeAPI(pgliteChunkBytes)
 	dataDir := filepath.Join(t.TempDir(), "pglite")
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
+	"github.com/fanout/pipeline/fanout/visibility"
 )
 
 // The history oracle: comparing a shape log's final rows with a SELECT
@@ -34,7 +37,8 @@ const historyTable = "fanout_test_history"
 // shape of table sees a change.
 func (s *stack) recordHistory(table string) {
 	s.t.Helper()
-	s.exec(`CREATE TABLE IF NOT EXISTS ` + historyTable + ` (seq bigserial PRIMARY KEY, tbl regclass NOT NULL, op text NOT NULL, old jsonb, new jsonb)`)
+	s.exec(`CREATE TABLE IF NOT EXISTS ` + historyTable + ` (seq bigserial PRIMARY KEY, tbl regclass NOT NULL, op text NOT NULL, old jsonb, new jsonb,
+		xid bigint NOT NULL DEFAULT txid_current())`)
 	s.exec(`CREATE OR REPLACE FUNCTION fanout_test_record() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
 			IF TG_OP = 'TRUNCATE' THEN
@@ -56,6 +60,7 @@ type shapeOp struct {
 	op   fanout.Op
 	key  string        // primary key values joined by "/"; empty for truncate
 	vals []pgtype.Text // insert, update: the shape's columns, in cols order
+	xid  uint32        // the transaction's id (the history's; the logs' is 32 bits)
 }
 
 func (o shapeOp) String() string {
@@ -132,7 +137,7 @@ func (s *stack) historyOps(table string, defs []shapeDef) ([][]shapeOp, [][]stri
 		return fmt.Sprintf("CASE WHEN h.%[1]s IS NULL THEN NULL ELSE (SELECT %[2]s FROM jsonb_populate_record(NULL::%[3]s, h.%[1]s) AS r) END", side, what, table)
 	}
 	matches := "ARRAY[" + strings.Join(wheres, ", ") + "]"
-	q := fmt.Sprintf(`SELECT h.op, %s, %s, %s, %s, %s FROM %s h WHERE h.tbl = $1::regclass ORDER BY h.seq`,
+	q := fmt.Sprintf(`SELECT h.op, h.xid, %s, %s, %s, %s, %s FROM %s h WHERE h.tbl = $1::regclass ORDER BY h.seq`,
 		rec("old", matches), rec("new", matches), rec("old", texts(pk)), rec("new", texts(pk)), rec("new", texts(all)), historyTable)
 	rows, err := s.conn.Query(ctx, q, table)
 	if err != nil {
@@ -146,11 +151,13 @@ func (s *stack) historyOps(table string, defs []shapeDef) ([][]shapeOp, [][]stri
 	}
 	for rows.Next() {
 		var op string
+		var xid64 int64
 		var inOld, inNew []bool
 		var oldKey, newKey, newRow []pgtype.Text
-		if err := rows.Scan(&op, &inOld, &inNew, &oldKey, &newKey, &newRow); err != nil {
+		if err := rows.Scan(&op, &xid64, &inOld, &inNew, &oldKey, &newKey, &newRow); err != nil {
 			s.t.Fatal(err)
 		}
+		xid := uint32(xid64)
 		for i := range defs {
 			project := func() []pgtype.Text {
 				v := make([]pgtype.Text, len(cols[i]))
@@ -163,15 +170,15 @@ func (s *stack) historyOps(table string, defs []shapeDef) ([][]shapeOp, [][]stri
 			ok, nk := joinKey(oldKey), joinKey(newKey)
 			switch {
 			case op == "truncate":
-				want[i] = append(want[i], shapeOp{op: fanout.OpTruncate})
+				want[i] = append(want[i], shapeOp{op: fanout.OpTruncate, xid: xid})
 			case was && is && ok == nk:
-				want[i] = append(want[i], shapeOp{op: fanout.OpUpdate, key: nk, vals: project()})
+				want[i] = append(want[i], shapeOp{op: fanout.OpUpdate, key: nk, vals: project(), xid: xid})
 			case was && is:
-				want[i] = append(want[i], shapeOp{op: fanout.OpDelete, key: ok}, shapeOp{op: fanout.OpInsert, key: nk, vals: project()})
+				want[i] = append(want[i], shapeOp{op: fanout.OpDelete, key: ok, xid: xid}, shapeOp{op: fanout.OpInsert, key: nk, vals: project(), xid: xid})
 			case was:
-				want[i] = append(want[i], shapeOp{op: fanout.OpDelete, key: ok})
+				want[i] = append(want[i], shapeOp{op: fanout.OpDelete, key: ok, xid: xid})
 			case is:
-				want[i] = append(want[i], shapeOp{op: fanout.OpInsert, key: nk, vals: project()})
+				want[i] = append(want[i], shapeOp{op: fanout.OpInsert, key: nk, vals: project(), xid: xid})
 			}
 		}
 	}
@@ -193,8 +200,34 @@ func joinKey(vals []pgtype.Text) string {
 // apply: duplicates and zombie writes skipped) and compares each operation
 // with want, in order. Values the log leaves out of an update (an unchanged
 // TOASTed column) are not compared; every value it carries is.
+//
+// A compacted shape (shapelog's generations) is read from the oldest
+// generation whose log is still on disk: its base must be the history's
+// state after the last transaction it holds (Generation.LastXid), and the
+// logs from there on must follow the rest of the history; every other
+// base still on disk must be the history's state at its own point too.
 func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []shapeOp) error {
+	chain, err := shapelog.LoadChain(storage, d.handle)
+	if err != nil {
+		return err
+	}
+	start := chain.Oldest()
 	n := 0
+	for _, g := range chain.Generations() {
+		if g.Number == 0 || g.Number < start.Number {
+			continue
+		}
+		split, err := historySplit(want, g.LastXid)
+		if err != nil {
+			return fmt.Errorf("base of generation %d: %w", g.Number, err)
+		}
+		if err := compareBase(g.Base, pk, cols, want[:split]); err != nil {
+			return fmt.Errorf("base of generation %d (after transaction %d, operation %d of %d): %w", g.Number, g.LastXid, split, len(want), err)
+		}
+		if g == start {
+			n = split
+		}
+	}
 	check := func(got shapeOp, row fanout.Row) error {
 		if n >= len(want) {
 			return fmt.Errorf("operation %d of the log is %s, but Postgres committed only %d operations for this shape (a change applied twice?)", n+1, got, len(want))
@@ -224,7 +257,7 @@ func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []s
 		}
 		return strings.Join(parts, "/")
 	}
-	_, err := shapelog.ReadLog(storage, d.handle, shapelog.Cursor{}, func(e shapelog.LogEntry, _ shapelog.Cursor) error {
+	_, err = chain.Read(start.LogStart(), func(e shapelog.LogEntry, _ shapelog.Cursor) error {
 		f, err := e.Fragment()
 		if err != nil {
 			return err
@@ -248,7 +281,7 @@ func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []s
 				err = check(shapeOp{op: c.Op, key: key(c.Row)}, c.Row)
 			}
 			if err != nil {
-				return fmt.Errorf("fragment %s: %w", f.Position(), err)
+				return fmt.Errorf("fragment %s (generation %d): %w", f.Position(), e.Generation(), err)
 			}
 		}
 		return nil
@@ -260,6 +293,62 @@ func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []s
 		return fmt.Errorf("the log ends after %d operations; Postgres committed %d for this shape, the next being %s (a change lost)", n, len(want), want[n])
 	}
 	return nil
+}
+
+// historySplit is the number of want's operations up to and including
+// the last of transaction xid (0 for none: a base holding no transaction).
+func historySplit(want []shapeOp, xid uint32) (int, error) {
+	if xid == 0 {
+		return 0, nil
+	}
+	for i := len(want) - 1; i >= 0; i-- {
+		if want[i].xid == xid {
+			return i + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("it holds transaction %d, which committed no operation of this shape", xid)
+}
+
+// compareBase checks that a compacted base holds exactly the rows the
+// operations ops leave, with every value as committed.
+func compareBase(base *shapelog.Snapshot, pk, cols []string, ops []shapeOp) error {
+	state := map[string][]pgtype.Text{}
+	for _, o := range ops {
+		switch o.op {
+		case fanout.OpTruncate:
+			state = map[string][]pgtype.Text{}
+		case fanout.OpDelete:
+			delete(state, o.key)
+		default:
+			state[o.key] = o.vals
+		}
+	}
+	seen := 0
+	err := base.EachRow(func(r fanout.Row) error {
+		parts := make([]string, len(pk))
+		for i, c := range pk {
+			if r[c] != nil {
+				parts[i] = *r[c]
+			}
+		}
+		k := strings.Join(parts, "/")
+		vals, ok := state[k]
+		if !ok {
+			return fmt.Errorf("row %s is in the base, not in the history's state", k)
+		}
+		for j, c := range cols {
+			v := r[c]
+			if (v == nil) != !vals[j].Valid || (v != nil && canonical(*v) != vals[j].String) {
+				return fmt.Errorf("row %s: column %s is %s in the base, %s in Postgres", k, c, showValue(v), showText(vals[j]))
+			}
+		}
+		seen++
+		return nil
+	})
+	if err == nil && seen != len(state) {
+		err = fmt.Errorf("the base holds %d rows, the history's state %d", seen, len(state))
+	}
+	return err
 }
 
 // bigValue is the length in bytes above which values are compared by md5.
@@ -375,5 +464,67 @@ func TestLogOraclesSeeLostAndRepeatedChanges(t *testing.T) {
 	err = compareLogToHistory(dir, shapeDef{handle: "slost"}, []string{"id"}, cols, append(committed[:1:1], shapeOp{op: fanout.OpDelete, key: "1"}))
 	if err == nil || !strings.Contains(err.Error(), "update 1") {
 		t.Errorf("a log with an update Postgres did not commit: %v, want it reported", err)
+	}
+}
+
+// The history oracle checks a compacted log's bases: a base that is not
+// the history's state at its point is reported, also once generation 0's
+// log is gone and the check starts at the base.
+func TestLogOracleChecksCompactedBases(t *testing.T) {
+	dir := t.TempDir()
+	st, err := shapelog.NewFileStore(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw, err := shapelog.NewSnapshotWriter(dir, "scomp", 1, "public.items", []string{"id", "owner"}, []string{"id"}, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sw.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := st.Take(context.Background(), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	v := func(s string) *string { return &s }
+	frag := func(lsn uint64, c fanout.Change) *fanout.Fragment {
+		return &fanout.Fragment{Version: fanout.WireVersion, Shape: "scomp", Xid: uint32(lsn), CommitLSN: pglogrepl.LSN(lsn),
+			EndLSN: pglogrepl.LSN(lsn + 8), CommitTime: time.Now().UTC(), Last: true, Changes: []fanout.Change{c}}
+	}
+	appendFrag := func(f *fanout.Fragment) {
+		if _, err := w.Append(context.Background(), []*fanout.Fragment{f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendFrag(frag(100, fanout.Change{Op: fanout.OpInsert, Row: fanout.Row{"id": v("1"), "owner": v("7")}}))
+	appendFrag(frag(200, fanout.Change{Op: fanout.OpUpdate, Row: fanout.Row{"id": v("1"), "owner": v("8")}}))
+	if _, err := st.Compact(context.Background(), w, "scomp", shapelog.CompactOptions{Retain: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	appendFrag(frag(300, fanout.Change{Op: fanout.OpDelete, Old: fanout.Row{"id": v("1")}}))
+	text := func(s string) pgtype.Text { return pgtype.Text{String: s, Valid: true} }
+	committed := func(owner string) []shapeOp {
+		return []shapeOp{
+			{op: fanout.OpInsert, key: "1", vals: []pgtype.Text{text("1"), text("7")}, xid: 100},
+			{op: fanout.OpUpdate, key: "1", vals: []pgtype.Text{text("1"), text(owner)}, xid: 200},
+			{op: fanout.OpDelete, key: "1", xid: 300},
+		}
+	}
+	cols, d := []string{"id", "owner"}, shapeDef{handle: "scomp"}
+	for _, expired := range []bool{false, true} {
+		if expired {
+			if err := os.Remove(filepath.Join(dir, "shapes", "scomp", "log")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := compareLogToHistory(dir, d, []string{"id"}, cols, committed("8")); err != nil {
+			t.Errorf("generation 0 removed %v: a compacted log that follows the history: %v", expired, err)
+		}
+		err := compareLogToHistory(dir, d, []string{"id"}, cols, committed("9"))
+		if err == nil || !strings.Contains(err.Error(), "base of generation 1") {
+			t.Errorf("generation 0 removed %v: a base holding a value Postgres did not commit: %v, want it reported", expired, err)
+		}
 	}
 }

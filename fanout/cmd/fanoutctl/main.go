@@ -109,7 +109,7 @@ func run(argv []string) error {
 	case "shape rm":
 		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return shapeRm(ctx, bus, cmd) })
 	case "shape ls":
-		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return shapeLs(ctx, bus, cmd, cfg.Bus.Partitions) })
+		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return shapeLs(ctx, bus, cmd, cfg.Bus.Partitions, cfg.Storage.Dir) })
 	case "status":
 		return withBus(ctx, cfg, func(bus *fanout.Bus) error { return status(ctx, cfg, bus, cmd) })
 	}

@@ -60,9 +60,25 @@ type listedShape struct {
 	*fanout.Shape
 	Partition int               `json:"partition"`
 	State     *shapestate.State `json:"state"`
+	// Storage is what the shape holds in storage.dir (absent when this
+	// host cannot read it).
+	Storage *shapelog.Sizes `json:"storage,omitempty"`
 }
 
-func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command, partitions int) error {
+// storedSizes is what shape handle holds under dir, nil when dir does not
+// hold it (fanoutctl runs where storage.dir is not mounted).
+func storedSizes(dir, handle string) *shapelog.Sizes {
+	if has, err := shapelog.HasData(dir, handle); err != nil || !has {
+		return nil
+	}
+	sz, err := shapelog.ShapeSizes(dir, handle, true)
+	if err != nil {
+		return nil
+	}
+	return &sz
+}
+
+func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command, partitions int, dir string) error {
 	list, err := shapes.List(ctx, bus)
 	if err != nil {
 		return err
@@ -82,21 +98,40 @@ func shapeLs(ctx context.Context, bus *fanout.Bus, cmd command, partitions int) 
 	if cmd.json {
 		out := []listedShape{}
 		for _, s := range list {
-			out = append(out, listedShape{s, fanout.Partition(s.Handle, partitions), stateOf(s.Handle)})
+			out = append(out, listedShape{s, fanout.Partition(s.Handle, partitions), stateOf(s.Handle), storedSizes(dir, s.Handle)})
 		}
 		return printJSON(out)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "HANDLE\tPARTITION\tTABLE\tWHERE\tCOLUMNS\tSTATE\tROWS")
+	// ROWS: of the current generation's base (the snapshot, or the last
+	// compaction's); LOG: the log after it; DISK: every generation kept.
+	fmt.Fprintln(w, "HANDLE\tPARTITION\tTABLE\tWHERE\tCOLUMNS\tSTATE\tROWS\tGEN\tLOG\tDISK")
 	for _, s := range list {
 		cols := "*"
 		if len(s.Columns) > 0 {
 			cols = strings.Join(s.Columns, ",")
 		}
 		st := stateOf(s.Handle)
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Handle, fanout.Partition(s.Handle, partitions), s.Table, s.Where, cols, st.Phase, st.Rows)
+		rows, gen, logBytes, disk := fmt.Sprint(st.Rows), "-", "-", "-"
+		if sz := storedSizes(dir, s.Handle); sz != nil {
+			rows, gen, logBytes, disk = fmt.Sprint(sz.BaseRows), fmt.Sprint(sz.Generation), byteSize(sz.LogBytes), byteSize(sz.DiskBytes)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Handle, fanout.Partition(s.Handle, partitions), s.Table, s.Where, cols, st.Phase, rows, gen, logBytes, disk)
 	}
 	return w.Flush()
+}
+
+// byteSize prints n bytes for people: 812 B, 64.0 KiB, 3.2 MiB.
+func byteSize(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 }
 
 // shapeRowsWait prints the materialized rows, one JSON object per line,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -143,6 +144,7 @@ func printStatus(st Status) {
 			state = "draining"
 		}
 		fmt.Fprintf(w, "consumer %s\t%s\theartbeat %s ago, %d partitions bound\n", c.Consumer, state, c.HeartbeatAge, c.Partitions)
+		printCompaction(w, c)
 	}
 	var parts []string
 	for _, b := range st.Bindings {
@@ -220,4 +222,22 @@ func eachValue(ctx context.Context, kv jetstream.KeyValue, f func(key string, va
 		f(k, e.Value())
 	}
 	return nil
+}
+
+// printCompaction prints what a consumer's shape log compaction did, as
+// its heartbeat reports it.
+func printCompaction(w io.Writer, c ConsumerStatus) {
+	cs := c.Compaction
+	if cs == nil {
+		return
+	}
+	now := "idle"
+	if cs.Current != "" {
+		now = "compacting " + cs.Current
+	}
+	fmt.Fprintf(w, "  compaction %s\t%d done, %d failed, %d running, %d queued\t%.1f MB replaced, %.1f MB freed; %s\n",
+		c.Consumer, cs.Done, cs.Failed, cs.Running, cs.Queued, float64(cs.SavedBytes)/1e6, float64(cs.FreedBytes)/1e6, now)
+	if cs.LastError != "" {
+		fmt.Fprintf(w, "  compaction %s\tlast failure %s ago\t%s\n", c.Consumer, time.Since(cs.LastAt).Round(time.Second), cs.LastError)
+	}
 }
