@@ -28,11 +28,17 @@ func offsetInRange(s string) error {
 	if !ok {
 		return nil
 	}
-	for _, part := range []string{tx, op} {
+	for i, part := range []string{tx, op} {
 		if !allDigits(part) {
 			continue
 		}
-		if n, err := strconv.ParseUint(part, 10, 64); err != nil || n > maxOffsetPart {
+		n, err := strconv.ParseUint(part, 10, 64)
+		if err == nil && i == 1 && tx == "0" && n&baseRowFlag != 0 {
+			// A row of a base (BaseOffset, bit 63 set; locate bounds its
+			// generation and row), or all ones, which is 0_inf.
+			continue
+		}
+		if err != nil || n > maxOffsetPart {
 			return fmt.Errorf("is out of range (each part of <tx>_<op> is at most %d)", uint64(maxOffsetPart))
 		}
 	}
