@@ -71,16 +71,14 @@ func (e LogEntry) Xid() (xid uint32, ok bool) { return e.xid, true }
 // ErrStopRead, returned by a ReadLog callback, ends the read early without error.
 var ErrStopRead = errors.New("stop reading the shape log")
 
-// StatLog returns the file information of the shape's current log (its
-// newest generation's), nil when it has none: a reader that keeps what it
-// read (the shape API's log index) skips reading again a log whose file,
-// size and modification time are those it saw before its last read.
+// StatLog returns the file information of the log of the chain's newest
+// generation, the one a read of the chain ends in (nil when it has none):
+// a reader that keeps what it read (the shape API's log index) skips
+// reading again a chain whose last log has the file, size and
+// modification time it had before the last read. A chain loaded later,
+// with a newer generation, names another file.
 func (c *Chain) StatLog() (os.FileInfo, error) {
-	path, _, err := currentLog(c.dir, c.handle)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(path)
+	fi, err := os.Stat(genLogPath(c.dir, c.handle, c.Last().Number))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
