@@ -3,6 +3,7 @@ package shapeapi
 import (
 	"container/list"
 	"errors"
+	"os"
 	"sort"
 	"sync"
 
@@ -46,6 +47,12 @@ type logIndex struct {
 	// there); unseenFound once that fragment was met.
 	unseen      shapelog.Cursor
 	unseenFound bool
+
+	// file is the current log as it was just before the last read: while
+	// it has not changed, there is nothing more to read (the many requests
+	// one notice wakes read the log once). reads counts the reads.
+	file  os.FileInfo
+	reads int
 }
 
 // mark is the cursor before a fragment whose first op is at first.
@@ -60,13 +67,29 @@ type mark struct {
 func (ix *logIndex) extend(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	fi, err := chain.StatLog()
+	if err == nil && fi != nil && ix.started && ix.recentValid && unchanged(ix.file, fi) {
+		return ix.tail, nil
+	}
+	ix.file = fi
+	ix.reads++
 	end, err := ix.extendLocked(chain, rel, seen)
 	if errors.Is(err, shapelog.ErrExpired) {
 		// The generation the index read last was removed: start again
 		// at the current one.
 		end, err = ix.extendLocked(chain, rel, seen)
 	}
+	if err != nil {
+		ix.file = nil
+	}
 	return end, err
+}
+
+// unchanged reports whether a log file is the one seen before (same file,
+// size and modification time): a log only grows, and a new generation's
+// is another file.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
 }
 
 func (ix *logIndex) extendLocked(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, error) {

@@ -305,7 +305,7 @@ func (c *compaction) writeBase(ctx context.Context, gdir string, snap *Snapshot,
 			}
 		}
 	}
-	if err := sw.closeChunk(); err != nil {
+	if err := sw.finishChunks(); err != nil { // the chunks are durable before the manifest names them
 		return nil, err
 	}
 	base := sw.s
