@@ -21,6 +21,7 @@ type Snapshot struct {
 	VisibilityTimeout time.Duration `mapstructure:"visibility_timeout"`
 	StatementTimeout  time.Duration `mapstructure:"statement_timeout"`
 	MaxAttempts       int           `mapstructure:"max_attempts"`
+	GroupShapes       int           `mapstructure:"group_shapes"`
 	ReconnectTimeout  time.Duration `mapstructure:"reconnect_timeout"`
 }
 
@@ -52,6 +53,8 @@ func (c *SnapshotConfig) Validate() error {
 		return fmt.Errorf("config keys snapshot.routing_timeout and snapshot.visibility_timeout must be at least 1s")
 	case s.MaxAttempts < 1 || s.MaxAttempts > 100:
 		return fmt.Errorf("config key snapshot.max_attempts: %d is not between 1 and 100", s.MaxAttempts)
+	case s.GroupShapes < 1 || s.GroupShapes > 1000:
+		return fmt.Errorf("config key snapshot.group_shapes: %d is not between 1 and 1000", s.GroupShapes)
 	case s.ReconnectTimeout < 0:
 		return fmt.Errorf("config key snapshot.reconnect_timeout: %s is negative", s.ReconnectTimeout)
 	}

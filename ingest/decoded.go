@@ -1,6 +1,11 @@
 package ingest
 
-import "sync"
+import (
+	"slices"
+	"sync"
+
+	"github.com/fanout/pipeline/fanout/visibility"
+)
 
 // decodedXidsKept is how many routed transactions the hand-off remembers:
 // a commit that stays invisible (a synchronous-standby wait) for longer than
@@ -49,4 +54,25 @@ func (d *decodedXids) routedWithin(xid uint32, n uint64) bool {
 	defer d.mu.Unlock()
 	s, ok := d.seq[xid]
 	return ok && s <= n
+}
+
+// invisible lists, as 64-bit xids in ascending order, the transactions
+// among the first n routed that snap does not see: those in its xip list,
+// and those at or past its xmax. The latter matter as much: a commit
+// waiting for a synchronous standby, with no transaction ended after it,
+// is past xmax and in no xip list.
+func (d *decodedXids) invisible(snap visibility.Snapshot, n uint64) []uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []uint64
+	for xid, s := range d.seq {
+		if s > n {
+			continue
+		}
+		if x := snap.Widen(xid); !snap.Visible64(x) {
+			out = append(out, x)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -17,8 +17,9 @@ import (
 // the router applied shapes-bucket revision R at a transaction boundary, it
 // reads pg_current_snapshot() and writes shapestate.Routing{R, decoded}:
 // decoded are the transactions the router routed before R took effect that
-// this snapshot still sees in progress (commits in the WAL, not yet visible:
-// a synchronous-standby wait). A shape snapshot that does not see one of
+// this snapshot does not see (commits in the WAL, not yet visible: a
+// synchronous-standby wait), whether in its xip list or at or past its xmax
+// (the newest transaction, when none after it has ended yet). A shape snapshot that does not see one of
 // them would miss it in both its rows and its log, so the runner retakes it.
 type handoff struct {
 	kv      jetstream.KeyValue
@@ -119,11 +120,7 @@ func (h *handoff) write(ctx context.Context, revision, routed uint64) error {
 		return err
 	}
 	r := shapestate.Routing{Revision: revision, At: time.Now().UTC()}
-	for _, x := range snap.Xip {
-		if h.decoded.routedWithin(uint32(x), routed) {
-			r.Decoded = append(r.Decoded, x)
-		}
-	}
+	r.Decoded = h.decoded.invisible(snap, routed)
 	if len(r.Decoded) > 0 {
 		h.log.Info("transactions routed before new shapes are still invisible; their snapshots wait for them", "xids", r.Decoded, "revision", revision)
 	}

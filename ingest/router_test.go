@@ -3,11 +3,13 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
+	"github.com/fanout/pipeline/fanout/visibility"
 )
 
 // sinkRecorder is a Sink that acks at once and keeps the fragments.
@@ -187,5 +189,34 @@ func TestDecodedXidsForgetsOldest(t *testing.T) {
 	}
 	if d.routedWithin(5, 4) {
 		t.Error("xid 5 counted within the first 4")
+	}
+}
+
+// A routed commit the snapshot does not see is listed whether it is in the
+// xip list or at or past xmax: a commit waiting for a synchronous standby,
+// with no transaction ended after it, is past xmax and in no xip list
+// (TestSnapshotWaitsForCommitInvisibleBehindSyncStandby's "727:727:").
+func TestDecodedXidsInvisibleToASnapshot(t *testing.T) {
+	d := newDecodedXids(16)
+	for _, x := range []uint32{720, 722, 725, 727} {
+		d.add(x)
+	}
+	for _, c := range []struct {
+		snap   string
+		routed uint64
+		want   []uint64
+	}{
+		{"727:727:", 4, []uint64{727}},
+		{"722:728:722,725", 4, []uint64{722, 725}},
+		{"722:728:722,725", 2, []uint64{722}},
+		{"728:728:", 4, nil},
+	} {
+		snap, err := visibility.Parse(c.snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.invisible(snap, c.routed); !slices.Equal(got, c.want) {
+			t.Errorf("snapshot %s, first %d routed: invisible %v, want %v", c.snap, c.routed, got, c.want)
+		}
 	}
 }

@@ -28,8 +28,23 @@ func (s *Server) stale(sh *fanout.Shape) error {
 	if c.Current(sh.Table) {
 		return nil
 	}
-	return fmt.Errorf("%w: replication continuity is broken for table %s since %s (%s: %s): shape %s misses changes; it is resynced (a new handle, clients get 409) as soon as ingest can",
-		errNotReady, sh.Table, c.Break.At.Format(time.RFC3339), c.Break.Cause, c.Break.Detail, sh.Handle)
+	return &staleShape{table: sh.Table, cause: c.Break.Cause, err: fmt.Errorf("%w: replication continuity is broken for table %s since %s (%s: %s): shape %s misses changes; it is resynced (a new handle, clients get 409) as soon as ingest can",
+		errNotReady, sh.Table, c.Break.At.Format(time.RFC3339), c.Break.Cause, c.Break.Detail, sh.Handle)}
+}
+
+// staleShape is a shape not served while its table is in a break of
+// continuity. Its 503 names the break's cause (one of fanout's fixed codes)
+// and the table the client asked for; the detail stays in the log.
+type staleShape struct {
+	table, cause string
+	err          error
+}
+
+func (e *staleShape) Error() string { return e.err.Error() }
+func (e *staleShape) Unwrap() error { return e.err }
+
+func (e *staleShape) body() []byte {
+	return errorBody(fmt.Sprintf("Replication continuity is broken for table %s (%s): its shapes are not served until they are resynced under a new handle; retry after the retry-after delay", e.table, e.cause))
 }
 
 // currentData says whether every shape is served from a continuous stream

@@ -137,6 +137,10 @@ func (s *Server) unavailable(w http.ResponseWriter, err error) {
 	s.log.Warn("shape request not served yet", "err", err)
 	w.Header().Set("cache-control", "no-store")
 	w.Header().Set("retry-after", "1")
+	if stale := (*staleShape)(nil); errors.As(err, &stale) {
+		writeJSON(w, http.StatusServiceUnavailable, stale.body())
+		return
+	}
 	writeJSON(w, http.StatusServiceUnavailable, notReadyBody)
 }
 

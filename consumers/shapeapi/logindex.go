@@ -3,6 +3,7 @@ package shapeapi
 import (
 	"container/list"
 	"errors"
+	"os"
 	"sort"
 	"sync"
 
@@ -46,6 +47,15 @@ type logIndex struct {
 	// there); unseenFound once that fragment was met.
 	unseen      shapelog.Cursor
 	unseenFound bool
+
+	// file is the current log as it was just before the last read: while
+	// it has not changed, there is nothing more to read (the many requests
+	// one notice wakes read the log once). reads counts the reads.
+	file  os.FileInfo
+	reads int
+	// held is the first record held back after the readable end at the
+	// last read (zero: none).
+	held fanout.Position
 }
 
 // mark is the cursor before a fragment whose first op is at first.
@@ -63,17 +73,35 @@ func (ix *logIndex) extend(chain *shapelog.Chain, rel Relation, seen func(*fanou
 }
 
 // extendHeld is extend that also returns the first record held back after
-// the readable end (shapelog.ReadLogHeld).
+// the readable end (shapelog.ReadLogHeld). A log file unchanged since the
+// last read is not read again.
 func (ix *logIndex) extendHeld(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	fi, err := chain.StatLog()
+	if err == nil && fi != nil && ix.started && ix.recentValid && unchanged(ix.file, fi) {
+		return ix.tail, ix.held, nil
+	}
+	ix.file = fi
+	ix.reads++
 	end, held, err := ix.extendLocked(chain, rel, seen)
 	if errors.Is(err, shapelog.ErrExpired) {
 		// The generation the index read last was removed: start again
 		// at the current one.
 		end, held, err = ix.extendLocked(chain, rel, seen)
 	}
+	if err != nil {
+		ix.file = nil
+	}
+	ix.held = held
 	return end, held, err
+}
+
+// unchanged reports whether a log file is the one seen before (same file,
+// size and modification time): a log only grows, and a new generation's
+// is another file.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
 }
 
 func (ix *logIndex) extendLocked(chain *shapelog.Chain, rel Relation, seen func(*fanout.Fragment) bool) (shapelog.Cursor, fanout.Position, error) {

@@ -67,3 +67,37 @@ func TestLogIndexSkipsTheSnapshotsTransactions(t *testing.T) {
 		t.Fatalf("recent after the first read: ok %v, at end %v, %d messages (want xids 20 and 9): %s", ok, atEnd, c.Len(), c.Bytes())
 	}
 }
+
+// The requests one notice wakes read the log once: an index reads the file
+// again only when it changed.
+func TestLogIndexReadsAnUnchangedLogOnce(t *testing.T) {
+	s, wr := readServer(t, 1<<20)
+	appendTx := func(lsn uint64) {
+		if _, err := wr.Append(context.Background(), []*fanout.Fragment{inserts(lsn, 0, true, int(lsn), 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rel := Relation{Schema: "public", Table: "items", PK: []string{"id"}, Columns: []string{"id"}}
+	ix := &logIndex{}
+	appendTx(100)
+	chain, err := shapelog.LoadChain(s.cfg.Storage.Dir, "sx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // one notice, twenty woken requests
+		if _, err := ix.extend(chain, rel, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ix.reads != 1 {
+		t.Fatalf("%d reads of a log that did not change, want 1", ix.reads)
+	}
+	appendTx(200)
+	end, err := ix.extend(chain, rel, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := end.Last(); ix.reads != 2 || last.CommitLSN != 200 {
+		t.Fatalf("after an append: %d reads, the index ends at %v; want 2 reads, ending at LSN 200", ix.reads, last)
+	}
+}

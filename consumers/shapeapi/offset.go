@@ -33,16 +33,17 @@ const InfOp = math.MaxUint64
 // Offsets in a base (tx 0): op below legacyChunks names a stored snapshot
 // chunk ("0_i": after chunk i, what earlier versions handed out); an op
 // with baseRowFlag set names a row: generation g's base after its first r
-// rows.
+// rows. Every offset stays within int64, as clients' offsets are checked
+// to (bounds.go).
 const (
 	legacyChunks = 1 << 32
-	baseRowFlag  = 1 << 63
+	baseRowFlag  = 1 << 62
 	baseRowBits  = 40
-	baseGenBits  = 23
+	baseGenBits  = 22
 )
 
 // BaseOffset is the offset after the first rows rows of generation gen's base
-// (gen below 2^23 - 1, rows below 2^40: the all-ones op is "_inf").
+// (gen below 2^22, rows below 2^40).
 func BaseOffset(gen uint64, rows int64) Offset {
 	return Offset{Op: baseRowFlag | gen<<baseRowBits | uint64(rows)}
 }

@@ -2,6 +2,7 @@ package shapeapi
 
 import (
 	"encoding/json"
+	"math"
 	"net/url"
 	"reflect"
 	"strings"
@@ -382,7 +383,7 @@ func TestBaseOffsets(t *testing.T) {
 	for _, c := range []struct {
 		gen  uint64
 		rows int64
-	}{{0, 0}, {0, 150}, {7, 1 << 39}, {1<<baseGenBits - 2, 1<<baseRowBits - 1}} {
+	}{{0, 0}, {0, 150}, {7, 1 << 39}, {1<<baseGenBits - 1, 1<<baseRowBits - 1}} {
 		o := BaseOffset(c.gen, c.rows)
 		back, _, err := ParseOffset(o.String())
 		if err != nil || back != o {
@@ -392,7 +393,10 @@ func TestBaseOffsets(t *testing.T) {
 			t.Fatalf("%s: gen %d rows %d ok %v, want %v", o, g, r, ok, c)
 		}
 	}
-	for _, o := range []Offset{{}, {Op: 3}, {Op: InfOp}, {Tx: 5, Op: 1 << 63}, StartOffset} {
+	if o := BaseOffset(1<<baseGenBits-1, 1<<baseRowBits-1); o.Op != math.MaxInt64 {
+		t.Fatalf("the largest base offset is %s, past int64", o)
+	}
+	for _, o := range []Offset{{}, {Op: 3}, {Op: InfOp}, {Tx: 5, Op: 1 << 62}, StartOffset} {
 		if _, _, ok := o.baseRow(); ok {
 			t.Fatalf("%v reads as a base row offset", o)
 		}

@@ -40,6 +40,14 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 		return "", err
 	}
 	key := def.Key()
+	// Every request resolves its definition (a live client's once per
+	// change): the handle serving it stays the same while it exists.
+	s.mu.Lock()
+	known, ok := s.handles.get(key)
+	s.mu.Unlock()
+	if ok && s.shapes.exists(ctx, known) {
+		return known, nil
+	}
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return "", fmt.Errorf("%w: %v", errNotReady, err)
@@ -55,6 +63,7 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 			var v definitionValue
 			if json.Unmarshal(e.Value(), &v) == nil {
 				if v.Handle != "" && s.shapes.exists(ctx, v.Handle) {
+					s.rememberHandle(key, v.Handle)
 					return v.Handle, nil
 				}
 				if v.Handle == "" && time.Since(v.Pending) < pendingTimeout {
@@ -102,9 +111,18 @@ func (s *Server) resolve(ctx context.Context, def Definition) (string, error) {
 		}
 		s.life.registered(sh.Handle, key)
 		s.shapes.put(sh)
+		s.rememberHandle(key, sh.Handle)
 		s.log.Info("registered a shape for a new definition", "shape", sh.Handle, "table", sh.Table, "where", sh.Where, "columns", sh.Columns)
 		return sh.Handle, nil
 	}
+}
+
+// rememberHandle keeps the handle serving a definition, for the next
+// requests of its clients (resolve checks it still exists).
+func (s *Server) rememberHandle(key, handle string) {
+	s.mu.Lock()
+	s.handles.put(key, handle)
+	s.mu.Unlock()
 }
 
 // register validates and adds the shape of def with shapes.Add.

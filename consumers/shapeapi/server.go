@@ -49,6 +49,7 @@ type Server struct {
 	indexes *indexCache
 	columns *lru[[]ColumnInfo]  // by handle, at most maxCachedShapes
 	snaps   *lru[*snapshotView] // by handle, at most maxCachedShapes
+	handles *lru[string]        // definition key -> the handle serving it (resolve), at most maxCachedShapes
 	chains  *lru[*chainEntry]   // by handle, at most maxCachedShapes (generations.go)
 
 	subsets *subsetConns // subset snapshot reads (subsetread.go)
@@ -94,8 +95,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, nc: nc, bus: bus, defs: defs, states: states, pg: &pgLink{url: cfg.Postgres.URL},
 		subsets: newSubsetConns(cfg.Postgres.URL, cfg.API.SubsetConnections, cfg.API.SubsetTimeout, cfg.API.RetryAfter), hub: newHub(), reg: observe.NewRegistry(), rdy: &observe.Readiness{},
 		indexes: newIndexCache(maxIndexes), columns: newLRU[[]ColumnInfo](maxCachedShapes), snaps: newLRU[*snapshotView](maxCachedShapes),
-		chains: newLRU[*chainEntry](maxCachedShapes),
-		marks:  newWatermarks(bus, cfg.Bus.Partitions)}
+		handles: newLRU[string](maxCachedShapes), chains: newLRU[*chainEntry](maxCachedShapes),
+		marks: newWatermarks(bus, cfg.Bus.Partitions)}
 	s.shapes = newShapeSet(bus, s.forget)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fanout_shapeapi_requests_total",
 		Help: "Shape API responses by status code."}, []string{"code"})

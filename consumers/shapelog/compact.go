@@ -167,8 +167,8 @@ func (c *compaction) run(ctx context.Context) error {
 	x, err := t.replay(chain, func(e LogEntry, f *fanout.Fragment) error {
 		n := int64(headerSize + len(e.payload))
 		read += n
-		lastXid = e.xid // in the base, through the snapshot's rows or the replay
-		if f != nil {
+		if f != nil { // applied: not already in the snapshot's rows
+			lastXid = e.xid
 			if o, ok := lastOp(f, snap.PrimaryKey); ok {
 				end, hasEnd = o, true
 			}
@@ -306,7 +306,7 @@ func (c *compaction) writeBase(ctx context.Context, gdir string, snap *Snapshot,
 			}
 		}
 	}
-	if err := sw.closeChunk(); err != nil {
+	if err := sw.finishChunks(); err != nil { // the chunks are durable before the manifest names them
 		return nil, err
 	}
 	base := sw.s

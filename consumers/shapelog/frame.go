@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"strconv"
+	"sync"
 
 	"github.com/jackc/pglogrepl"
 
@@ -330,8 +331,19 @@ func (e *CorruptError) Error() string {
 	return fmt.Sprintf("damaged record at byte %d with intact records after it (from byte %d): the file was changed in the middle, not torn at its end; nothing was truncated (restore the file, or move it away to rebuild)", e.Offset, e.Next)
 }
 
+// frameReaders are the read buffers of log scans, reused: the shape API
+// scans a log for every live request a notice wakes, and a new 64 KiB
+// buffer each time was most of its garbage (and its collector's work was
+// most of its tail latency).
+var frameReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 func scanIntact(r io.Reader, fn func(off int64, payload []byte) error) (end int64, torn bool, err error) {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := frameReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() {
+		br.Reset(nil)
+		frameReaders.Put(br)
+	}()
 	var h [headerSize]byte
 	var payload []byte
 	for {

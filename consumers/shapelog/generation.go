@@ -129,7 +129,9 @@ type genManifest struct {
 	// when none ever was served); an offset at or after it resumes in this
 	// generation's log.
 	End *opOffsetJSON `json:"end_offset,omitempty"`
-	// LastXid is the id of the last transaction the base holds (0: none).
+	// LastXid is the id of the last transaction the base holds beyond the
+	// initial snapshot's rows (0: none; the snapshot's visibility says
+	// which transactions those rows hold).
 	LastXid uint32 `json:"last_xid"`
 	// The base: chunk files in the snapshot's chunk format.
 	ChunkVersion int             `json:"chunk_version"`
@@ -291,7 +293,8 @@ type Generation struct {
 	// false for generation 0 and for a base that never held one.
 	End    OpOffset
 	HasEnd bool
-	// LastXid is the last transaction the base holds (0: none).
+	// LastXid is the last transaction the base holds beyond the initial
+	// snapshot's rows (0: none; Snapshot.Seen says which those rows hold).
 	LastXid uint32
 
 	servable bool // built on the current snapshot (generation 0 always is)

@@ -74,6 +74,20 @@ func (e LogEntry) Xid() (xid uint32, ok bool) { return e.xid, true }
 // ErrStopRead, returned by a ReadLog callback, ends the read early without error.
 var ErrStopRead = errors.New("stop reading the shape log")
 
+// StatLog returns the file information of the log of the chain's newest
+// generation, the one a read of the chain ends in (nil when it has none):
+// a reader that keeps what it read (the shape API's log index) skips
+// reading again a chain whose last log has the file, size and
+// modification time it had before the last read. A chain loaded later,
+// with a newer generation, names another file.
+func (c *Chain) StatLog() (os.FileInfo, error) {
+	fi, err := os.Stat(genLogPath(c.dir, c.handle, c.Last().Number))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return fi, err
+}
+
 // ReadLog calls fn, in log order, for every record after from that a
 // replay applies (duplicates and zombie epochs are skipped by the rules of
 // accept.go), with the cursor just after it, up to the log's readable end.

@@ -213,3 +213,87 @@ func TestSnapshotVersions(t *testing.T) {
 		t.Fatalf("unknown version: %v", err)
 	}
 }
+
+// A snapshot's new directories are durable in their parents: a new shape's
+// folder in shapes/ too (before, only snapshot/ and the shape's folder were
+// synced, whichever were new). A later generation syncs only snapshot/.
+func TestSnapshotDirectoriesAreDurable(t *testing.T) {
+	d := watchDisk(t)
+	dir := t.TempDir()
+	for gen := uint64(1); gen <= 2; gen++ {
+		d.mu.Lock()
+		d.log = nil
+		d.mu.Unlock()
+		w, err := NewSnapshotWriter(dir, "sd", gen, "public.items", []string{"id"}, []string{"id"}, 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Add(fanout.Row{"id": sv("1")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1}); err != nil {
+			t.Fatal(err)
+		}
+		root := snapshotRoot(dir, "sd")
+		shape := filepath.Dir(root)
+		for p, want := range map[string]bool{filepath.Dir(shape): gen == 1, shape: gen == 1, root: true, generationDir(dir, "sd", gen): true} {
+			if got := d.fsynced(p); got != want {
+				t.Errorf("generation %d: %s fsynced %v, want %v", gen, p, got, want)
+			}
+		}
+	}
+}
+
+// A completed snapshot survives a power loss: every chunk and the manifest
+// were fsynced whole, and the generation's folder was synced after them and
+// before the manifest took its name (Complete now syncs the chunks, the
+// manifest and the new directories' names at once).
+func TestCompletedSnapshotIsDurableBeforeItIsNamed(t *testing.T) {
+	d := watchDisk(t)
+	dir := t.TempDir()
+	w, err := NewSnapshotWriter(dir, "sp", 1, "public.items", []string{"id"}, []string{"id"}, 3, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gdir := generationDir(dir, "sp", 1)
+	var renamedAt int // d.log's length when the folder's first sync began
+	d.onSync = func(path string) {
+		if path == gdir && renamedAt == 0 {
+			d.mu.Lock()
+			renamedAt = len(d.log)
+			d.mu.Unlock()
+			if _, err := os.Stat(filepath.Join(gdir, manifestName)); err == nil {
+				t.Error("the manifest had its name before the folder was synced")
+			}
+		}
+	}
+	for i := range 10 {
+		if err := w.Add(fanout.Row{"id": sv(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Complete(visibility.Snapshot{Xmin: 1, Xmax: 1}); err != nil {
+		t.Fatal(err)
+	}
+	chunks, _ := filepath.Glob(filepath.Join(gdir, "chunk-*"))
+	manifest, _ := os.Stat(filepath.Join(gdir, manifestName))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	before := map[string]bool{}
+	for _, p := range d.log[:renamedAt] {
+		before[p] = true
+	}
+	for _, c := range chunks {
+		fi, _ := os.Stat(c)
+		if d.synced[c] != fi.Size() || !before[c] {
+			t.Errorf("chunk %s: %d of %d bytes synced, before the folder's sync: %v", c, d.synced[c], fi.Size(), before[c])
+		}
+	}
+	tmp := filepath.Join(gdir, manifestName+".tmp")
+	if d.synced[tmp] != manifest.Size() || !before[tmp] {
+		t.Errorf("manifest: %d of %d bytes synced, before the folder's sync: %v", d.synced[tmp], manifest.Size(), before[tmp])
+	}
+	if len(chunks) != 4 {
+		t.Errorf("%d chunks, want 4", len(chunks))
+	}
+}

@@ -18,16 +18,7 @@ func AppendKeyPart(b []byte, v *string) []byte {
 	if v == nil {
 		return append(b, '/', '_')
 	}
-	b = append(b, '/', '"')
-	s := *v
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			b = append(b, '/', '/')
-		} else {
-			b = append(b, s[i])
-		}
-	}
-	return append(b, '"')
+	return appendKeyValue(b, *v)
 }
 
 // AppendRelationKey appends "schema"."table", the start of every row key
@@ -65,18 +56,18 @@ func AppendSnapshotHeaders(b []byte, schema, table string) []byte {
 // with the values in its columns' order. It reuses its buffers: one
 // encoder per goroutine.
 type SnapshotEncoder struct {
-	relKey  []byte   // "schema"."table", raw
-	names   [][]byte // `"col":` per column
-	pk      []int    // indexes of the primary key columns in key order
-	headers []byte   // `},"headers":{...}}`
-	key     []byte
+	keyStart []byte   // {"key":" and "schema"."table", escaped
+	names    [][]byte // `"col":` per column
+	pk       []int    // indexes of the primary key columns in key order
+	headers  []byte   // `},"headers":{...}}`
+	key      []byte
 }
 
 // NewSnapshotEncoder prepares an encoder for rows of schema.table with
 // columns (the value order) keyed by pk, each a column of columns (a table
 // without a primary key is keyed by all its columns: pass them all).
 func NewSnapshotEncoder(schema, table string, columns, pk []string) *SnapshotEncoder {
-	e := &SnapshotEncoder{relKey: AppendRelationKey(nil, schema, table)}
+	e := &SnapshotEncoder{keyStart: jsontext.AppendEscaped([]byte(`{"key":"`), AppendRelationKey(nil, schema, table))}
 	for _, c := range columns {
 		e.names = append(e.names, append(AppendString(nil, c), ':'))
 	}
@@ -98,7 +89,7 @@ func (e *SnapshotEncoder) KeyColumns(pk []string) bool { return len(e.pk) == len
 
 // AppendMeta is Append for a shape with subqueries: the headers also carry
 // the row's tags and active_conditions (fanout/match/dnf.go).
-func (e *SnapshotEncoder) AppendMeta(b []byte, vals []*string, tags []string, active []bool) []byte {
+func (e *SnapshotEncoder) AppendMeta(b []byte, vals [][]byte, tags []string, active []bool) []byte {
 	b = e.Append(b, vals)
 	b = b[:len(b)-2] // the headers' and the message's closing braces
 	return append(AppendRowMeta(b, tags, nil, active), "}}"...)
@@ -138,14 +129,15 @@ func AppendRowMeta(b []byte, tags, removed []string, active []bool) []byte {
 }
 
 // Append appends the message of a row whose values, in the encoder's
-// column order, are vals (nil: NULL).
-func (e *SnapshotEncoder) Append(b []byte, vals []*string) []byte {
-	e.key = append(e.key[:0], e.relKey...)
+// column order, are vals (nil: NULL), in Postgres text format. It reads
+// vals and keeps nothing of them.
+func (e *SnapshotEncoder) Append(b []byte, vals [][]byte) []byte {
+	b = append(b, e.keyStart...)
 	for _, i := range e.pk {
-		e.key = AppendKeyPart(e.key, vals[i])
+		// The key part is escaped as a whole: its quotes become \".
+		e.key = appendKeyPartBytes(e.key[:0], vals[i])
+		b = jsontext.AppendEscaped(b, e.key)
 	}
-	b = append(b, `{"key":"`...)
-	b = jsontext.AppendEscaped(b, e.key)
 	b = append(b, `","value":{`...)
 	for i, v := range vals {
 		if i > 0 {
@@ -155,8 +147,31 @@ func (e *SnapshotEncoder) Append(b []byte, vals []*string) []byte {
 		if v == nil {
 			b = append(b, "null"...)
 		} else {
-			b = AppendString(b, *v)
+			b = append(b, '"')
+			b = jsontext.AppendEscaped(b, v)
+			b = append(b, '"')
 		}
 	}
 	return append(b, e.headers...)
+}
+
+// appendKeyPartBytes is AppendKeyPart of a value given as bytes.
+func appendKeyPartBytes(b, v []byte) []byte {
+	if v == nil {
+		return append(b, '/', '_')
+	}
+	return appendKeyValue(b, v)
+}
+
+// appendKeyValue appends /"<value>" with a "/" inside the value doubled.
+func appendKeyValue[T string | []byte](b []byte, s T) []byte {
+	b = append(b, '/', '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			b = append(b, '/', '/')
+		} else {
+			b = append(b, s[i])
+		}
+	}
+	return append(b, '"')
 }

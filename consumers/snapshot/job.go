@@ -4,34 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
-	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/match"
 	"github.com/fanout/pipeline/fanout/shapestate"
-	"github.com/fanout/pipeline/fanout/visibility"
 )
 
-// job is one claimed generation of one shape's snapshot.
+// job is one claimed generation of one shape's snapshot. A job runs in a
+// group (group.go), alone or with other shapes of its table.
 type job struct {
 	r        *Runner
 	handle   string
-	shape    *fanout.Shape // read from the shapes bucket when the job starts
-	shapeRev uint64        // shapes-bucket revision ingest must have applied
+	ctx      context.Context // ends when the shape is removed or the runner stops
+	shape    *fanout.Shape   // the definition the claim was made for (nil: read it from KV)
+	shapeRev uint64          // shapes-bucket revision ingest must have applied
+	seen     time.Time       // when this runner first saw the shape (the routing timeout counts from it)
+	pred     *match.Predicate
+	log      *slog.Logger
 
-	mu   sync.Mutex
-	st   shapestate.State // the claim as last written
-	rev  uint64
-	lost bool // another runner took the shape: write nothing more
+	mu       sync.Mutex
+	st       shapestate.State // the claim as last written
+	rev      uint64
+	lost     bool // another runner took the shape: write nothing more
+	finished bool // ready, failed or handed back: the lease is not renewed
+
+	// The current attempt (group.go's goroutine only).
+	w                   *shapelog.SnapshotWriter
+	filter              *rowFilter
+	lastRows, lastBytes int64
+	snap                *shapelog.Snapshot // the completed snapshot
+	err                 error              // why the job's attempt failed
 }
 
 // errPermanent marks failures a retry cannot fix.
@@ -39,25 +49,42 @@ type errPermanent struct{ error }
 
 func (e errPermanent) Unwrap() error { return e.error }
 
-// run takes the snapshot, then records ready, failed or (on shutdown)
-// creating, for another runner. runner is the runner's own context.
-func (j *job) run(ctx, runner context.Context) {
-	log := j.r.log.With("shape", j.handle, "generation", j.st.Generation)
-	log.Info("snapshot started")
-	rctx, stopRenew := context.WithCancel(ctx)
-	renewed := make(chan struct{})
-	go func() {
-		defer close(renewed)
-		j.renew(rctx, log)
-	}()
-	snap, err := j.take(ctx, log)
-	stopRenew()
-	<-renewed
+// prepare reads the shape's definition (unless the claim had it) and
+// compiles its where clause.
+func (j *job) prepare() error {
+	if j.shape == nil {
+		gctx, cancel := context.WithTimeout(j.ctx, 10*time.Second)
+		e, err := j.r.d.Shapes.Get(gctx, j.handle)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read shape %s from KV bucket %s: %w", j.handle, fanout.ShapesBucket, err)
+		}
+		if j.shape, err = fanout.DecodeShape(e.Value()); err != nil {
+			return errPermanent{err}
+		}
+		j.shapeRev = max(j.shapeRev, e.Revision())
+	}
+	pred, err := match.CompileShape(j.shape)
+	if err != nil {
+		return errPermanent{fmt.Errorf("where clause: %w", err)}
+	}
+	j.pred = pred
+	return nil
+}
+
+// finish records the job's end: ready with snap, or failed, or (on
+// shutdown) creating again, for another runner. runner is the runner's own
+// context.
+func (j *job) finish(runner context.Context, snap *shapelog.Snapshot, err error) {
+	j.mu.Lock()
+	j.finished = true
+	j.mu.Unlock()
+	log := j.log
 	if j.isLost() {
 		log.Warn("another runner took this shape over; this generation is abandoned")
 		return
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(j.ctx), 10*time.Second)
 	defer cancel()
 	if err == nil {
 		j.mu.Lock()
@@ -75,7 +102,7 @@ func (j *job) run(ctx, runner context.Context) {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if ctx.Err() != nil && runner.Err() != nil {
+	if j.ctx.Err() != nil && runner.Err() != nil {
 		// Shutdown: hand the shape back at once rather than after the lease.
 		j.st.Phase, j.st.LeaseUntil, j.st.Owner = shapestate.Creating, time.Time{}, ""
 		if err := j.swapLocked(fctx); err != nil {
@@ -83,7 +110,7 @@ func (j *job) run(ctx, runner context.Context) {
 		}
 		return
 	}
-	if ctx.Err() != nil {
+	if j.ctx.Err() != nil {
 		return // the shape was removed
 	}
 	j.r.m.failed.Inc()
@@ -127,30 +154,20 @@ func (j *job) swapLocked(ctx context.Context) error {
 	return nil
 }
 
-// renew extends the lease every third of it, with the progress so far; a
-// lost claim stops the job's writes (the final swap fails).
-func (j *job) renew(ctx context.Context, log interface{ Warn(string, ...any) }) {
-	t := time.NewTicker(j.r.cfg.Lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		j.mu.Lock()
-		j.st.LeaseUntil = time.Now().Add(j.r.cfg.Lease).UTC()
-		cctx, cancel := context.WithTimeout(ctx, j.r.cfg.Lease/3)
-		err := j.swapLocked(cctx)
-		cancel()
-		lost := j.lost
-		j.mu.Unlock()
-		if lost {
-			return
-		}
-		if err != nil && ctx.Err() == nil {
-			log.Warn("snapshot lease not renewed; retrying", "err", err)
-		}
+// renew extends the lease with the progress so far; a lost claim stops the
+// job's writes (the final swap fails).
+func (j *job) renew(ctx context.Context) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.lost || j.finished {
+		return
+	}
+	j.st.LeaseUntil = time.Now().Add(j.r.cfg.Lease).UTC()
+	cctx, cancel := context.WithTimeout(ctx, j.r.cfg.Lease/3)
+	err := j.swapLocked(cctx)
+	cancel()
+	if err != nil && !j.lost && ctx.Err() == nil {
+		j.log.Warn("snapshot lease not renewed; retrying", "err", err)
 	}
 }
 
@@ -160,291 +177,32 @@ func (j *job) progress(rows, bytes int64, chunks int) {
 	j.mu.Unlock()
 }
 
-// take waits for ingest to route the shape, then reads the snapshot,
-// retaking it while a commit ingest routed before the shape is invisible.
-func (j *job) take(ctx context.Context, log interface {
-	Info(string, ...any)
-	Warn(string, ...any)
-}) (*shapelog.Snapshot, error) {
-	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	e, err := j.r.d.Shapes.Get(gctx, j.handle)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("read shape %s from KV bucket %s: %w", j.handle, fanout.ShapesBucket, err)
-	}
-	if j.shape, err = fanout.DecodeShape(e.Value()); err != nil {
-		return nil, errPermanent{err}
-	}
-	j.shapeRev = max(j.shapeRev, e.Revision())
-	pred, err := match.CompileShape(j.shape)
-	if err != nil {
-		return nil, errPermanent{fmt.Errorf("where clause: %w", err)}
-	}
-	routing, err := j.awaitRouting(ctx)
-	if err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(j.r.cfg.VisibilityTimeout)
-	backoff := 50 * time.Millisecond
-	var lost reconnects
-	for {
-		snap, blocked, err := j.attempt(ctx, pred, routing)
-		retry, wait, err := lost.retry(ctx, err, j.r.cfg.ReconnectTimeout)
-		if retry {
-			j.r.m.reconnects.Inc()
-			log.Warn("the snapshot's Postgres connection failed (a restart?); taking it again on a new connection, not counted against snapshot.max_attempts",
-				"err", err, "retry_in", wait, "reconnect_timeout", j.r.cfg.ReconnectTimeout)
-			if !sleep(ctx, wait) {
-				return nil, ctx.Err()
-			}
-			continue
-		}
-		if err != nil || blocked == nil {
-			return snap, err
-		}
-		j.r.m.retakes.Inc()
-		j.mu.Lock()
-		j.st.Retakes++
-		j.mu.Unlock()
-		if time.Now().After(deadline) {
-			return nil, errPermanent{fmt.Errorf("transactions %v committed in the WAL stayed invisible for snapshot.visibility_timeout (%s): is a synchronous standby (synchronous_standby_names) down?", blocked, j.r.cfg.VisibilityTimeout)}
-		}
-		log.Info("a commit already in the WAL is not yet visible; retaking the snapshot when it is", "xids", blocked, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
-			return nil, ctx.Err()
-		}
-		backoff = min(2*backoff, 2*time.Second)
-		if routing, err = j.awaitRouting(ctx); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// awaitRouting waits until ingest has applied the shape's revision.
-func (j *job) awaitRouting(ctx context.Context) (shapestate.Routing, error) {
-	deadline := time.Now().Add(j.r.cfg.RoutingTimeout)
-	for {
-		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		rt, err := shapestate.GetRouting(gctx, j.r.state)
-		cancel()
-		if err == nil && rt.Revision >= j.shapeRev {
-			return rt, nil
-		}
-		if time.Now().After(deadline) {
-			if err == nil {
-				err = fmt.Errorf("ingest routes shapes up to revision %d, this shape is revision %d", rt.Revision, j.shapeRev)
-			}
-			return rt, fmt.Errorf("ingest has not started routing the shape within snapshot.routing_timeout (%s): %w (is ingest running?)", j.r.cfg.RoutingTimeout, err)
-		}
-		if !sleep(ctx, 100*time.Millisecond) {
-			return rt, ctx.Err()
-		}
-	}
-}
-
-// attempt reads one snapshot. It returns blocked xids instead when the
-// snapshot does not see a transaction whose commit is already in the WAL
-// (routed by ingest before this shape, or committed in pg_xact yet still in
-// progress, e.g. waiting for a synchronous standby): its rows would miss it,
-// and so would the shape's log.
-func (j *job) attempt(ctx context.Context, pred *match.Predicate, routing shapestate.Routing) (*shapelog.Snapshot, []uint64, error) {
-	conn, tx, err := j.r.pool.Begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, nil, fmt.Errorf("begin snapshot transaction: %w", err)
-	}
-	defer j.r.pool.Release(conn)
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	simple := pgx.QueryExecModeSimpleProtocol
-	if d := j.r.cfg.StatementTimeout; d > 0 {
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", d.Milliseconds()), simple); err != nil {
-			return nil, nil, err
-		}
-	}
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 60000", simple); err != nil {
-		return nil, nil, err
-	}
-	schema, name := fanout.SplitTable(j.shape.Table)
-	table := pgx.Identifier{schema, name}.Sanitize()
-	// The lock comes before the snapshot (LOCK takes none): no TRUNCATE or
-	// schema change can commit between the snapshot and the read, nor while
-	// it runs (they wait, and are then streamed as changes the snapshot did
-	// not see).
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS SHARE MODE", simple); err != nil {
-		return nil, nil, fmt.Errorf("lock %s for the snapshot: %w", j.shape.Table, err)
-	}
-	for _, t := range j.shape.Tables { // what its subqueries read, likewise
-		ts, tn := fanout.SplitTable(t.Table)
-		if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{ts, tn}.Sanitize()+" IN ACCESS SHARE MODE", simple); err != nil {
-			return nil, nil, fmt.Errorf("lock %s, which the shape's subqueries read, for the snapshot: %w", t.Table, err)
-		}
-	}
-	var text string
-	if err := tx.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
-		return nil, nil, fmt.Errorf("read pg_current_snapshot(): %w", err)
-	}
-	snap, err := visibility.Parse(text)
-	if err != nil {
-		return nil, nil, err
-	}
-	if blocked, err := j.invisibleCommits(ctx, tx, snap, routing); err != nil || len(blocked) > 0 {
-		return nil, blocked, err
-	}
-	if err := j.checkSchema(ctx, tx, schema, name); err != nil {
-		return nil, nil, err
-	}
-
-	types, err := wheresql.EnumTypes(ctx, conn, j.shape.Schema)
-	if err != nil {
-		return nil, nil, err
-	}
-	q, cols, err := wheresql.Select(j.shape, types)
-	if err != nil {
-		return nil, nil, errPermanent{err}
-	}
-	// The stored columns: the projection in table order, as the API orders
-	// a message's values.
-	var out []string
-	for _, c := range cols {
-		if j.shape.Projected(c) {
-			out = append(out, c)
-		}
-	}
-	w, err := shapelog.NewSnapshotWriter(j.r.d.Dir, j.shape.Handle, j.st.Generation, j.shape.Table, out, j.shape.PrimaryKey, j.r.cfg.ChunkRows, j.r.cfg.ChunkBytes)
-	if err != nil {
-		return nil, nil, err
-	}
-	done := false
-	defer func() {
-		if !done {
-			w.Abort()
-		}
-	}()
-	// A clause with subqueries is evaluated against their results as of
-	// this snapshot, read in the same transaction; the rows' messages carry
-	// their tags and active conditions.
-	var res match.Results
-	if pred.HasSubqueries() {
-		if res, err = match.BuildResults(pred, func(s *match.Subquery) ([]fanout.Row, error) {
-			return readRows(ctx, conn.PgConn(), s.LoadSQL())
-		}); err != nil {
-			return nil, nil, fmt.Errorf("read the results of the shape's subqueries: %w", err)
-		}
-	}
-	params := make([][]byte, len(j.shape.Params))
-	for i, p := range j.shape.Params {
-		params[i] = []byte(p)
-	}
-	rr := conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
-	row := make(fanout.Row, len(cols))
-	var lastRows, lastBytes int64
-	for rr.NextRow() {
-		vals := rr.Values()
-		for i, c := range cols {
-			if vals[i] == nil {
-				row[c] = nil
-			} else {
-				s := string(vals[i])
-				row[c] = &s
-			}
-		}
-		if ok, _ := pred.EvalWith(row, res); !ok {
-			continue // one membership rule: the matcher's
-		}
-		var tags []string
-		var active []bool
-		if res != nil {
-			tags, active = pred.Tags(j.shape.Handle, row), pred.Active(row, res)
-		}
-		if err := w.AddMeta(row, tags, active); err != nil {
-			rr.Close()
-			return nil, nil, err
-		}
-		if rows, bytes, chunks := w.Progress(); rows-lastRows >= 1000 {
-			j.r.m.rows.Add(float64(rows - lastRows))
-			j.r.m.bytes.Add(float64(bytes - lastBytes))
-			lastRows, lastBytes = rows, bytes
-			j.progress(rows, bytes, chunks)
-			if j.isLost() {
-				rr.Close()
-				return nil, nil, errors.New("claim lost to another runner")
-			}
-		}
-	}
-	if _, err := rr.Close(); err != nil {
-		return nil, nil, fmt.Errorf("snapshot query of %s: %w", j.shape.Table, describe(err))
-	}
-	rows, bytes, chunks := w.Progress()
-	j.r.m.rows.Add(float64(rows - lastRows))
-	j.r.m.bytes.Add(float64(bytes - lastBytes))
-	j.progress(rows, bytes, chunks)
-	if err := tx.Commit(ctx); err != nil {
-		return nil, nil, fmt.Errorf("end snapshot transaction: %w", err)
+// gone reports why the job can write no more, nil while it can: its shape
+// was removed, or another runner took it.
+func (j *job) gone() error {
+	if err := j.ctx.Err(); err != nil {
+		return err
 	}
 	if j.isLost() {
-		return nil, nil, errors.New("claim lost to another runner")
+		return errors.New("claim lost to another runner")
 	}
-	s, err := w.Complete(snap)
-	if err != nil {
-		return nil, nil, err
-	}
-	done = true
-	return s, nil, nil
+	return nil
 }
 
-// invisibleCommits lists the snapshot's in-progress xids whose commit is
-// already in the WAL: those ingest reported routing before the shape, and
-// any pg_xact already records as committed.
-func (j *job) invisibleCommits(ctx context.Context, tx pgx.Tx, snap visibility.Snapshot, routing shapestate.Routing) ([]uint64, error) {
-	var blocked []uint64
-	for _, x := range routing.Decoded {
-		if _, in := slices.BinarySearch(snap.Xip, x); in {
-			blocked = append(blocked, x)
-		}
-	}
-	if len(snap.Xip) == 0 {
-		return blocked, nil
-	}
-	rows, err := tx.Query(ctx, "SELECT x::text::bigint FROM pg_snapshot_xip($1::text::pg_snapshot) AS x WHERE pg_xact_status(x) = 'committed'", snap.String())
-	if err != nil {
-		return nil, fmt.Errorf("check the snapshot's in-progress transactions: %w", err)
-	}
-	xs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("check the snapshot's in-progress transactions: %w", err)
-	}
-	for _, x := range xs {
-		if !slices.Contains(blocked, uint64(x)) {
-			blocked = append(blocked, uint64(x))
-		}
-	}
-	return blocked, nil
+// liveType is a column's type in the table now.
+type liveType struct {
+	oid  uint32
+	name string // format_type's, qualified outside pg_catalog (search_path is pg_catalog)
 }
 
 // checkSchema fails the shape when a column it was defined with is gone or
 // changed type: its where clause and rows would no longer mean the same.
-func (j *job) checkSchema(ctx context.Context, tx pgx.Tx, schema, name string) error {
-	rows, err := tx.Query(ctx, `SELECT a.attname, a.atttypid, format_type(a.atttypid, NULL) FROM pg_attribute a
-		JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
-	if err != nil {
-		return fmt.Errorf("read the columns of %s: %w", j.shape.Table, err)
-	}
-	type liveType struct {
-		oid  uint32
-		name string
-	}
-	live := map[string]liveType{}
-	var col, typ string
-	var oid uint32
-	_, err = pgx.ForEachRow(rows, []any{&col, &oid, &typ}, func() error { live[col] = liveType{oid, typ}; return nil })
-	if err != nil {
-		return fmt.Errorf("read the columns of %s: %w", j.shape.Table, err)
-	}
+// live maps the table's columns to their types now.
+func (j *job) checkSchema(live map[string]liveType) error {
 	var changed []string
 	for _, c := range j.shape.Schema {
-		// By OID: this session's search_path is pg_catalog only, so
-		// format_type qualifies the names of other schemas' types, which
-		// the shape recorded unqualified.
+		// By OID: format_type qualifies the names of other schemas' types,
+		// which the shape recorded unqualified.
 		if t, ok := live[c.Name]; !ok {
 			changed = append(changed, c.Name+" (dropped)")
 		} else if c.OID != 0 && t.oid != c.OID || c.OID == 0 && t.name != c.Type {
@@ -455,6 +213,18 @@ func (j *job) checkSchema(ctx context.Context, tx pgx.Tx, schema, name string) e
 		return errPermanent{fmt.Errorf("table %s changed since the shape was added: %s; add the shape again", j.shape.Table, strings.Join(changed, ", "))}
 	}
 	return nil
+}
+
+// storedColumns are the columns a snapshot stores: the projection in table
+// order, as the API orders a message's values.
+func (j *job) storedColumns() []string {
+	var out []string
+	for _, c := range j.shape.Schema {
+		if j.shape.Projected(c.Name) {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // reconnects decides whether an attempt that failed on its connection is
@@ -513,28 +283,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// readRows runs sql (no parameters) on conn, in its open transaction, and
-// returns its rows in Postgres text form by column name.
-func readRows(ctx context.Context, conn *pgconn.PgConn, sql string) ([]fanout.Row, error) {
-	rr := conn.ExecParams(ctx, sql, nil, nil, nil, nil)
-	var out []fanout.Row
-	for rr.NextRow() {
-		fields := rr.FieldDescriptions()
-		row := make(fanout.Row, len(fields))
-		for i, v := range rr.Values() {
-			if v == nil {
-				row[fields[i].Name] = nil
-				continue
-			}
-			s := string(v)
-			row[fields[i].Name] = &s
-		}
-		out = append(out, row)
-	}
-	if _, err := rr.Close(); err != nil {
-		return nil, describe(err)
-	}
-	return out, nil
 }

@@ -3,10 +3,14 @@
 // (creating, or snapshotting under a lease that expired: its runner died)
 // with a compare-and-set on the shape's state in fanout/shapestate, holds the
 // claim by renewing a lease, and writes a new generation of the snapshot
-// beside the shape's log (consumers/shapelog). At most snapshot.concurrency
-// run at once per replica, on the runner's own connection pool.
+// beside the shape's log (consumers/shapelog). Claims follow the KV watches:
+// a shape is claimed the moment ingest routes it, and shapes of one table
+// that are due together are claimed together, up to snapshot.group_shapes,
+// and read as one group (group.go): one transaction, one query. At most
+// snapshot.concurrency groups run at once per replica, on the runner's own
+// connection pool.
 //
-// The hand-off by xid (job.go): the runner waits until ingest routes the
+// The hand-off by xid (attempt.go): the runner waits until ingest routes the
 // shape (shapestate.Routing), then reads the rows in one REPEATABLE READ
 // READ ONLY transaction whose snapshot, pg_current_snapshot(), decides which
 // logged transactions the rows already contain. WAL is never held: the log
@@ -26,7 +30,6 @@ import (
 
 	"github.com/fanout/pipeline/configs"
 	"github.com/fanout/pipeline/consumers/pgpool"
-	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapestate"
 )
@@ -44,24 +47,33 @@ type Deps struct {
 
 // Runner takes snapshots; see the package comment.
 type Runner struct {
-	cfg    configs.Snapshot
-	d      Deps
-	state  jetstream.KeyValue
-	pool   *pgpool.Pool
-	m      *metrics
-	log    *slog.Logger
-	shapes map[string]uint64             // registered handle -> its shapes-bucket revision
-	states map[string]stateEntry         // states of shapes not ready or failed
-	ended  map[string]bool               // shapes ready or failed
-	todo   map[string]bool               // registered shapes not ready or failed
-	jobs   map[string]context.CancelFunc // running here
-	done   chan string                   // a job ended
-	wg     sync.WaitGroup                // the jobs
+	cfg     configs.Snapshot
+	d       Deps
+	state   jetstream.KeyValue
+	pool    *pgpool.Pool
+	m       *metrics
+	log     *slog.Logger
+	routing *routingView
+	shapes  map[string]uint64             // registered handle -> its shapes-bucket revision
+	states  map[string]stateEntry         // states of shapes not ready or failed
+	ended   map[string]bool               // shapes ready or failed
+	todo    map[string]*pending           // registered shapes not ready or failed
+	jobs    map[string]context.CancelFunc // running here
+	groups  int                           // groups running here
+	done    chan []string                 // a group ended: its shapes
+	wg      sync.WaitGroup                // the groups
+
+	// Whether each watch has delivered the values it started with: until
+	// both have, a shape's state may be unknown, and nothing is claimed.
+	shapesPrimed, statesPrimed bool
 }
 
-// retryPause times the failed attempts is how long a shape waits before
-// its next generation.
-const retryPause = 5 * time.Second
+// pending is a registered shape whose snapshot is not done.
+type pending struct {
+	seen    time.Time     // when this runner first saw it
+	def     *fanout.Shape // its definition, once the runner knows the shape is not done (nil: read it from KV)
+	invalid bool          // its definition does not decode: not claimed (said once)
+}
 
 type stateEntry struct {
 	st  *shapestate.State
@@ -113,8 +125,8 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 	}
 	return &Runner{
 		cfg: cfg, d: d, state: kv, pool: pool, m: newMetrics(d.Reg), log: d.Log.With("component", "snapshot"),
-		shapes: map[string]uint64{}, states: map[string]stateEntry{}, ended: map[string]bool{}, todo: map[string]bool{},
-		jobs: map[string]context.CancelFunc{}, done: make(chan string, 64),
+		routing: newRoutingView(), shapes: map[string]uint64{}, states: map[string]stateEntry{}, ended: map[string]bool{}, todo: map[string]*pending{},
+		jobs: map[string]context.CancelFunc{}, done: make(chan []string, 64),
 	}, nil
 }
 
@@ -123,6 +135,7 @@ func New(ctx context.Context, pgURL string, cfg configs.Snapshot, d Deps) (*Runn
 // another runner) and closes the pool.
 func (r *Runner) Run(ctx context.Context) {
 	defer r.pool.Close()
+	r.sizeConcurrency(ctx)
 	defer func() {
 		for _, cancel := range r.jobs {
 			cancel()
@@ -140,7 +153,11 @@ func (r *Runner) Run(ctx context.Context) {
 	}
 }
 
+// follow applies the watches' updates and claims due shapes as soon as
+// they are due: after each run of updates (one event claims a whole
+// burst), when a group ends, and when a lease or a retry pause runs out.
 func (r *Runner) follow(ctx context.Context) error {
+	r.shapesPrimed, r.statesPrimed = false, false
 	sw, err := r.d.Shapes.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch KV bucket %s: %w", fanout.ShapesBucket, err)
@@ -151,8 +168,8 @@ func (r *Runner) follow(ctx context.Context) error {
 		return fmt.Errorf("watch KV bucket %s: %w", shapestate.Bucket, err)
 	}
 	defer tw.Stop()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -167,16 +184,27 @@ func (r *Runner) follow(ctx context.Context) error {
 				return fmt.Errorf("watch of %s closed", shapestate.Bucket)
 			}
 			r.onState(e)
-		case h := <-r.done:
-			delete(r.jobs, h)
-		case <-tick.C:
-			r.schedule(ctx)
+		case hs := <-r.done:
+			r.groups--
+			for _, h := range hs {
+				delete(r.jobs, h)
+			}
+		case <-timer.C:
+		}
+		if len(sw.Updates()) > 0 || len(tw.Updates()) > 0 || len(r.done) > 0 {
+			continue // claim once the run of updates is applied
+		}
+		next := r.schedule(ctx)
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
 		}
 	}
 }
 
 func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 	if e == nil {
+		r.shapesPrimed = true
 		return
 	}
 	h := e.Key()
@@ -198,12 +226,33 @@ func (r *Runner) onShape(ctx context.Context, e jetstream.KeyValueEntry) {
 		}
 		return
 	}
-	r.shapes[h] = e.Revision() // the definition is read when the snapshot starts
+	r.shapes[h] = e.Revision()
 	r.refresh(h)
+	if p := r.todo[h]; p != nil {
+		p.def, p.invalid = nil, false
+		if r.statesPrimed {
+			// A new shape (the states are known): keep its definition for
+			// the claim. Before, most shapes are done: read when claimed.
+			if s, err := fanout.DecodeShape(e.Value()); err == nil && s.Handle == h {
+				p.def = s
+			}
+		}
+	}
 }
 
 func (r *Runner) onState(e jetstream.KeyValueEntry) {
-	if e == nil || e.Key() == shapestate.RoutingKey {
+	if e == nil {
+		r.statesPrimed = true
+		return
+	}
+	if e.Key() == shapestate.RoutingKey {
+		if e.Operation() == jetstream.KeyValuePut {
+			if rt, err := shapestate.DecodeRouting(e.Value()); err == nil {
+				r.routing.set(rt)
+			} else {
+				r.log.Warn("ingest's routing state in KV is unreadable; new shapes wait for the next one", "key", shapestate.RoutingKey, "err", err)
+			}
+		}
 		return
 	}
 	h := e.Key()
@@ -225,67 +274,10 @@ func (r *Runner) onState(e jetstream.KeyValueEntry) {
 func (r *Runner) refresh(h string) {
 	_, registered := r.shapes[h]
 	if registered && !r.ended[h] {
-		r.todo[h] = true
+		if r.todo[h] == nil {
+			r.todo[h] = &pending{seen: time.Now()}
+		}
 	} else {
 		delete(r.todo, h)
-	}
-}
-
-// schedule claims due shapes while this runner has room.
-func (r *Runner) schedule(ctx context.Context) {
-	r.m.running.Set(float64(len(r.jobs)))
-	now := time.Now()
-	for h := range r.todo {
-		if len(r.jobs) >= r.cfg.Concurrency {
-			return
-		}
-		if r.jobs[h] != nil {
-			continue
-		}
-		prev, rev := &shapestate.State{Handle: h, Phase: shapestate.Creating}, uint64(0)
-		if se, ok := r.states[h]; ok {
-			prev, rev = se.st, se.rev
-		}
-		if prev.Phase == shapestate.Snapshotting && now.Before(prev.LeaseUntil) {
-			continue // its runner is alive
-		}
-		if prev.Phase == shapestate.Creating && now.Before(prev.Updated.Add(time.Duration(prev.Attempts)*retryPause)) {
-			continue // a failed attempt: give a passing outage time to pass
-		}
-		if prev.Phase == shapestate.Snapshotting {
-			r.log.Warn("snapshot runner stopped renewing its lease; taking the shape over with a new generation", "shape", h, "owner", prev.Owner, "generation", prev.Generation)
-		}
-		// A new generation is above every one on disk too: a state lost or
-		// reset in KV must not number a generation that readers served.
-		latest, err := shapelog.LatestGeneration(r.d.Dir, h)
-		if err != nil {
-			r.log.Warn("could not list a shape's snapshot generations; trying again", "shape", h, "err", err)
-			continue
-		}
-		gen := max(prev.Generation, latest)
-		next := &shapestate.State{
-			Handle: h, Phase: shapestate.Snapshotting, Generation: gen + 1,
-			Owner: r.d.ID, LeaseUntil: now.Add(r.cfg.Lease).UTC(), Attempts: prev.Attempts, Started: now.UTC(),
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		newRev, err := shapestate.Swap(cctx, r.state, next, rev)
-		cancel()
-		if err != nil {
-			if !shapestate.Lost(err) {
-				r.log.Warn("could not claim a shape's snapshot; trying again", "shape", h, "err", err)
-			}
-			continue // another runner won, or NATS is away
-		}
-		r.states[h] = stateEntry{next, newRev}
-		jctx, stop := context.WithCancel(ctx)
-		r.jobs[h] = stop
-		j := &job{r: r, handle: h, shapeRev: r.shapes[h], st: *next, rev: newRev}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer stop()
-			j.run(jctx, ctx)
-			r.done <- h
-		}()
 	}
 }

@@ -39,3 +39,24 @@ func TestSelectQualifiesEnumCasts(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", q, want)
 	}
 }
+
+func TestSelectAllReadsTheUnionWithEveryParameter(t *testing.T) {
+	schema := []fanout.Column{{Name: "id"}, {Name: "owner"}, {Name: "title"}}
+	shapes := []*fanout.Shape{
+		{Table: "public.items", Where: "owner = $1", Params: []string{"7"}, Schema: schema},
+		{Table: "public.items", Where: "title LIKE $1 AND owner > $2", Params: []string{"a%", "3"}, Schema: schema},
+		{Table: "public.items", Where: "owner = 9", Schema: schema},
+	}
+	q, params, cols, err := SelectAll(shapes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `SELECT "id", "owner", "title" FROM "public"."items" WHERE (owner IN ($1) OR (title LIKE $2 AND owner > $3) OR owner IN (9))`
+	if q != want || strings.Join(cols, ",") != "id,owner,title" || len(params) != 3 || string(params[0]) != "7" || string(params[2]) != "3" {
+		t.Fatalf("got  %s %q %v\nwant %s", q, params, cols, want)
+	}
+	shapes[1].Where = ""
+	if q, _, _, err := SelectAll(shapes, nil); err != nil || strings.Contains(q, "WHERE") {
+		t.Fatalf("a shape without a clause: %s, %v; want the whole table", q, err)
+	}
+}

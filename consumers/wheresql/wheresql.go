@@ -42,29 +42,28 @@ func (e *ParseError) Unwrap() error { return e.err }
 // *ParseError when the parser located it. types qualifies the type names
 // of casts (types.go): the reads run with search_path pg_catalog.
 func Deparse(where string, types ...TypeNames) (string, error) {
-	tree, err := pg.Parse(Prefix + where)
+	tree, err := parseClause(where)
 	if err != nil {
-		var pe *parser.Error
-		if errors.As(err, &pe) {
-			return "", &ParseError{Location: max(pe.Cursorpos-1, 0), Message: pe.Message, err: pe}
-		}
-		return "", fmt.Errorf("where clause does not parse: %w", err)
-	}
-	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
-		return "", errors.New("where clause is not one boolean expression")
+		return "", err
 	}
 	clause := tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause()
 	for _, t := range types {
 		t.qualify(clause)
 	}
 	qualifyTables(clause)
+	return printClause(tree, "where clause")
+}
+
+// printClause prints tree, a `SELECT 1 WHERE ...`, back as SQL without the
+// prefix; what names the clause in errors.
+func printClause(tree *pg.ParseResult, what string) (string, error) {
 	out, err := pg.Deparse(tree)
 	if err != nil {
-		return "", fmt.Errorf("where clause cannot be printed back as SQL: %w", err)
+		return "", fmt.Errorf("%s cannot be printed back as SQL: %w", what, err)
 	}
 	rest, ok := strings.CutPrefix(out, Prefix)
 	if !ok {
-		return "", fmt.Errorf("where clause printed back as %q, not a SELECT 1 WHERE", out)
+		return "", fmt.Errorf("%s printed back as %q, not a SELECT 1 WHERE", what, out)
 	}
 	return rest, nil
 }
@@ -79,4 +78,21 @@ func qualifyTables(where *pg.Node) {
 		}
 		return nil
 	})
+}
+
+// parseClause parses where as `SELECT 1 WHERE <where>`: one statement
+// with a where clause.
+func parseClause(where string) (*pg.ParseResult, error) {
+	tree, err := pg.Parse(Prefix + where)
+	if err != nil {
+		var pe *parser.Error
+		if errors.As(err, &pe) {
+			return nil, &ParseError{Location: max(pe.Cursorpos-1, 0), Message: pe.Message, err: pe}
+		}
+		return nil, fmt.Errorf("where clause does not parse: %w", err)
+	}
+	if len(tree.Stmts) != 1 || tree.Stmts[0].GetStmt().GetSelectStmt().GetWhereClause() == nil {
+		return nil, errors.New("where clause is not one boolean expression")
+	}
+	return tree, nil
 }

@@ -106,6 +106,7 @@ type pipe struct {
 	env   []string
 	procs map[string]*testenv.Process
 	http  map[string]string // service name -> host:port of /metrics and /debug/pprof
+	pids  map[string]int    // processes started outside procs (shapeapi), for their CPU
 
 	shapes  int
 	putTime time.Duration // how long the shape definitions took to store in KV
@@ -117,7 +118,7 @@ type pipe struct {
 func newPipe(b testing.TB, shapes int, env ...string) *pipe {
 	b.Helper()
 	testenv.Binaries(b) // build first, so build time is in no measurement
-	p := &pipe{b: b, shapes: shapes, dir: b.TempDir(), procs: map[string]*testenv.Process{}, http: map[string]string{}}
+	p := &pipe{b: b, shapes: shapes, dir: b.TempDir(), procs: map[string]*testenv.Process{}, http: map[string]string{}, pids: map[string]int{}}
 	// wal_sender_timeout off: the throughput benchmark pauses ingest
 	// (SIGSTOP) while the workload commits.
 	// synchronous_commit on: with it off, the WAL writer flushes (and a

@@ -74,6 +74,9 @@ func (p *pipe) cpuNow() cpuUse {
 			u[name] += cpuSeconds(proc.Pid())
 		}
 	}
+	for name, pid := range p.pids {
+		u[name] += cpuSeconds(pid)
+	}
 	for _, pid := range postgresPIDs() {
 		u["postgres"] += cpuSeconds(pid)
 	}

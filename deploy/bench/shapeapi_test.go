@@ -55,8 +55,20 @@ func (p *pipe) startShapeAPI() (api, metrics string) {
 	go func() { cmd.Wait(); close(done) }()
 	p.b.Cleanup(func() { cmd.Process.Kill(); <-done })
 	p.http["shapeapi"] = metrics
+	p.pids["shapeapi"] = cmd.Process.Pid
 	testenv.Eventually(p.b, time.Minute, "shapeapi to be ready", func() bool { return p.ready("shapeapi") })
 	return "http://" + apiAddr + "/v1/shape", metrics
+}
+
+// newAPIPipe is a pipeline with a snapshotting consumer (c3: startAll's
+// take no snapshots) and bin/shapeapi; it returns the API's base URL.
+func newAPIPipe(b *testing.B) (*pipe, string) {
+	p := newPipe(b, 0)
+	p.startAll()
+	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
+	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
+	base, _ := p.startShapeAPI()
+	return p, base
 }
 
 // shapeResponse is one GET /v1/shape answer.
@@ -132,12 +144,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 	rows := 100_000 / scale()
 	shapes := max(1000/scale(), 10)
 	const polls = 2000
-	p := newPipe(b, 0)
-	p.startAll()
-	// startAll's consumers take no snapshots: c3 takes the shapes'.
-	p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
-	testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
-	base, _ := p.startShapeAPI()
+	p, base := newAPIPipe(b)
 	ctx := context.Background()
 	p.pg.Exec(b, p.conn, fmt.Sprintf(`INSERT INTO items SELECT g, g %% %d, 'title ' || g FROM generate_series(1, %d) g`, shapes, rows))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: polls + 100, IdleConnTimeout: time.Minute}}
@@ -263,6 +270,8 @@ func BenchmarkShapeAPI(b *testing.B) {
 
 	// 500 changes/s for 10 s, each an insert into a random shape.
 	const perSec, secs = 500, 10
+	// FANOUT_BENCH_PROFILE=<dir>: a CPU profile of the API's wake-ups.
+	profiled := p.profile("shapeapi-live", secs-2, "shapeapi")
 	committed := map[int64]time.Time{}
 	tick := time.NewTicker(time.Second / perSec)
 	next := int64(rows + 1)
@@ -276,6 +285,7 @@ func BenchmarkShapeAPI(b *testing.B) {
 		next++
 	}
 	tick.Stop()
+	profiled()
 	lat := commitToClient(b, committed, &seenMu, seen)
 	stop()
 	clients.Wait()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,21 @@ func BenchmarkSnapshot(b *testing.B) {
 			// startAll's consumers take no snapshots: c3 takes this one.
 			p.start("c3", "consumer", "FANOUT_CONSUMER_ID=c3")
 			testenv.Eventually(b, 2*time.Minute, "c3 /readyz", func() bool { return p.ready("c3") })
+			kv, err := shapestate.Open(ctx, p.bus.JS)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// The pipe's own shapes are snapshotted first: the snapshot is
+			// measured alone, as COPY is.
+			testenv.Eventually(b, 5*time.Minute, "the pipe's shapes to be ready", func() bool {
+				for i := range p.shapes {
+					st, _, err := shapestate.Get(ctx, kv, fmt.Sprintf("bench%06d", i))
+					if err != nil || st.Phase != shapestate.Ready {
+						return false
+					}
+				}
+				return true
+			})
 
 			// The ceiling: COPY of the same rows, out of the same table.
 			q := "SELECT id, owner, title FROM items"
@@ -56,30 +72,39 @@ func BenchmarkSnapshot(b *testing.B) {
 				}
 			}
 
-			kv, err := shapestate.Open(ctx, p.bus.JS)
-			if err != nil {
-				b.Fatal(err)
-			}
-			addStart := time.Now()
-			s, err := shapes.Add(ctx, p.bus, p.conn, "public.items", c.where, nil, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			var st *shapestate.State
-			testenv.Eventually(b, 5*time.Minute, "the snapshot to be ready", func() bool {
-				st, _, err = shapestate.Get(ctx, kv, s.Handle)
-				if err == nil && st.Phase == shapestate.Failed {
-					b.Fatalf("snapshot failed: %s", st.Error)
+			// The best of three snapshots (three shapes of the same clause,
+			// one after the other), as the ceiling is the best of three COPYs:
+			// this machine is shared, and one run of either can be twice
+			// another.
+			snapTime, toReady := time.Duration(1<<62), time.Duration(1<<62)
+			var snap *shapelog.Snapshot
+			for i := range 3 {
+				wait := func() {}
+				if i == 0 { // FANOUT_BENCH_PROFILE=<dir>: a CPU profile of the snapshot's consumer.
+					wait = p.profile("snapshot-"+strings.ReplaceAll(c.name, " ", "_"), 3, "c3")
 				}
-				return err == nil && st.Phase == shapestate.Ready
-			})
-			toReady := time.Since(addStart)
-			snap, err := shapelog.CurrentSnapshot(p.dir+"/shapes", s.Handle)
-			if err != nil || snap == nil || snap.Rows != int64(c.match) {
-				b.Fatalf("snapshot holds %v rows (%v), want %d", snap, err, c.match)
+				addStart := time.Now()
+				s, err := shapes.Add(ctx, p.bus, p.conn, "public.items", c.where, nil, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var st *shapestate.State
+				testenv.Eventually(b, 5*time.Minute, "the snapshot to be ready", func() bool {
+					st, _, err = shapestate.Get(ctx, kv, s.Handle)
+					if err == nil && st.Phase == shapestate.Failed {
+						b.Fatalf("snapshot failed: %s", st.Error)
+					}
+					return err == nil && st.Phase == shapestate.Ready
+				})
+				toReady = min(toReady, time.Since(addStart))
+				wait()
+				snap, err = shapelog.CurrentSnapshot(p.dir+"/shapes", s.Handle)
+				if err != nil || snap == nil || snap.Rows != int64(c.match) {
+					b.Fatalf("snapshot holds %v rows (%v), want %d", snap, err, c.match)
+				}
+				// The snapshot's own run: claim to ready, as its state records it.
+				snapTime = min(snapTime, snap.Completed.Sub(st.Started))
 			}
-			// The snapshot's own run: claim to ready, as its state records it.
-			snapTime := snap.Completed.Sub(st.Started)
 			copyRate, snapRate := rate(c.match, copyTime), rate(c.match, snapTime)
 			ratio := snapRate / copyRate
 			verdict := "meets"
@@ -87,9 +112,9 @@ func BenchmarkSnapshot(b *testing.B) {
 				verdict = "misses"
 			}
 			addRow("snapshot rows/s, "+c.name, fmt.Sprintf("%.0f rows/s", snapRate), fmt.Sprintf("%.2f", ratio),
-				fmt.Sprintf("against COPY (SELECT ...) TO STDOUT at %.0f rows/s; %s the target of 0.5; %d MB in %d chunks", copyRate, verdict, snap.Bytes>>20, len(snap.Chunks)))
+				fmt.Sprintf("best of 3, against the best of 3 COPY (SELECT ...) TO STDOUT at %.0f rows/s; %s the target of 0.5; %d MB in %d chunks", copyRate, verdict, snap.Bytes>>20, len(snap.Chunks)))
 			addRow("shape add to ready, "+c.name, toReady.Round(time.Millisecond).String(), "",
-				"includes ingest routing the shape and the runner's claim (200 ms scheduling tick)")
+				"best of 3; includes the shape's validation and storing, ingest routing it, and the runner's claim")
 		})
 	}
 }

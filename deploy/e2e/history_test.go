@@ -201,26 +201,34 @@ func joinKey(vals []pgtype.Text) string {
 // with want, in order. Values the log leaves out of an update (an unchanged
 // TOASTed column) are not compared; every value it carries is.
 //
-// A compacted shape (shapelog's generations) is read from the oldest
-// generation whose log is still on disk: its base must be the history's
-// state after the last transaction it holds (Generation.LastXid), and the
-// logs from there on must follow the rest of the history; every other
-// base still on disk must be the history's state at its own point too.
+// A shape is read from the oldest generation whose log is still on disk
+// (generation 0: the initial snapshot and the first log; later ones:
+// compacted, shapelog's generations). Its base must be the history's state
+// after the last transaction it holds: the later of the snapshot's last
+// (what it saw) and the last the compaction replayed on top of it
+// (Generation.LastXid). The logs from there on must follow the rest of the
+// history, skipping what the snapshot saw as readers do; every other base
+// still on disk must be the history's state at its own point too.
 func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []shapeOp) error {
 	chain, err := shapelog.LoadChain(storage, d.handle)
 	if err != nil {
 		return err
 	}
 	start := chain.Oldest()
+	seen, err := snapshotSplit(chain.Snapshot, want)
+	if err != nil {
+		return err
+	}
 	n := 0
 	for _, g := range chain.Generations() {
-		if g.Number == 0 || g.Number < start.Number {
+		if g.Number < start.Number || g.Base == nil {
 			continue
 		}
 		split, err := historySplit(want, g.LastXid)
 		if err != nil {
 			return fmt.Errorf("base of generation %d: %w", g.Number, err)
 		}
+		split = max(split, seen) // the snapshot's rows are in every base
 		if err := compareBase(g.Base, pk, cols, want[:split]); err != nil {
 			return fmt.Errorf("base of generation %d (after transaction %d, operation %d of %d): %w", g.Number, g.LastXid, split, len(want), err)
 		}
@@ -262,6 +270,9 @@ func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []s
 		if err != nil {
 			return err
 		}
+		if chain.Snapshot != nil && chain.Snapshot.Seen(f) {
+			return nil // in the snapshot's rows, as readers skip it
+		}
 		for _, c := range f.Changes {
 			var err error
 			switch c.Op {
@@ -293,6 +304,25 @@ func compareLogToHistory(storage string, d shapeDef, pk, cols []string, want []s
 		return fmt.Errorf("the log ends after %d operations; Postgres committed %d for this shape, the next being %s (a change lost)", n, len(want), want[n])
 	}
 	return nil
+}
+
+// snapshotSplit is the number of want's operations the initial snapshot
+// holds: those of the transactions it saw. With one writer, transactions
+// commit one after another, so what a snapshot saw is a prefix of the history.
+func snapshotSplit(snap *shapelog.Snapshot, want []shapeOp) (int, error) {
+	if snap == nil {
+		return 0, nil
+	}
+	split := 0
+	for i, o := range want {
+		if snap.Snapshot.Visible(o.xid) {
+			if split < i {
+				return 0, fmt.Errorf("the initial snapshot saw transaction %d (operation %d) but not the one of operation %d: the history has more than one writer", o.xid, i+1, split+1)
+			}
+			split = i + 1
+		}
+	}
+	return split, nil
 }
 
 // historySplit is the number of want's operations up to and including

@@ -206,8 +206,13 @@ func GetRouting(ctx context.Context, kv jetstream.KeyValue) (Routing, error) {
 	if err != nil {
 		return Routing{}, fmt.Errorf("read %s from KV bucket %s: %w", RoutingKey, Bucket, err)
 	}
+	return DecodeRouting(e.Value())
+}
+
+// DecodeRouting reads a RoutingKey value.
+func DecodeRouting(data []byte) (Routing, error) {
 	var r Routing
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := json.Unmarshal(data, &r); err != nil {
 		return Routing{}, fmt.Errorf("%s in KV bucket %s is not valid JSON: %w", RoutingKey, Bucket, err)
 	}
 	return r, nil
