@@ -2,6 +2,7 @@ package flushd
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ type scenario struct {
 	bus       *fanout.Bus
 	published pglogrepl.LSN
 	parts     map[string]int // each shape of a scenario has a partition of its own
+	flushes   int            // consumers made by flush, for unique names
 }
 
 func (s *scenario) partition(shape string) int {
@@ -59,13 +61,18 @@ func (s *scenario) ingestPublished(lsn pglogrepl.LSN) { s.published = lsn }
 // flush persists (acks) the oldest pending fragment of shape.
 func (s *scenario) flush(shape string) {
 	s.t.Helper()
+	// A name of its own each time: a durable made again right after its
+	// deletion can meet the server still writing the deleted one's state
+	// ("rename .../obs/flush-x/o.dat.tmp: no such file or directory").
+	s.flushes++
+	name := fmt.Sprintf("flush-%s-%d", shape, s.flushes)
 	c, err := s.bus.Stream.CreateOrUpdateConsumer(s.ctx, jetstream.ConsumerConfig{
-		Durable: "flush-" + shape, FilterSubject: fanout.Subject(s.partition(shape)), AckPolicy: jetstream.AckExplicitPolicy,
+		Durable: name, FilterSubject: fanout.Subject(s.partition(shape)), AckPolicy: jetstream.AckExplicitPolicy,
 	})
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	defer s.bus.Stream.DeleteConsumer(s.ctx, "flush-"+shape)
+	defer s.bus.Stream.DeleteConsumer(s.ctx, name)
 	msgs, err := c.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
 	if err != nil {
 		s.t.Fatal(err)
