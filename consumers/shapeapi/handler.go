@@ -288,7 +288,7 @@ func (s *Server) serveShape(ctx context.Context, w http.ResponseWriter, r *http.
 // serveNow answers offset=now: no messages but an up-to-date, at the
 // current end of the log ("0_inf" while the log has no entry).
 func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, v *shapeView) {
-	safe := pglogrepl.LSN(s.marks.safe.Load())
+	floor := s.marks.floor(ctx, v.shape.Handle) // before the read: a true watermark
 	p, err := s.planLog(v.shape.Handle, v, v.logStartOf(v.chain.Current().Number))
 	if err != nil {
 		s.fail(w, err)
@@ -299,7 +299,7 @@ func (s *Server) serveNow(ctx context.Context, w http.ResponseWriter, r *http.Re
 		off = LastOp(last)
 	}
 	c := NewChunk(s.cfg.API.ChunkBytes, off)
-	c.Control(UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, true)))
+	c.Control(UpToDate(s.marks.forHeldLog(p.lastCommit(), p.held, floor)))
 	h := w.Header()
 	h.Set("electric-up-to-date", "")
 	h.Set("electric-has-data", "false")
@@ -343,8 +343,9 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 	}
 	deadline := time.NewTimer(max(hold, s.cfg.API.LongPollTimeout/2))
 	defer deadline.Stop()
+	target, waitUntil := s.marks.served.Load(), time.Now().Add(markWait) // a non-live read's wait (watermark.go)
 	for {
-		safe := pglogrepl.LSN(s.marks.safe.Load()) // before the read: a true watermark
+		safe := s.marks.floor(ctx, handle) // before the read: a true watermark
 		p, err := s.planLog(handle, v, at)
 		if isExpired(err) {
 			s.expired(w, handle, err)
@@ -360,6 +361,19 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 		}
 		beyond := p.empty() && p.atEnd && s.pastEnd(ctx, handle, p, from, safe)
 		if !p.empty() || (!req.Live && !beyond) {
+			// Only a non-live read with nothing new waits for its
+			// watermark: that is the refresh pglite-sync makes of its other
+			// shapes. A read with data answers at once: a client's prefetch
+			// (Electric's 1.0 client aborts those, and cannot survive an
+			// abort that comes while they are held).
+			// A log holding records back caps its watermark below them:
+			// waiting cannot raise it.
+			if !req.Live && p.empty() && p.atEnd && p.held == 0 && s.marks.behind(s.marks.forLog(p.lastCommit(), safe), target) && time.Now().Before(waitUntil) {
+				if !sleep(ctx, markTTL) {
+					return
+				}
+				continue
+			}
 			s.writeLogResponse(ctx, w, r, req, v, p, safe)
 			return
 		}
@@ -393,7 +407,8 @@ func (s *Server) pastEnd(ctx context.Context, handle string, p *logPlan, from Of
 	if ok && !from.After(LastOp(last)) || from.Tx == 0 {
 		return false
 	}
-	return from.Tx > uint64(s.marks.forLog(ctx, handle, p.lastCommit(), safe, false))
+	// Not a watermark handed out: the newest mark may be read after the log.
+	return from.Tx > uint64(max(s.marks.forLog(p.lastCommit(), safe), s.marks.floor(ctx, handle)))
 }
 
 // writeLogResponse writes the 200 of plan p: its messages, then an
@@ -402,13 +417,7 @@ func (s *Server) writeLogResponse(ctx context.Context, w http.ResponseWriter, r 
 	h := w.Header()
 	var upToDate []byte
 	if p.atEnd {
-		// Only a non-live read with nothing new waits for its watermark
-		// (watermark.go): that is the refresh pglite-sync makes of its
-		// other shapes. A read with data answers at once: a client's
-		// prefetch (Electric's 1.0 client aborts those, and cannot survive
-		// an abort that comes while they are held).
-		wait := !req.Live && p.empty()
-		upToDate = UpToDate(s.marks.forHeldLog(ctx, v.shape.Handle, p.lastCommit(), p.held, safe, wait))
+		upToDate = UpToDate(s.marks.forHeldLog(p.lastCommit(), p.held, safe))
 		h.Set("electric-up-to-date", "")
 	}
 	h.Set("electric-has-data", strconv.FormatBool(!p.empty()))
@@ -543,7 +552,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 	bw, release := s.bodyWriter(w)
 	defer release()
 	for {
-		safe := pglogrepl.LSN(s.marks.safe.Load())
+		safe := s.marks.floor(ctx, handle) // before the read: a true watermark
 		p, err := s.planLog(handle, v, at)
 		if err != nil || p.truncated {
 			// The client reconnects and gets the 409 or the error then.
@@ -561,7 +570,7 @@ func (s *Server) serveSSE(ctx context.Context, w http.ResponseWriter, req *Reque
 			}
 			err := s.eachLogMessage(handle, v, p, event)
 			if err == nil && p.atEnd {
-				err = event(UpToDate(s.marks.forHeldLog(ctx, handle, p.lastCommit(), p.held, safe, false)))
+				err = event(UpToDate(s.marks.forHeldLog(p.lastCommit(), p.held, safe)))
 			}
 			if err == nil {
 				err = bw.Flush()

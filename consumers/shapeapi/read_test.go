@@ -253,7 +253,7 @@ func TestWatermarksStayBelowHeldRecords(t *testing.T) {
 		if !p.atEnd || p.held != 200 {
 			t.Fatalf("after %v: at end %v, held %v; want the end, held from 200", after, p.atEnd, p.held)
 		}
-		if w := s.marks.forHeldLog(ctx, "sx", p.lastCommit(), p.held, 1000, false); w != 199 {
+		if w := s.marks.forHeldLog(p.lastCommit(), p.held, 1000); w != 199 {
 			t.Fatalf("after %v: watermark %v with records held from 200", after, w)
 		}
 	}
@@ -270,7 +270,7 @@ func TestWatermarksStayBelowHeldRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := s.marks.forHeldLog(ctx, "sx", p.lastCommit(), p.held, 1000, false); p.held != 0 || w != Watermark(400, 1000) {
+	if w := s.marks.forHeldLog(p.lastCommit(), p.held, 1000); p.held != 0 || w != Watermark(400, 1000) {
 		t.Fatalf("nothing held: held %v, watermark %v", p.held, w)
 	}
 }

@@ -25,18 +25,27 @@ import (
 //   - the log's own last transaction (Watermark: everything before it is in
 //     the log, the partition being handled in commit order);
 //   - flushd's safe LSN (everything below it is persisted everywhere);
-//   - the shape's partition mark, read fresh from JetStream: ingest's
-//     published LSN (read first) or the commit LSN of the oldest message
-//     still waiting in the shape's partition, whichever is lower. Below it,
+//   - the shape's partition mark, read from JetStream: ingest's published
+//     LSN (read first) or the commit LSN of the oldest message still
+//     waiting in the shape's partition, whichever is lower. Below it,
 //     everything of that partition is persisted. It runs ahead of the safe
 //     LSN by flushd's poll interval and by every other partition's backlog.
+//
+// The safe LSN and the mark are read before the log (floor): what a
+// consumer persists after the read began may be above them, never below.
+// A mark read after the log would be false: the consumer may persist and
+// ack a transaction between the two reads, and the answer would then say
+// up to date past a transaction it does not hold (pglite-sync drops it
+// when it comes: TestPGliteSyncResumesAcrossCompactions lost two
+// transactions of one table that way, in about one run of three).
 //
 // A non-live read at the end of a log that brings nothing new (the refresh
 // pglite-sync makes of every other shape once data arrived on one) waits,
 // a bounded time, for its partition mark to pass the newest transaction
 // this server has served from any log (pglite-sync waits for exactly
-// that), instead of answering with a lower watermark that would hold the
-// client for a long poll.
+// that), reading its floor and then its log again each time (serveLog),
+// instead of answering with a lower watermark that would hold the client
+// for a long poll.
 
 // markTTL is how long a partition mark is reused: requests at the end of
 // many shapes of one partition share one pair of JetStream reads.
@@ -94,42 +103,42 @@ func (m *watermarks) saw(lsn pglogrepl.LSN) {
 	}
 }
 
+// floor is what a watermark of handle's log may say from what is known
+// before the log is read: flushd's safe LSN and the shape's partition mark
+// (as an LSN below which everything is persisted). Read it, then the log.
+func (m *watermarks) floor(ctx context.Context, handle string) pglogrepl.LSN {
+	w := pglogrepl.LSN(m.safe.Load())
+	if mark, err := m.mark(ctx, fanout.Partition(handle, m.partitions)); err == nil && mark > w {
+		w = mark
+	}
+	return w
+}
+
 // forLog is the watermark of a read that reached the end of a shape's log
-// whose last transaction committed at last (0: none). safe must have been
-// read before the log was. With wait, a read that would answer below what
-// this server has served waits up to markWait for the partition to catch
-// up (non-live reads); the result is true either way.
-func (m *watermarks) forLog(ctx context.Context, handle string, last pglogrepl.LSN, safe pglogrepl.LSN, wait bool) pglogrepl.LSN {
-	return m.forHeldLog(ctx, handle, last, 0, safe, wait)
+// whose last transaction committed at last (0: none); floor was read
+// before the log was.
+func (m *watermarks) forLog(last, floor pglogrepl.LSN) pglogrepl.LSN {
+	return m.forHeldLog(last, 0, floor)
 }
 
 // forHeldLog is forLog for a log that holds back records from commit LSN
 // held on (0: none; shapelog.ReadLogHeld): the watermark stays below held,
 // since those records are served later with their own LSNs, and a client
-// drops changes at or below a watermark it was handed (pglite-sync). With
-// a cap it does not wait: the read cannot reach the served mark anyway.
-func (m *watermarks) forHeldLog(ctx context.Context, handle string, last, held pglogrepl.LSN, safe pglogrepl.LSN, wait bool) pglogrepl.LSN {
-	w := Watermark(last, safe)
-	target := pglogrepl.LSN(m.served.Load())
-	p := fanout.Partition(handle, m.partitions)
-	deadline := time.Now().Add(markWait)
-	for {
-		if mark, err := m.mark(ctx, p); err == nil && mark > 1 && mark-1 > w {
-			w = mark - 1
-		}
-		if held > 0 && w >= held {
-			// Below held, above the log's last commit (a held record is
-			// a later transaction's, more than a byte further).
-			return max(Watermark(last, 0), held-1)
-		}
-		if !wait || w >= target || time.Now().After(deadline) || ctx.Err() != nil {
-			return w
-		}
-		if !sleep(ctx, markTTL) {
-			return w
-		}
+// drops changes at or below a watermark it was handed (pglite-sync).
+func (m *watermarks) forHeldLog(last, held, floor pglogrepl.LSN) pglogrepl.LSN {
+	w := Watermark(last, floor)
+	if held > 0 && w >= held {
+		// Below held, above the log's last commit (a held record is a
+		// later transaction's, more than a byte further).
+		return max(Watermark(last, 0), held-1)
 	}
+	return w
 }
+
+// behind reports whether watermark w is below target, the newest commit
+// this server had served when a read began: a non-live read with nothing
+// new then waits (up to markWait) rather than answer it.
+func (m *watermarks) behind(w pglogrepl.LSN, target uint64) bool { return uint64(w) < target }
 
 // mark is partition p's mark: everything of p below it is persisted.
 func (m *watermarks) mark(ctx context.Context, p int) (pglogrepl.LSN, error) {
