@@ -117,6 +117,7 @@ func (s *Service) firstStart(ctx context.Context, conn *pgx.Conn, obs Observed) 
 			return 0, err
 		}
 		from, id.Created = lsn, true
+		s.slotCreated = true
 		s.log.Info("created replication slot", "slot", cfg.Slot, "at", from)
 	} else {
 		from = obs.Slot.Confirmed
@@ -207,6 +208,7 @@ func (s *Service) resyncAll(ctx context.Context, conn *pgx.Conn, rec Recorded, o
 	if err != nil {
 		return 0, err
 	}
+	s.slotCreated = true
 	if s.tracker != nil {
 		s.tracker.Reset(from)
 	}

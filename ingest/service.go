@@ -63,6 +63,11 @@ type Service struct {
 	confirmed   atomic.Uint64 // last position sent to Postgres
 	statusEvery time.Duration // the session's status interval (keepalive.go)
 
+	// slotCreated: this session's slot was made by it (nothing was sent
+	// from it before). resends: the session may send again what was
+	// published before it (subqrestart.go). Set by prepare.
+	slotCreated, resends bool
+
 	// Replication continuity: the book of what was recorded, the shaped
 	// tables, and the checks' lock (held by a session's start check and
 	// the running checks; they also read tracker and hint under it).
@@ -277,10 +282,14 @@ func (s *Service) session(ctx context.Context, workerErr <-chan error, goWorker 
 func (s *Service) prepare(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, goWorker func(string, func(context.Context) error)) (pglogrepl.LSN, error) {
 	s.resyncMu.Lock()
 	defer s.resyncMu.Unlock()
+	s.slotCreated = false
 	from, err := s.checkAtStart(ctx, conn, repl)
 	if err != nil {
 		return 0, err
 	}
+	// What an earlier process published is unknown here; this process's
+	// own is in its tracker.
+	s.resends = !s.slotCreated && (s.tracker == nil || s.tracker.Published() > from)
 	if s.tracker == nil {
 		s.tracker = NewTracker(from)
 		s.publisher = NewPublisher(s.bus.JS, PublisherOptions{

@@ -153,6 +153,106 @@ func TestSubqueryShapesFollowHistory(t *testing.T) {
 	}
 }
 
+// TestSubqueryShapesSurviveKills: the same workload and checks as
+// TestSubqueryShapesFollowHistory, with ingest and a consumer SIGKILLed
+// while transactions on the inner and outer tables commit, and started
+// again: ingest rebuilds the subqueries' results at its session start and
+// rewinds them to where the stream resumes; a consumer's partitions move to
+// the other and back. Every shape's log still follows the history at every
+// point a reader may see, and the API serves exactly the query.
+func TestSubqueryShapesSurviveKills(t *testing.T) {
+	s := newStack(t)
+	s.exec(subqueryTablesSQL)
+	s.recordSubqueryHistory("projects", "members", "issues")
+	s.exec(`INSERT INTO projects SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g % 3 = 0 FROM generate_series(1, 6) g`)
+	s.exec(`INSERT INTO members SELECT g, 1 + g % 3, 1 + g % 6 FROM generate_series(1, 10) g`)
+	s.exec(`INSERT INTO issues SELECT g, 1 + g % 6, CASE WHEN g % 5 = 0 THEN 'pinned' ELSE 'a' END, g % 3 FROM generate_series(1, 40) g`)
+	s.startFlushd()
+	s.startConsumer("c1")
+	s.startConsumer("c2")
+	s.startIngest()
+	s.waitSlot()
+	base := s.startShapeAPI()
+	var defs []shapeDef
+	for _, w := range subqueryShapes {
+		defs = append(defs, s.addShape("public.issues", w))
+	}
+	for _, d := range defs {
+		s.shapeRows(d.handle) // served: its snapshot is taken
+	}
+	rnd := rand.New(rand.NewSource(2))
+	next := 40
+	for round, victim := range []string{"ingest", "c1", "ingest", "c2", "ingest"} {
+		// The kill lands while the round's transactions commit (the
+		// workload runs on this goroutine: it may fail the test).
+		killed := make(chan struct{})
+		go func() {
+			defer close(killed)
+			time.Sleep(time.Duration(100+50*round) * time.Millisecond)
+			s.procs[victim].Kill()
+		}()
+		s.subqueryWorkload(rnd, 40, &next)
+		<-killed
+		t.Logf("round %d: killed %s during the workload", round, victim)
+		if victim == "ingest" {
+			s.startIngest()
+		} else {
+			s.startConsumer(victim)
+		}
+	}
+	s.subqueryWorkload(rnd, 20, &next)
+	s.drain()
+	// Ingest replaces the shapes with subqueries when it starts a session
+	// again (their move-ins cannot be sent again identically): each is
+	// followed to its replacement, which must be exact.
+	for i, d := range defs {
+		defs[i] = s.replacementOf(d)
+		s.waitReady(defs[i].handle, 2*time.Minute)
+	}
+	s.drain()
+	for _, d := range defs {
+		s.checkSubqueryLog(d)
+		if got, want := renderRows(s.shapeRows(d.handle)), renderRows(s.expectedRows(d.table, d.where, nil)); got != want {
+			t.Errorf("shape %s (%s): shape rows differ from SELECT:\n%s--- SELECT\n%s", d.handle, d.where, got, want)
+		}
+		tagged, plain := syncSubqueryShape(t, base, d.where)
+		want := renderRows(s.expectedRows(d.table, d.where, nil))
+		if tagged != want || plain != want {
+			t.Errorf("HTTP API, shape %s: applied with tags:\n%s\napplied as a plain client:\n%s\n--- SELECT\n%s", d.where, tagged, plain, want)
+		}
+	}
+}
+
+// replacementOf is the shape that serves d's definition now: d itself, or
+// the shape that replaced it (a rotation), once d is gone.
+func (s *stack) replacementOf(d shapeDef) shapeDef {
+	s.t.Helper()
+	var out shapeDef
+	testenv.Eventually(s.t, time.Minute, "one shape of "+d.where, func() bool {
+		stdout, _, err := testenv.Run(s.t, "fanoutctl", []string{"shape", "ls", "--json"}, s.env...)
+		if err != nil {
+			return false
+		}
+		var list []struct {
+			Handle string `json:"handle"`
+			Table  string `json:"table"`
+			Where  string `json:"where"`
+		}
+		if json.Unmarshal([]byte(stdout), &list) != nil {
+			return false
+		}
+		n := 0
+		for _, l := range list {
+			if l.Table == fanout.QualifiedTable(d.table) && l.Where == d.where {
+				n++
+				out = shapeDef{handle: l.Handle, table: d.table, where: d.where, columns: d.columns}
+			}
+		}
+		return n == 1
+	})
+	return out
+}
+
 // checkSubqueryLog replays d's log (after its snapshot) and, at every point
 // a reader may see, compares both clients' rows with the clause evaluated
 // over the oracle's tables at that transaction.
