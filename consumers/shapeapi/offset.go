@@ -6,6 +6,7 @@
 package shapeapi
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"strconv"
@@ -98,18 +99,8 @@ func (o Offset) Compare(p Offset) int {
 		return -1
 	case p.Start:
 		return 1
-	case o.Tx != p.Tx:
-		if o.Tx < p.Tx {
-			return -1
-		}
-		return 1
-	case o.Op != p.Op:
-		if o.Op < p.Op {
-			return -1
-		}
-		return 1
 	}
-	return 0
+	return cmp.Or(cmp.Compare(o.Tx, p.Tx), cmp.Compare(o.Op, p.Op))
 }
 
 // After reports whether o comes strictly after p.

@@ -275,7 +275,7 @@ func (s *Server) serveSubset(ctx context.Context, w http.ResponseWriter, req *Re
 		prepare = func(conn *pgconn.PgConn) error {
 			var err error
 			res, err = match.BuildResults(pred, func(sq *match.Subquery) ([]fanout.Row, error) {
-				return textRows(ctx, conn, sq.LoadSQL())
+				return pgpool.TextRows(ctx, conn, sq.LoadSQL())
 			})
 			return err
 		}
@@ -347,28 +347,4 @@ func subsetHeaders(rel Relation, mark int32) []byte {
 	b = append(b[:len(b)-1], `,"snapshot_mark":`...)
 	b = strconv.AppendInt(b, int64(mark), 10)
 	return append(b, '}')
-}
-
-// textRows runs sql (no parameters) on conn, in its open transaction, and
-// returns its rows in Postgres text form by column name.
-func textRows(ctx context.Context, conn *pgconn.PgConn, sql string) ([]fanout.Row, error) {
-	rr := conn.ExecParams(ctx, sql, nil, nil, nil, nil)
-	var out []fanout.Row
-	for rr.NextRow() {
-		fields := rr.FieldDescriptions()
-		row := make(fanout.Row, len(fields))
-		for i, v := range rr.Values() {
-			if v == nil {
-				row[fields[i].Name] = nil
-				continue
-			}
-			s := string(v)
-			row[fields[i].Name] = &s
-		}
-		out = append(out, row)
-	}
-	if _, err := rr.Close(); err != nil {
-		return nil, err
-	}
-	return out, nil
 }

@@ -8,6 +8,7 @@ package shapelog
 // and, for an offset handed out earlier, the generation that offset is in.
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,19 +63,7 @@ const RecordOverhead = headerSize + recordHeaderSize
 
 // Compare orders offsets.
 func (o OpOffset) Compare(p OpOffset) int {
-	switch {
-	case o.LSN != p.LSN:
-		if o.LSN < p.LSN {
-			return -1
-		}
-		return 1
-	case o.Op != p.Op:
-		if o.Op < p.Op {
-			return -1
-		}
-		return 1
-	}
-	return 0
+	return cmp.Or(cmp.Compare(o.LSN, p.LSN), cmp.Compare(o.Op, p.Op))
 }
 
 func (o OpOffset) String() string {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/fanout/pipeline/consumers/pgpool"
 	"github.com/fanout/pipeline/consumers/shapelog"
 	"github.com/fanout/pipeline/consumers/wheresql"
 	"github.com/fanout/pipeline/fanout"
@@ -98,7 +99,8 @@ func (g *group) attempt(ctx context.Context, jobs []*job, routing shapestate.Rou
 			// of this snapshot, read in the same transaction; its rows'
 			// messages carry their tags and active conditions.
 			res, err := match.BuildResults(j.pred, func(s *match.Subquery) ([]fanout.Row, error) {
-				return readSubqueryRows(ctx, conn.PgConn(), s.LoadSQL())
+				rows, err := pgpool.TextRows(ctx, conn.PgConn(), s.LoadSQL())
+				return rows, describe(err)
 			})
 			if err != nil {
 				return nil, fmt.Errorf("read the results of the subqueries of shape %s: %w", j.shape.Handle, err)
@@ -266,28 +268,4 @@ func withoutFailed(jobs []*job) []*job {
 		}
 	}
 	return out
-}
-
-// readSubqueryRows runs sql (no parameters) on conn, in its open
-// transaction, and returns its rows in Postgres text form by column name.
-func readSubqueryRows(ctx context.Context, conn *pgconn.PgConn, sql string) ([]fanout.Row, error) {
-	rr := conn.ExecParams(ctx, sql, nil, nil, nil, nil)
-	var out []fanout.Row
-	for rr.NextRow() {
-		fields := rr.FieldDescriptions()
-		row := make(fanout.Row, len(fields))
-		for i, v := range rr.Values() {
-			if v == nil {
-				row[fields[i].Name] = nil
-				continue
-			}
-			s := string(v)
-			row[fields[i].Name] = &s
-		}
-		out = append(out, row)
-	}
-	if _, err := rr.Close(); err != nil {
-		return nil, describe(err)
-	}
-	return out, nil
 }

@@ -108,14 +108,10 @@ func (s *stack) subqueryWorkload(rnd *rand.Rand, n int, nextIssue *int) {
 	}
 }
 
-// TestSubqueryShapesFollowHistory: shapes with subqueries under random
-// transactions on their own and their subqueries' tables. After each
-// transaction of a shape's log (at every point a reader may see), applying
-// the log as electric-db-collection does (tags, move events) and as a plain
-// client does (row changes only) both give exactly SELECT ... WHERE
-// <clause> over the tables as that transaction left them (replayed from a
-// recorded history); and the HTTP API serves the same.
-func TestSubqueryShapesFollowHistory(t *testing.T) {
+// startSubqueryStack starts the stack of the subquery tests: the tables,
+// their history recorded and their first rows, two consumers, ingest, the
+// HTTP API, and subqueryShapes added and snapshotted.
+func startSubqueryStack(t *testing.T) (*stack, string, []shapeDef) {
 	s := newStack(t)
 	s.exec(subqueryTablesSQL)
 	s.recordSubqueryHistory("projects", "members", "issues")
@@ -135,13 +131,15 @@ func TestSubqueryShapesFollowHistory(t *testing.T) {
 	for _, d := range defs {
 		s.shapeRows(d.handle) // served: its snapshot is taken
 	}
-	rnd := rand.New(rand.NewSource(1))
-	next := 40
-	s.subqueryWorkload(rnd, 150, &next)
-	s.drain()
+	return s, base, defs
+}
+
+// checkSubqueryShapes checks every shape's log against the history, then
+// fanoutctl shape rows (Materialize) and the HTTP API against the query now.
+func (s *stack) checkSubqueryShapes(t *testing.T, base string, defs []shapeDef) {
+	t.Helper()
 	for _, d := range defs {
 		s.checkSubqueryLog(d)
-		// fanoutctl shape rows (Materialize) and the HTTP API: the query now.
 		if got, want := renderRows(s.shapeRows(d.handle)), renderRows(s.expectedRows(d.table, d.where, nil)); got != want {
 			t.Errorf("shape %s (%s): shape rows differ from SELECT:\n%s--- SELECT\n%s", d.handle, d.where, got, want)
 		}
@@ -153,6 +151,22 @@ func TestSubqueryShapesFollowHistory(t *testing.T) {
 	}
 }
 
+// TestSubqueryShapesFollowHistory: shapes with subqueries under random
+// transactions on their own and their subqueries' tables. After each
+// transaction of a shape's log (at every point a reader may see), applying
+// the log as electric-db-collection does (tags, move events) and as a plain
+// client does (row changes only) both give exactly SELECT ... WHERE
+// <clause> over the tables as that transaction left them (replayed from a
+// recorded history); and the HTTP API serves the same.
+func TestSubqueryShapesFollowHistory(t *testing.T) {
+	s, base, defs := startSubqueryStack(t)
+	rnd := rand.New(rand.NewSource(1))
+	next := 40
+	s.subqueryWorkload(rnd, 150, &next)
+	s.drain()
+	s.checkSubqueryShapes(t, base, defs)
+}
+
 // TestSubqueryShapesSurviveKills: the same workload and checks as
 // TestSubqueryShapesFollowHistory, with ingest and a consumer SIGKILLed
 // while transactions on the inner and outer tables commit, and started
@@ -161,25 +175,7 @@ func TestSubqueryShapesFollowHistory(t *testing.T) {
 // the other and back. Every shape's log still follows the history at every
 // point a reader may see, and the API serves exactly the query.
 func TestSubqueryShapesSurviveKills(t *testing.T) {
-	s := newStack(t)
-	s.exec(subqueryTablesSQL)
-	s.recordSubqueryHistory("projects", "members", "issues")
-	s.exec(`INSERT INTO projects SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g % 3 = 0 FROM generate_series(1, 6) g`)
-	s.exec(`INSERT INTO members SELECT g, 1 + g % 3, 1 + g % 6 FROM generate_series(1, 10) g`)
-	s.exec(`INSERT INTO issues SELECT g, 1 + g % 6, CASE WHEN g % 5 = 0 THEN 'pinned' ELSE 'a' END, g % 3 FROM generate_series(1, 40) g`)
-	s.startFlushd()
-	s.startConsumer("c1")
-	s.startConsumer("c2")
-	s.startIngest()
-	s.waitSlot()
-	base := s.startShapeAPI()
-	var defs []shapeDef
-	for _, w := range subqueryShapes {
-		defs = append(defs, s.addShape("public.issues", w))
-	}
-	for _, d := range defs {
-		s.shapeRows(d.handle) // served: its snapshot is taken
-	}
+	s, base, defs := startSubqueryStack(t)
 	rnd := rand.New(rand.NewSource(2))
 	next := 40
 	for round, victim := range []string{"ingest", "c1", "ingest", "c2", "ingest"} {
@@ -210,17 +206,7 @@ func TestSubqueryShapesSurviveKills(t *testing.T) {
 		s.waitReady(defs[i].handle, 2*time.Minute)
 	}
 	s.drain()
-	for _, d := range defs {
-		s.checkSubqueryLog(d)
-		if got, want := renderRows(s.shapeRows(d.handle)), renderRows(s.expectedRows(d.table, d.where, nil)); got != want {
-			t.Errorf("shape %s (%s): shape rows differ from SELECT:\n%s--- SELECT\n%s", d.handle, d.where, got, want)
-		}
-		tagged, plain := syncSubqueryShape(t, base, d.where)
-		want := renderRows(s.expectedRows(d.table, d.where, nil))
-		if tagged != want || plain != want {
-			t.Errorf("HTTP API, shape %s: applied with tags:\n%s\napplied as a plain client:\n%s\n--- SELECT\n%s", d.where, tagged, plain, want)
-		}
-	}
+	s.checkSubqueryShapes(t, base, defs)
 }
 
 // replacementOf is the shape that serves d's definition now: d itself, or
