@@ -55,10 +55,11 @@ func materializedIDs(t *testing.T, dir string) string {
 	return strings.Join(ids, ",")
 }
 
-// A move-out gets the deletes of the rows it drops put before it, from the
-// shape's log (built the first time) and from what the worker wrote since;
-// a duplicate is left alone.
-func TestMoveOutGetsDeletes(t *testing.T) {
+// moveOutFixture is a store with partition 0 taken by w, and the
+// move-out state of a worker over it; keyed names the shapes with
+// subqueries and their keys.
+func moveOutFixture(t *testing.T, keyed func(string) ([]string, bool)) (*shapelog.FileStore, shapelog.Writer, *moveOuts) {
+	t.Helper()
 	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -67,9 +68,18 @@ func TestMoveOutGetsDeletes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, h == "sa" },
-		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
+	t.Cleanup(func() { w.Close() })
+	return st, w, newMoveOuts(st.Dir(), keyed, slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
+}
+
+// everyShape: every shape has subqueries, keyed by id.
+func everyShape(string) ([]string, bool) { return []string{"id"}, true }
+
+// A move-out gets the deletes of the rows it drops put before it, from the
+// shape's log (built the first time) and from what the worker wrote since;
+// a duplicate is left alone.
+func TestMoveOutGetsDeletes(t *testing.T) {
+	st, w, m := moveOutFixture(t, func(h string) ([]string, bool) { return []string{"id"}, h == "sa" })
 	write := func(fs ...*fanout.Fragment) []*fanout.Fragment {
 		fs = m.expand(fs)
 		if _, err := w.Append(context.Background(), fs); err != nil {
@@ -101,20 +111,10 @@ func TestMoveOutGetsDeletes(t *testing.T) {
 // known then): the next state built finds the rows a client that ignores
 // events still holds, and deletes them with the next fragment.
 func TestMissedMoveOutDeletesAreMadeUp(t *testing.T) {
-	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := st.Take(context.Background(), 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	_, w, m := moveOutFixture(t, everyShape)
 	if _, err := w.Append(context.Background(), []*fanout.Fragment{sqFrag(100, taggedInsert("1", "10"), taggedInsert("2", "20")), sqFrag(200, moveOut("10"))}); err != nil {
 		t.Fatal(err)
 	}
-	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, true },
-		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
 	got := m.expand([]*fanout.Fragment{sqFrag(300, taggedInsert("5", "20"), moveOut("30"))})
 	if s := ops(got[0]); s != "delete:1 insert:5 move-out" {
 		t.Fatalf("fragment after a move-out without deletes: %s", s)
@@ -124,12 +124,7 @@ func TestMissedMoveOutDeletesAreMadeUp(t *testing.T) {
 // The rows a batch inserts before its first move-out are in the state the
 // move-out is expanded with, though they are not on disk yet.
 func TestMoveOutSeesRowsEarlierInItsBatch(t *testing.T) {
-	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, true },
-		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
+	_, _, m := moveOutFixture(t, everyShape)
 	got := m.expand([]*fanout.Fragment{sqFrag(100, taggedInsert("1", "10")), sqFrag(200, moveOut("10"))})
 	if s := ops(got[1]); s != "delete:1 move-out" {
 		t.Fatalf("move-out after an insert in the same batch: %s", s)
@@ -143,20 +138,10 @@ func TestMoveOutSeesRowsEarlierInItsBatch(t *testing.T) {
 // or holds no more, stays an insert. The state is built on the shape's
 // first fragment, not only at a move-out.
 func TestInsertOfAHeldRowIsAnUpdate(t *testing.T) {
-	st, err := shapelog.NewFileStore(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := st.Take(context.Background(), 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	st, w, m := moveOutFixture(t, everyShape)
 	if _, err := w.Append(context.Background(), []*fanout.Fragment{sqFrag(100, taggedInsert("1", "10"), taggedInsert("2", "20"))}); err != nil {
 		t.Fatal(err)
 	}
-	m := newMoveOuts(st.Dir(), func(h string) ([]string, bool) { return []string{"id"}, true },
-		slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(prometheus.NewRegistry()))
 	moveIn := taggedInsert("1", "10")
 	moveIn.MoveIn = true
 	got := m.expand([]*fanout.Fragment{
