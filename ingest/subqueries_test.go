@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fanout/pipeline/consumers/shapelog"
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fanout/pipeline/fanout"
 	"github.com/fanout/pipeline/fanout/shapes"
 	"github.com/fanout/pipeline/fanout/shapestate"
@@ -73,10 +74,11 @@ func shapeChanges(t *testing.T, bus *fanout.Bus, h string) (changes []fanout.Cha
 	return changes, opened, closed
 }
 
-// A member joining a project moves that project's issues into the shape:
-// the move-in event opens a window in the member's transaction, and the
-// issues read from Postgres follow, closing it; leaving is a move-out.
-func TestMoveInAndOutOnTheBus(t *testing.T) {
+// startSubqueryIngest runs ingest (with a flushd stand-in that always
+// flushes) on the subquery tables, and adds the shape "the issues of user
+// 7's projects", routed.
+func startSubqueryIngest(t *testing.T) (*testenv.Postgres, *fanout.Bus, *pgx.Conn, *fanout.Shape) {
+	t.Helper()
 	pg := testenv.StartPostgres(t)
 	ns := testenv.StartNATS(t)
 	bus := ns.Bus(t)
@@ -86,6 +88,14 @@ func TestMoveInAndOutOnTheBus(t *testing.T) {
 	runIngest(t, pg, ns)
 	sh, rev := addSubqueryShape(t, pg, bus)
 	awaitRouted(t, bus, rev)
+	return pg, bus, conn, sh
+}
+
+// A member joining a project moves that project's issues into the shape:
+// the move-in event opens a window in the member's transaction, and the
+// issues read from Postgres follow, closing it; leaving is a move-out.
+func TestMoveInAndOutOnTheBus(t *testing.T) {
+	pg, bus, conn, sh := startSubqueryIngest(t)
 
 	pg.Exec(t, conn, "INSERT INTO issues VALUES (4, 10, 'routed')")
 	pg.Exec(t, conn, "INSERT INTO members VALUES (3, 7, 20)") // project 20 moves in: issue 2
@@ -129,15 +139,7 @@ func TestMoveInAndOutOnTheBus(t *testing.T) {
 // an insert of the whole row (its client may not hold it), and the rows
 // read later still land after every transaction the read did not see.
 func TestUpdateDuringAMoveInIsAWholeRow(t *testing.T) {
-	pg := testenv.StartPostgres(t)
-	ns := testenv.StartNATS(t)
-	bus := ns.Bus(t)
-	conn := pg.Connect(t)
-	pg.Exec(t, conn, subqueryTables)
-	standInFlushd(t, bus, func(context.Context) bool { return true })
-	runIngest(t, pg, ns)
-	sh, rev := addSubqueryShape(t, pg, bus)
-	awaitRouted(t, bus, rev)
+	pg, bus, conn, sh := startSubqueryIngest(t)
 
 	// One transaction moves project 20 in and updates its issue: the
 	// update comes after the move-in event, before the rows are read.
@@ -162,39 +164,6 @@ func TestUpdateDuringAMoveInIsAWholeRow(t *testing.T) {
 	if len(rows) == 0 || !strings.HasSuffix(rows[len(rows)-1], ":b3") {
 		t.Fatalf("row messages %v: the last must carry title b3", rows)
 	}
-}
-
-// busShape applies a shape's fragments on the bus as its log would keep
-// them (a position at most once, in stream order) and as a client
-// following tags applies them: the rows it ends with, by id.
-func busShape(t *testing.T, bus *fanout.Bus, h string, initial ...fanout.Change) map[string]string {
-	t.Helper()
-	st := shapelog.NewTagState([]string{"id"})
-	rows := map[string]string{}
-	for _, c := range initial { // the shape's snapshot
-		st.Apply(c)
-		rows[*c.Row["id"]] = *c.Row["title"]
-	}
-	var last fanout.Position
-	has := false
-	for _, f := range streamFragments(t, bus) {
-		if f.Shape != h || (has && !f.Position().After(last)) {
-			continue
-		}
-		last, has = f.Position(), true
-		for _, c := range f.Changes {
-			for _, d := range st.Apply(c) {
-				delete(rows, *d.Old["id"])
-			}
-			switch c.Op {
-			case fanout.OpInsert, fanout.OpUpdate:
-				rows[*c.Row["id"]] = *c.Row["title"]
-			case fanout.OpDelete:
-				delete(rows, *c.Old["id"])
-			}
-		}
-	}
-	return rows
 }
 
 // After ingest restarts from an earlier position (the slot's confirmed one,
@@ -248,15 +217,7 @@ func TestResultsRebuiltAfterRestart(t *testing.T) {
 // changes) removes it: its clients get 409, and the HTTP API creates it
 // anew, reading the schemas again.
 func TestInnerSchemaChangeRemovesTheShape(t *testing.T) {
-	pg := testenv.StartPostgres(t)
-	ns := testenv.StartNATS(t)
-	bus := ns.Bus(t)
-	conn := pg.Connect(t)
-	pg.Exec(t, conn, subqueryTables)
-	standInFlushd(t, bus, func(context.Context) bool { return true })
-	runIngest(t, pg, ns)
-	sh, rev := addSubqueryShape(t, pg, bus)
-	awaitRouted(t, bus, rev)
+	pg, bus, conn, sh := startSubqueryIngest(t)
 	exists := func() bool {
 		_, err := shapes.Get(context.Background(), bus, sh.Handle)
 		return err == nil
