@@ -26,29 +26,14 @@ CREATE TABLE members (id int PRIMARY KEY, user_id int NOT NULL, project_id int N
 CREATE TABLE issues (id int PRIMARY KEY, project_id int, title text, owner_id int);
 `
 
-// sqHistoryTable records every change of the subquery tests' tables with
-// its transaction, in the order they are made (one writer: commit order).
-const sqHistoryTable = "fanout_test_sq_history"
-
+// recordSubqueryHistory records every change of tables in the history
+// (recordHistory; one writer: commit order), and makes the oracle's
+// copies of them, which checkSubqueryLog replays it into.
 func (s *stack) recordSubqueryHistory(tables ...string) {
 	s.t.Helper()
-	s.exec(`CREATE TABLE ` + sqHistoryTable + ` (seq bigserial PRIMARY KEY, xid bigint NOT NULL DEFAULT txid_current(), tbl text NOT NULL, op text NOT NULL, old jsonb, new jsonb)`)
-	s.exec(`CREATE FUNCTION fanout_test_sq_record() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN
-			IF TG_OP = 'TRUNCATE' THEN
-				INSERT INTO ` + sqHistoryTable + ` (tbl, op) VALUES (TG_TABLE_NAME, 'truncate');
-			ELSE
-				INSERT INTO ` + sqHistoryTable + ` (tbl, op, old, new) VALUES (TG_TABLE_NAME, lower(TG_OP),
-					CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-			END IF;
-			RETURN NULL;
-		END $$`)
-	for _, t := range tables {
-		s.exec(`CREATE TRIGGER fanout_test_sq AFTER INSERT OR UPDATE OR DELETE ON ` + t + ` FOR EACH ROW EXECUTE FUNCTION fanout_test_sq_record()`)
-	}
-	// The oracle's copies, replayed from the history transaction by transaction.
 	s.exec(`CREATE SCHEMA oracle`)
 	for _, t := range tables {
+		s.recordHistory(t)
 		s.exec(`CREATE TABLE oracle.` + t + ` (LIKE public.` + t + ` INCLUDING ALL)`)
 	}
 }
@@ -251,7 +236,7 @@ func (s *stack) checkSubqueryLog(d shapeDef) {
 		tbl, op   string
 		old, new_ []byte
 	}
-	rows, err := s.conn.Query(ctx, `SELECT xid, tbl, op, old, new FROM `+sqHistoryTable+` ORDER BY seq`)
+	rows, err := s.conn.Query(ctx, `SELECT h.xid, c.relname, h.op, h.old, h.new FROM `+historyTable+` h JOIN pg_class c ON c.oid = h.tbl ORDER BY h.seq`)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -287,6 +272,8 @@ func (s *stack) checkSubqueryLog(d shapeDef) {
 				s.exec(`INSERT INTO oracle.`+h.tbl+` SELECT * FROM jsonb_populate_record(NULL::oracle.`+h.tbl+`, $1)`, h.new_)
 			case "delete":
 				s.exec(`DELETE FROM oracle.`+h.tbl+` WHERE id = ($1::jsonb->>'id')::int`, h.old)
+			case "truncate":
+				s.exec(`TRUNCATE oracle.` + h.tbl)
 			}
 		}
 		return true
