@@ -64,11 +64,18 @@ func (s *Service) rebuildResults(ctx context.Context, from pglogrepl.LSN) error 
 		return err
 	}
 	reg.LoadedAt(res.load, c.rows)
-	for table, why := range c.broken {
+	rotated := map[string]bool{}
+	rotate := func(table, why string) {
 		for _, h := range reg.DependentsOf(table) {
-			s.metrics.Rotations.Inc()
-			s.router.sq.rotate(match.Rotation{Handle: h, Reason: why})
+			if !rotated[h] {
+				rotated[h] = true
+				s.metrics.Rotations.Inc()
+				s.router.sq.rotate(match.Rotation{Handle: h, Reason: why})
+			}
 		}
+	}
+	for table, why := range c.broken {
+		rotate(table, why)
 	}
 	// The results are exact at the slot's position, but the session sends
 	// again what was published after it, and the move-ins of those
@@ -80,22 +87,14 @@ func (s *Service) rebuildResults(ctx context.Context, from pglogrepl.LSN) error 
 	// new session behind what this one published), every shape with
 	// subqueries that existed before it is replaced (clients get 409 and
 	// refetch); shapes added from now on are routed from their snapshot.
-	rotated := map[string]bool{}
-	for table := range reg.SubqueryTableKeys() {
-		if !s.resends {
-			break
-		}
-		for _, h := range reg.DependentsOf(table) {
-			if !rotated[h] {
-				rotated[h] = true
-				s.metrics.Rotations.Inc()
-				s.router.sq.rotate(match.Rotation{Handle: h, Reason: "a new replication session re-sends what was published after the slot's position, and its move-ins would be read again at another point"})
-			}
+	if s.resends {
+		for table := range reg.SubqueryTableKeys() {
+			rotate(table, "a new replication session re-sends what was published after the slot's position, and its move-ins would be read again at another point")
 		}
 	}
 	s.router.sq.afterChange(nil) // rotations, and loads of shapes added meanwhile
 	s.handoff.applied(s.router.Applied())
-	s.log.Info("subquery results rebuilt at the slot's position; the shapes with subqueries are replaced", "from", from, "results", len(req.Subqueries),
+	s.log.Info("subquery results rebuilt at the slot's position", "from", from, "results", len(req.Subqueries),
 		"rows_rewound", len(c.rows), "read_at", res.walLSN, "shapes_replaced", len(rotated), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
