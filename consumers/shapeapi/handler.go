@@ -359,16 +359,17 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 			s.rotate(ctx, w, req, handle)
 			return
 		}
-		beyond := p.empty() && p.atEnd && s.pastEnd(ctx, handle, p, from, safe)
+		beyond := p.empty() && p.atEnd && s.pastEnd(ctx, handle, p, from)
 		if !p.empty() || (!req.Live && !beyond) {
-			// Only a non-live read with nothing new waits for its
-			// watermark: that is the refresh pglite-sync makes of its other
-			// shapes. A read with data answers at once: a client's prefetch
-			// (Electric's 1.0 client aborts those, and cannot survive an
-			// abort that comes while they are held).
-			// A log holding records back caps its watermark below them:
-			// waiting cannot raise it.
-			if !req.Live && p.empty() && p.atEnd && p.held == 0 && s.marks.behind(s.marks.forLog(p.lastCommit(), safe), target) && time.Now().Before(waitUntil) {
+			// Only a non-live read with nothing new waits until its
+			// watermark reaches target, the newest commit this server had
+			// served when the read began: that is the refresh pglite-sync
+			// makes of its other shapes. A read with data answers at once:
+			// a client's prefetch (Electric's 1.0 client aborts those, and
+			// cannot survive an abort that comes while they are held). A log
+			// holding records back caps its watermark below them: waiting
+			// cannot raise it.
+			if !req.Live && p.empty() && p.atEnd && p.held == 0 && uint64(s.marks.forLog(p.lastCommit(), safe)) < target && time.Now().Before(waitUntil) {
 				if !sleep(ctx, markTTL) {
 					return
 				}
@@ -402,13 +403,13 @@ func (s *Server) serveLog(shutdown, ctx context.Context, w http.ResponseWriter, 
 // pastEnd reports whether from lies after the end of handle's log and
 // after every watermark it could have been handed (the 1.5 client resumes
 // from "<global_last_seen_lsn>_0" after an SSE batch).
-func (s *Server) pastEnd(ctx context.Context, handle string, p *logPlan, from Offset, safe pglogrepl.LSN) bool {
+func (s *Server) pastEnd(ctx context.Context, handle string, p *logPlan, from Offset) bool {
 	last, ok := p.end.Last()
 	if ok && !from.After(LastOp(last)) || from.Tx == 0 {
 		return false
 	}
-	// Not a watermark handed out: the newest mark may be read after the log.
-	return from.Tx > uint64(max(s.marks.forLog(p.lastCommit(), safe), s.marks.floor(ctx, handle)))
+	// Not a watermark handed out: the newest floor may be read after the log.
+	return from.Tx > uint64(s.marks.forLog(p.lastCommit(), s.marks.floor(ctx, handle)))
 }
 
 // writeLogResponse writes the 200 of plan p: its messages, then an

@@ -135,11 +135,6 @@ func (m *watermarks) forHeldLog(last, held, floor pglogrepl.LSN) pglogrepl.LSN {
 	return w
 }
 
-// behind reports whether watermark w is below target, the newest commit
-// this server had served when a read began: a non-live read with nothing
-// new then waits (up to markWait) rather than answer it.
-func (m *watermarks) behind(w pglogrepl.LSN, target uint64) bool { return uint64(w) < target }
-
 // mark is partition p's mark: everything of p below it is persisted.
 func (m *watermarks) mark(ctx context.Context, p int) (pglogrepl.LSN, error) {
 	m.mu.Lock()
