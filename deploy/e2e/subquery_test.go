@@ -52,7 +52,6 @@ var subqueryShapes = []string{
 // leaving, and transactions that change an inner row and insert issues for it.
 func (s *stack) subqueryWorkload(rnd *rand.Rand, n int, nextIssue *int) {
 	s.t.Helper()
-	ctx := context.Background()
 	for i := 0; i < n; i++ {
 		var stmts []string
 		switch rnd.Intn(7) {
@@ -78,18 +77,7 @@ func (s *stack) subqueryWorkload(rnd *rand.Rand, n int, nextIssue *int) {
 			stmts = append(stmts, fmt.Sprintf("INSERT INTO issues VALUES (%d, %d, '%s', %d)", *nextIssue, 1+rnd.Intn(6), []string{"a", "pinned", "b"}[rnd.Intn(3)], rnd.Intn(3)),
 				fmt.Sprintf("UPDATE issues SET title = '%s' WHERE id = %d", []string{"a", "pinned"}[rnd.Intn(2)], 1+rnd.Intn(*nextIssue)))
 		}
-		tx, err := s.conn.Begin(ctx)
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		for _, st := range stmts {
-			if _, err := tx.Exec(ctx, st); err != nil {
-				s.t.Fatalf("%s: %v", st, err)
-			}
-		}
-		if err := tx.Commit(ctx); err != nil {
-			s.t.Fatal(err)
-		}
+		s.writeTx(stmts...)
 	}
 }
 

@@ -321,17 +321,7 @@ func (r *Registry) LoadedAt(l DepLoad, rows []RewindRow) {
 		if d == nil || d.status != depLoading {
 			continue
 		}
-		d.result = NewResult(d.sub)
-		d.members = map[string]string{}
-		if d.nested() {
-			d.rows = map[string]fanout.Row{}
-			for i := range d.byChild {
-				d.byChild[i] = map[string]map[string]struct{}{}
-			}
-		}
-		for _, row := range l.Rows[s.ID] {
-			r.setRow(d, row)
-		}
+		r.fill(d, l.Rows[s.ID])
 		for _, rw := range byTable[d.sub.Table] {
 			key, ok := rowKey(d.sub.PrimaryKey, rw.Key)
 			if !ok {
@@ -354,6 +344,21 @@ func (r *Registry) LoadedAt(l DepLoad, rows []RewindRow) {
 	r.checkWaiting()
 }
 
+// fill starts d's result again from the rows a load read.
+func (r *Registry) fill(d *depState, rows []fanout.Row) {
+	d.result = NewResult(d.sub)
+	d.members = map[string]string{}
+	if d.nested() {
+		d.rows = map[string]fanout.Row{}
+		for i := range d.byChild {
+			d.byChild[i] = map[string]map[string]struct{}{}
+		}
+	}
+	for _, row := range rows {
+		r.setRow(d, row)
+	}
+}
+
 // Loaded sets the results of a load: from the rows read, plus the changes
 // kept meanwhile of transactions the snapshot did not see. The results
 // then catch up (see the package comment at the top of this file).
@@ -363,17 +368,7 @@ func (r *Registry) Loaded(l DepLoad) {
 		if d == nil || d.status != depLoading {
 			continue // removed meanwhile, or loaded by another request
 		}
-		d.result = NewResult(d.sub)
-		d.members = map[string]string{}
-		if d.nested() {
-			d.rows = map[string]fanout.Row{}
-			for i := range d.byChild {
-				d.byChild[i] = map[string]map[string]struct{}{}
-			}
-		}
-		for _, row := range l.Rows[s.ID] {
-			r.setRow(d, row)
-		}
+		r.fill(d, l.Rows[s.ID])
 		for key, b := range d.buffer {
 			if !l.Snapshot.Visible(b.xid) {
 				r.setKey(d, key, b.row)
