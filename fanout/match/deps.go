@@ -264,14 +264,7 @@ func (r *Registry) ReloadAll() LoadRequest {
 			continue
 		}
 		e.pending, e.moves = nil, nil
-		if e.routed {
-			t := r.tables[e.shape.Table]
-			t.remove(e)
-			if len(t.all) == 0 {
-				delete(r.tables, e.shape.Table)
-			}
-			e.routed = false
-		}
+		r.unroute(e)
 		r.waiting[h] = e
 	}
 	r.moveIns, r.readyNow = nil, nil

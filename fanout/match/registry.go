@@ -141,6 +141,19 @@ func (r *Registry) route(e *entry) {
 	e.routed = true
 }
 
+// unroute takes e out of its table's index, if it is in it.
+func (r *Registry) unroute(e *entry) {
+	if !e.routed {
+		return
+	}
+	t := r.tables[e.shape.Table]
+	t.remove(e)
+	if len(t.all) == 0 {
+		delete(r.tables, e.shape.Table)
+	}
+	e.routed = false
+}
+
 // Remove drops a shape; unknown handles are ignored.
 func (r *Registry) Remove(handle string) {
 	e, ok := r.shapes[handle]
@@ -149,14 +162,7 @@ func (r *Registry) Remove(handle string) {
 	}
 	delete(r.shapes, handle)
 	delete(r.waiting, handle)
-	if e.routed {
-		t := r.tables[e.shape.Table]
-		t.remove(e)
-		if len(t.all) == 0 {
-			delete(r.tables, e.shape.Table)
-		}
-		e.routed = false
-	}
+	r.unroute(e)
 	for _, d := range e.deps {
 		d.shapes = deleteEntry(d.shapes, e)
 		d.indexed = deleteEntry(d.indexed, e)
