@@ -3,6 +3,7 @@ package match
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -429,13 +430,13 @@ func concatArrays(x, y *arrayVal) (*arrayVal, error) {
 	// of one dimension less is appended (or prepended) as one slice.
 	var dims, lbs []int
 	switch {
-	case len(x.dims) == len(y.dims) && equalInts(x.dims[1:], y.dims[1:]):
+	case len(x.dims) == len(y.dims) && slices.Equal(x.dims[1:], y.dims[1:]):
 		dims = append([]int{x.dims[0] + y.dims[0]}, x.dims[1:]...)
 		lbs = x.lbs
-	case len(x.dims) == len(y.dims)+1 && equalInts(x.dims[1:], y.dims):
+	case len(x.dims) == len(y.dims)+1 && slices.Equal(x.dims[1:], y.dims):
 		dims = append([]int{x.dims[0] + 1}, x.dims[1:]...)
 		lbs = x.lbs
-	case len(y.dims) == len(x.dims)+1 && equalInts(y.dims[1:], x.dims):
+	case len(y.dims) == len(x.dims)+1 && slices.Equal(y.dims[1:], x.dims):
 		dims = append([]int{y.dims[0] + 1}, y.dims[1:]...)
 		lbs = append([]int{1}, y.lbs[1:]...)
 	default:
@@ -443,18 +444,6 @@ func concatArrays(x, y *arrayVal) (*arrayVal, error) {
 	}
 	return &arrayVal{dims: dims, lbs: lbs,
 		elems: append(append([]val(nil), x.elems...), y.elems...), nulls: append(append([]bool(nil), x.nulls...), y.nulls...)}, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func oneElem(v val, null bool) *arrayVal {

@@ -1,6 +1,7 @@
 package match
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -276,7 +277,7 @@ func TestDNFTagsAndActive(t *testing.T) {
 		t.Errorf("tags %v, want %v", tags, want)
 	}
 	active := p.Active(row, res)
-	if want := []bool{true, true, false, true}; !equalBools(active, want) {
+	if want := []bool{true, true, false, true}; !slices.Equal(active, want) {
 		t.Errorf("active %v, want %v", active, want)
 	}
 	positions, neg := p.SubqueryPositions(s)
@@ -290,23 +291,11 @@ func TestDNFTagsAndActive(t *testing.T) {
 		t.Errorf("NOT IN position is not negated")
 	}
 	qres := results{qs.ID: resultOf(t, qs, fanout.Row{"project_id": str("5")})}
-	if a := q.Active(fanout.Row{"project_id": str("6")}, qres); !equalBools(a, []bool{true}) {
+	if a := q.Active(fanout.Row{"project_id": str("6")}, qres); !slices.Equal(a, []bool{true}) {
 		t.Errorf("NOT IN active %v", a)
 	}
 	// A NULL left side hashes as NULL.
 	if tags := q.Tags(h, fanout.Row{"project_id": nil}); tags[0] != TagHash(h, nullElement) {
 		t.Errorf("NULL tag %v", tags)
 	}
-}
-
-func equalBools(a, b []bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
