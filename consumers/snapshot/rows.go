@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"slices"
-	"strings"
 	"unsafe"
 
 	"github.com/fanout/pipeline/fanout"
@@ -78,16 +77,8 @@ func (f *rowFilter) accept(raw [][]byte) ([][]byte, bool) {
 		if ok, _ := f.pred.EvalWith(f.row, f.res); !ok {
 			return nil, false
 		}
-		// Tags and conditions are kept: they read a copy, not the wire.
-		row := make(fanout.Row, len(f.row))
-		for c, v := range f.row {
-			if v != nil {
-				s := strings.Clone(*v)
-				v = &s
-			}
-			row[c] = v
-		}
-		f.tags, f.active = f.pred.Tags(f.handle, row), f.pred.Active(row, f.res)
+		// Like Eval, these keep nothing of the row (tags are hashes).
+		f.tags, f.active = f.pred.Tags(f.handle, f.row), f.pred.Active(f.row, f.res)
 	} else if !f.pred.Eval(f.row) {
 		return nil, false
 	}
