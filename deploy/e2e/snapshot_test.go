@@ -313,7 +313,7 @@ func TestSnapshotRedoneAfterSnapshottingConsumerIsKilled(t *testing.T) {
 	s := newStack(t)
 	s.env = append(s.env, "FANOUT_SNAPSHOT_LEASE=2s", "FANOUT_SNAPSHOT_CHUNK_ROWS=2000")
 	s.exec(itemsTable)
-	const rows = 300_000
+	const rows = 600_000
 	s.exec(fmt.Sprintf(`INSERT INTO items SELECT g, g %% 10, 'a' || g, repeat('x', 200) FROM generate_series(1, %d) g`, rows))
 	s.startFlushd()
 	c1, c2 := s.startConsumer("c1"), s.startConsumer("c2")
@@ -350,9 +350,16 @@ func TestSnapshotRedoneAfterSnapshottingConsumerIsKilled(t *testing.T) {
 	s.startFlushd()
 	s.startIngest()
 	// The survivor takes it over after the lease; kill it mid-way too.
+	// Mid-way: its chunks are on disk (they show before its progress does,
+	// which comes with a lease renewal: a snapshot of this table takes
+	// about as long as one, since snapshots got faster).
 	testenv.Eventually(t, time.Minute, "another consumer to take the snapshot over", func() bool {
 		st := s.shapeState(d.handle)
-		return st.Phase == shapestate.Snapshotting && st.Generation >= 2 && st.Rows > 0
+		if st.Phase == shapestate.Ready {
+			t.Fatal("the snapshot taken over finished before it could be killed; make the table bigger")
+		}
+		chunks, _ := filepath.Glob(filepath.Join(s.storageDir(), "shapes", d.handle, "snapshot", fmt.Sprintf("g%d", st.Generation), "chunk-*"))
+		return st.Phase == shapestate.Snapshotting && st.Generation >= 2 && len(chunks) > 1
 	})
 	other.Kill()
 	s.startConsumer("c3")
